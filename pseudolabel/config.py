@@ -1,0 +1,284 @@
+"""Typed configuration: one pydantic schema, loaded from YAML, overridden by env and CLI.
+
+Precedence (later wins): defaults < YAML file < environment (``PSEUDOLABEL__SECTION__KEY``)
+< CLI ``--set section.key=value`` overrides.
+
+Unknown keys anywhere are errors naming the key and the accepted keys. Secrets (the Label
+Studio token) never live in the file: the file names the environment variable to read.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_PREFIX = "PSEUDOLABEL__"
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the key, the file and what is accepted."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LabelSource(_Section):
+    """A labelled set: an ImageFolder tree (``root/<class>/<image>``) or a CSV (``path,label``)."""
+
+    format: Literal["imagefolder", "csv"] = "imagefolder"
+    path: Path
+    image_root: Path | None = Field(
+        default=None, description="csv only: folder that relative paths resolve against (default: the CSV's folder)"
+    )
+
+
+class PoolSource(_Section):
+    """The unlabelled pool: every image under ``path`` (jpg/png/webp/bmp/tiff)."""
+
+    path: Path
+    recursive: bool = True
+
+
+class DataConfig(_Section):
+    seed: LabelSource
+    pool: PoolSource
+    holdout: LabelSource
+
+
+class ModelConfig(_Section):
+    arch: Literal["small_cnn", "resnet18"] = "small_cnn"
+    weights: Path | None = Field(default=None, description="local state_dict to start from; never downloaded")
+    image_size: int = Field(default=32, ge=8, le=1024)
+    epochs: int = Field(default=30, ge=1, le=10_000)
+    batch_size: int = Field(default=64, ge=1, le=4096)
+    lr: float = Field(default=2e-3, gt=0, le=10)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+    infer_batch_size: int = Field(default=256, ge=1, le=65_536)
+
+
+class SelectionConfig(_Section):
+    strategy: str = "hybrid"
+    batch_size: int = Field(default=20, ge=1, description="tasks queued for review per round")
+    uncertainty: Literal["entropy", "margin", "least_confidence"] = Field(
+        default="entropy", description="the score the hybrid strategy ranks by"
+    )
+    hybrid_factor: int = Field(default=5, ge=1)
+    class_balance: bool = False
+    seed: int = 0
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, v: str) -> str:
+        from pseudolabel.strategies import STRATEGY_NAMES
+
+        if v not in STRATEGY_NAMES:
+            raise ValueError(f"unknown strategy {v!r}; choose one of: {', '.join(STRATEGY_NAMES)}")
+        return v
+
+
+class PseudoConfig(_Section):
+    """Self-training: confident pseudo-labels join the training set, weighted below humans."""
+
+    enabled: bool = True
+    threshold: float = Field(default=0.98, gt=0, le=1, description="minimum max-probability")
+    weight: float = Field(default=0.5, ge=0, le=1, description="loss weight relative to human labels")
+    max_per_class: int | None = Field(default=None, ge=1)
+
+
+class StopConfig(_Section):
+    metric: Literal["accuracy", "macro_f1"] = "accuracy"
+    target: float = Field(default=0.95, gt=0, le=1)
+    label_budget: int = Field(default=200, ge=1, description="max human labels (seed + reviewed)")
+    max_rounds: int = Field(default=10, ge=1)
+
+
+class LabelStudioConfig(_Section):
+    url: str = "http://127.0.0.1:8080"
+    token_env: str = Field(default="LABEL_STUDIO_API_KEY", description="env var holding the API token")
+    project_title: str | None = None
+    images_root: Path | None = Field(
+        default=None,
+        description="Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT; images must lie under it",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"url must start with http:// or https://, got {v!r}")
+        return v.rstrip("/")
+
+    def token(self) -> str:
+        tok = os.environ.get(self.token_env, "")
+        if not tok:
+            raise ConfigError(
+                f"Label Studio token missing: set the environment variable {self.token_env} "
+                f"(label_studio.token_env) to your access token (Account & Settings in Label Studio)"
+            )
+        return tok
+
+
+class Config(_Section):
+    """The whole configuration of one labelling campaign."""
+
+    project: str = Field(description="campaign name; also the default Label Studio project title")
+    task: Literal["classify"] = "classify"
+    workdir: Path
+    classes: list[str] = Field(min_length=2)
+    data: DataConfig
+    model: ModelConfig = ModelConfig()
+    selection: SelectionConfig = SelectionConfig()
+    pseudo: PseudoConfig = PseudoConfig()
+    stop: StopConfig = StopConfig()
+    label_studio: LabelStudioConfig = LabelStudioConfig()
+
+    @field_validator("classes")
+    @classmethod
+    def _unique_classes(cls, v: list[str]) -> list[str]:
+        seen: set[str] = set()
+        for c in v:
+            if not c or c != c.strip():
+                raise ValueError(f"class names must be non-empty without surrounding spaces, got {c!r}")
+            if c in seen:
+                raise ValueError(f"class {c!r} is listed twice")
+            seen.add(c)
+        return v
+
+    @model_validator(mode="after")
+    def _resolve(self) -> "Config":
+        if self.label_studio.project_title is None:
+            self.label_studio.project_title = self.project
+        return self
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain, YAML-serialisable dict of the effective config (no secrets in it)."""
+        return self.model_dump(mode="json")
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any, *, origin: str) -> None:
+    keys = [k for k in dotted.split(".") if k]
+    if not keys:
+        raise ConfigError(f"{origin}: empty key")
+    node = tree
+    for k in keys[:-1]:
+        nxt = node.setdefault(k, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{origin}: {'.'.join(keys)}: {k!r} is not a section")
+        node = nxt
+    node[keys[-1]] = value
+
+
+def _env_overrides(environ: Mapping[str, str]) -> list[tuple[str, Any, str]]:
+    out = []
+    for name, raw in sorted(environ.items()):
+        if name.startswith(ENV_PREFIX) and len(name) > len(ENV_PREFIX):
+            dotted = name[len(ENV_PREFIX):].lower().replace("__", ".")
+            out.append((dotted, yaml.safe_load(raw) if raw != "" else None, f"environment {name}"))
+    return out
+
+
+def _format_validation(err: ValidationError, origin: str) -> str:
+    lines = [f"invalid config ({origin}):"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key{_accepted_keys(e['loc'])}")
+        elif e["type"] == "literal_error":
+            lines.append(f"  {key}: {e['input']!r} is not accepted; {e['msg'].lower()}")
+        elif e["type"] == "missing":
+            lines.append(f"  {key}: required key is missing")
+        else:
+            lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _accepted_keys(loc: Sequence[Any]) -> str:
+    model: Any = Config
+    for part in loc[:-1]:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return ""
+        ann = field.annotation
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        if model is None:
+            return ""
+    return "; accepted keys: " + ", ".join(model.model_fields)
+
+
+def load_config(
+    path: Path | str | None = None,
+    *,
+    data: Mapping[str, Any] | None = None,
+    overrides: Sequence[str] = (),
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Load a config from a YAML ``path`` (or a ``data`` dict), apply env and CLI overrides.
+
+    ``overrides`` are ``"section.key=value"`` strings (value parsed as YAML). Relative paths in
+    the file resolve against the file's folder, so a config works from any working directory.
+    """
+    origin = str(path) if path is not None else "<dict>"
+    tree: dict[str, Any]
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from e
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of keys, got {type(loaded).__name__}")
+        tree = loaded
+        base = p.resolve().parent
+    else:
+        tree = dict(data or {})
+        base = Path.cwd()
+    tree = _deepcopy(tree)
+    for dotted, value, where in _env_overrides(os.environ if environ is None else environ):
+        _set_path(tree, dotted, value, origin=where)
+    for ov in overrides:
+        if "=" not in ov:
+            raise ConfigError(f"override {ov!r}: expected section.key=value, e.g. model.epochs=5")
+        k, v = ov.split("=", 1)
+        _set_path(tree, k.strip(), yaml.safe_load(v) if v != "" else None, origin=f"override {ov!r}")
+    try:
+        cfg = Config.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_validation(e, origin)) from None
+    return _resolve_paths(cfg, base)
+
+
+def _deepcopy(tree: Any) -> Any:
+    if isinstance(tree, dict):
+        return {k: _deepcopy(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_deepcopy(v) for v in tree]
+    return tree
+
+
+def _resolve_paths(cfg: Config, base: Path) -> Config:
+    def r(p: Path | None) -> Path | None:
+        return None if p is None else (p if p.is_absolute() else (base / p).resolve())
+
+    cfg.workdir = r(cfg.workdir)  # type: ignore[assignment]
+    for src in (cfg.data.seed, cfg.data.holdout):
+        src.path = r(src.path)  # type: ignore[assignment]
+        src.image_root = r(src.image_root)
+    cfg.data.pool.path = r(cfg.data.pool.path)  # type: ignore[assignment]
+    cfg.model.weights = r(cfg.model.weights)
+    cfg.label_studio.images_root = r(cfg.label_studio.images_root)
+    return cfg
+
+
+def dump_config(cfg: Config, path: Path) -> None:
+    """Write the effective config as YAML, atomically."""
+    from pseudolabel.utils import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.snapshot(), sort_keys=False))

@@ -1,0 +1,1 @@
+"""Data in: scanning and validating images, label formats, and the SQLite ledger."""

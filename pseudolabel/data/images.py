@@ -1,0 +1,82 @@
+"""Reading image files robustly: EXIF orientation, grayscale/RGBA/16-bit/CMYK/palette modes.
+
+Every loader in the project goes through :func:`load_rgb` so that training, inference and
+ingest see the same pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+
+
+class ImageError(ValueError):
+    """A file that cannot be used as an image; the message says why."""
+
+
+def sha256_file(path: Path, *, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16/32-bit integer grayscale: rescale to 8 bits by the actual range, not by
+        # truncation (which would turn most 16-bit images black).
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        scaled = np.zeros_like(arr) if hi <= lo else (arr - lo) / (hi - lo) * 255.0
+        return Image.fromarray(scaled.round().astype(np.uint8), mode="L").convert("RGB")
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        arr = np.nan_to_num(arr)
+        lo, hi = float(arr.min()), float(arr.max())
+        scaled = np.zeros_like(arr) if hi <= lo else (arr - lo) / (hi - lo) * 255.0
+        return Image.fromarray(scaled.round().astype(np.uint8), mode="L").convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        # Composite transparency on white, as viewers (and Label Studio) show it.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")  # L, P, CMYK, YCbCr, 1, ...
+
+
+def load_rgb(path: Path | str) -> Image.Image:
+    """Open ``path`` fully decoded as 8-bit RGB with EXIF orientation applied.
+
+    Raises :class:`ImageError` naming the file for anything unreadable: missing, zero bytes,
+    not an image, truncated or corrupt.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise ImageError(f"{path}: cannot read file ({e.strerror or e})") from e
+    if size == 0:
+        raise ImageError(f"{path}: zero-byte file")
+    try:
+        with Image.open(path) as img:
+            img.load()  # force a full decode: truncated files fail here, not later
+            img = ImageOps.exif_transpose(img) or img
+            return _to_rgb(img)
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{path}: image too large ({e})") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        msg = str(e) or type(e).__name__
+        if "truncated" in msg.lower():
+            raise ImageError(f"{path}: truncated image file ({msg})") from e
+        if "cannot identify image file" in msg:
+            raise ImageError(f"{path}: not an image (cannot identify format)") from e
+        raise ImageError(f"{path}: corrupt or unreadable image ({msg})") from e

@@ -1,0 +1,116 @@
+"""Small frozen value types shared by every part of the pipeline.
+
+Conventions used everywhere:
+- an item id is the sha256 hex digest of the file's bytes (stable across renames);
+- box coordinates are **pixels** of the original image, ``xyxy`` (x1 < x2, y1 < y2);
+  polygons are pixel ``(x, y)`` points; percent coordinates exist only inside the
+  Label Studio converters;
+- uncertainty scores point one way: higher = more uncertain = reviewed first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+TaskType = Literal["classify", "detect", "segment"]
+Source = Literal["seed", "human", "pseudo"]
+Split = Literal["seed", "pool", "holdout"]
+SOURCES: tuple[Source, ...] = ("seed", "human", "pseudo")
+SPLITS: tuple[Split, ...] = ("seed", "pool", "holdout")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image. ``id`` = sha256 of the file bytes; ``width``/``height`` in pixels after
+    EXIF orientation is applied."""
+
+    id: str
+    path: Path
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class Box:
+    """One object: pixel ``xyxy`` box, class name, optional score and polygon (pixels)."""
+
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    label: str
+    score: float | None = None
+    polygon: tuple[tuple[float, float], ...] | None = None
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """A label for one item, with its provenance.
+
+    Classification uses ``label`` (a class name); detection/segmentation use ``boxes``.
+    ``source`` is who made it: ``seed`` (the initial labelled set), ``human`` (a reviewer),
+    ``pseudo`` (a model's confident prediction). ``weight`` scales its training loss
+    (pseudo-labels weigh less than human labels).
+    """
+
+    item: Item
+    label: str | None = None
+    boxes: tuple[Box, ...] = ()
+    source: Source = "human"
+    round: int | None = None
+    reviewer: str | None = None
+    model_version: str | None = None
+    created_at: datetime = field(default_factory=utcnow)
+    weight: float = 1.0
+    # What the reviewer did with the model's suggestion: "accepted", "corrected",
+    # "skipped" (no label), or None when not from a review.
+    review_outcome: str | None = None
+    # Label Studio ids, when the annotation came from there (for incremental pulls).
+    ls_task_id: int | None = None
+    ls_annotation_id: int | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class Prediction:
+    """A model's output for one item.
+
+    - ``probs``: ``(C,)`` class probabilities (classification), rows sum to 1;
+    - ``embedding``: ``(D,)`` float32 image embedding (for diversity strategies);
+    - ``boxes`` / ``box_probs``: detection output, ``box_probs`` is ``(B, C)`` with one
+      normalised class vector per box.
+    """
+
+    item_id: str
+    model_version: str
+    probs: np.ndarray | None = None
+    embedding: np.ndarray | None = None
+    boxes: tuple[Box, ...] = ()
+    box_probs: np.ndarray | None = None
+
+    @property
+    def label_index(self) -> int | None:
+        return None if self.probs is None else int(np.argmax(self.probs))
+
+
+@dataclass(frozen=True, eq=False)
+class Candidate:
+    """An item selected for human review, with the prediction to pre-draw.
+
+    ``score``: the selection score (higher = more uncertain). ``kind``: ``"uncertain"`` for
+    active-learning picks, ``"relabel"`` for existing labels sent back for a second look.
+    """
+
+    item: Item
+    score: float
+    prediction: Prediction | None
+    strategy: str
+    kind: str = "uncertain"

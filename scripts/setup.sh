@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# One command to set up pseudolabel on a fresh machine:
+#   .venv     the project (torch 2.14.1 / torchvision 0.29.1, the package with dev extras)
+#   .venv-ls  the Label Studio server, in its own venv: it pins Django, numpy and pyarrow
+#             versions that must not leak into the project venv.
+# Optional: Debian's dataset-fashion-mnist (real images for the detection demo/benchmark).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+
+if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
+.venv/bin/python -m pip install -q --upgrade "pip<26.2"
+# torch first, from the pinned pair (on these machines the wheels lie on local disk).
+.venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+.venv/bin/python -m pip install -q -e ".[dev]"
+
+if [ ! -x .venv-ls/bin/label-studio ]; then
+  "$PY" -m venv .venv-ls
+  .venv-ls/bin/python -m pip install -q --upgrade "pip<26.2"
+  # Pinned: FACTS.md measured this server version against label-studio-sdk 2.1.2.
+  .venv-ls/bin/python -m pip install -q "label-studio==1.23.2"
+fi
+
+# Fashion-MNIST for the detection/segmentation demos and the benchmark (optional).
+if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) \
+      || echo "note: could not install dataset-fashion-mnist; the digits demo does not need it"
+  else
+    echo "note: run 'sudo apt-get install dataset-fashion-mnist' for the Fashion-MNIST demos"
+  fi
+fi
+echo "setup done: .venv (project) and .venv-ls (Label Studio server)"

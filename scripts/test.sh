@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The test suite: unit, contract and integration tests (a real Label Studio server is started
+# by the suite on 127.0.0.1 from .venv-ls; real small models are trained on real images).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x .venv/bin/python ]; then
+  echo "error: .venv is missing; run 'bash scripts/setup.sh' first" >&2
+  exit 2
+fi
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,95 @@
+from pathlib import Path
+
+import pytest
+
+from pseudolabel.data.ledger import Ledger
+from pseudolabel.types import Annotation, Item
+
+
+def item(n: int) -> Item:
+    return Item(f"{n:064x}", Path(f"/img/{n}.png"), 8, 8)
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Ledger:
+    led = Ledger(tmp_path / "ledger.sqlite")
+    led.add_items([item(i) for i in range(5)], split="pool")
+    return led
+
+
+def test_wal_mode(ledger: Ledger) -> None:
+    assert ledger._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_pseudo_never_overrides_human(ledger: Ledger) -> None:
+    it = item(0)
+    ledger.add_labels([Annotation(it, label="cat", source="human", round=1, reviewer="r@x")])
+    ledger.add_labels([Annotation(it, label="dog", source="pseudo", round=2, weight=0.5)])
+    cur = ledger.current_labels()[it.id]
+    assert (cur.label, cur.source, cur.reviewer) == ("cat", "human", "r@x")
+    # both rows are kept: append-only history
+    assert [r.source for r in ledger.label_history(it.id)] == ["human", "pseudo"]
+
+
+def test_human_beats_seed_and_latest_human_wins(ledger: Ledger) -> None:
+    it = item(1)
+    ledger.add_labels([Annotation(it, label="a", source="seed", round=0)])
+    ledger.add_labels([Annotation(it, label="b", source="human", round=1, ls_annotation_id=10)])
+    ledger.add_labels([Annotation(it, label="c", source="human", round=2, ls_annotation_id=11)])
+    assert ledger.current_labels()[it.id].label == "c"
+    assert ledger.label_counts() == {"seed": 0, "human": 1, "pseudo": 0}
+
+
+def test_skipped_review_is_no_label(ledger: Ledger) -> None:
+    it = item(2)
+    ledger.add_labels([Annotation(it, label=None, source="human", review_outcome="skipped", ls_annotation_id=3)])
+    ledger.add_labels([Annotation(it, label="x", source="pseudo", round=1)])
+    assert ledger.current_labels()[it.id].source == "pseudo"
+
+
+def test_repulled_annotation_not_duplicated(ledger: Ledger) -> None:
+    a = Annotation(item(3), label="a", source="human", ls_annotation_id=42)
+    assert ledger.add_labels([a]) == 1
+    assert ledger.add_labels([a]) == 0
+    assert len(ledger.label_history(item(3).id)) == 1
+
+
+def test_stale_pseudo_labels_are_ignored(ledger: Ledger) -> None:
+    ledger.add_labels([Annotation(item(4), label="old", source="pseudo", round=1)])
+    ledger.add_labels([Annotation(item(0), label="new", source="pseudo", round=2)])
+    cur = ledger.current_labels()
+    assert item(4).id not in cur and cur[item(0).id].label == "new"
+
+
+def test_holdout_split_wins_and_unknown_items_rejected(ledger: Ledger) -> None:
+    ledger.add_items([item(0)], split="holdout")
+    ledger.add_items([item(0)], split="pool")
+    assert item(0).id in {i.id for i in ledger.items("holdout")}
+    assert item(0).id not in {i.id for i in ledger.items("pool")}
+    with pytest.raises(ValueError, match="unknown item"):
+        ledger.add_labels([Annotation(item(99), label="a")])
+    with pytest.raises(ValueError, match="unknown split 'train'"):
+        ledger.add_items([item(1)], split="train")  # type: ignore[arg-type]
+
+
+def test_rounds_resume_and_tasks_idempotent(ledger: Ledger) -> None:
+    rid, resumed = ledger.open_round()
+    assert (rid, resumed) == (1, False)
+    ledger.mark_stage(rid, "train", {"n": 3})
+    assert ledger.open_round() == (1, True)
+    assert ledger.stage_done(1, "train") and not ledger.stage_done(1, "push")
+    assert ledger.stage_info(1, "train") == {"n": 3}
+    assert ledger.record_tasks("p", 1, {item(0).id: 7, item(1).id: 8}) == 2
+    assert ledger.record_tasks("p", 1, {item(0).id: 7}) == 0
+    ledger.set_task_state("p", item(0).id, "answered")
+    assert ledger.task_counts() == {"queued": 1, "answered": 1, "skipped": 0}
+    ledger.finish_round(1)
+    assert ledger.open_round() == (2, False)
+
+
+def test_a_failed_transaction_leaves_nothing(ledger: Ledger) -> None:
+    good = Annotation(item(0), label="a", source="human", ls_annotation_id=1)
+    bad = Annotation(item(77), label="a", source="human", ls_annotation_id=2)
+    with pytest.raises(ValueError):
+        ledger.add_labels([good, bad])
+    assert ledger.all_labels() == []
