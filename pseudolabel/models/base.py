@@ -1,0 +1,83 @@
+"""The one protocol every model adapter follows, and small helpers shared by adapters.
+
+An adapter wraps a framework (torchvision, Ultralytics, ...) behind :class:`Model` so the
+loops never import the framework themselves. Adapters follow scikit-learn conventions:
+``__init__`` only stores parameters, ``fit`` returns ``self``, learned state ends in ``_``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import torch
+from typing_extensions import Self
+
+from pseudolabel.types import Annotation, Item, Prediction, TaskType
+
+class NotFittedError(ValueError, AttributeError):
+    """A model was asked to predict or save before ``fit`` (or ``load``)."""
+
+
+@runtime_checkable
+class Model(Protocol):
+    """What the loops need from a model, whatever the framework behind it.
+
+    - ``task``: ``"classify"``, ``"detect"`` or ``"segment"``;
+    - ``classes``: class names, in the order of the ``probs`` columns of its predictions;
+    - ``model_version``: a short string naming the trained weights (stored with every
+      prediction; a changed version means old predictions are stale).
+    """
+
+    task: TaskType
+    classes: list[str]
+
+    @property
+    def model_version(self) -> str: ...
+
+    def fit(self, train: Sequence[Annotation], *, val: Sequence[Annotation] | None = None) -> Self:
+        """Train from scratch (or from configured local weights) on ``train``; returns ``self``."""
+        ...
+
+    def predict(self, images: Iterable[Item], *, batch_size: int) -> Iterator[Prediction]:
+        """Yield one :class:`Prediction` per item, in input order, streaming."""
+        ...
+
+    def save(self, path: Path) -> None:
+        """Write a checkpoint that :meth:`load` rebuilds the model from."""
+        ...
+
+    @classmethod
+    def load(cls, path: Path) -> Self:
+        """Rebuild a model written by :meth:`save`."""
+        ...
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """Turn a device name into a :class:`torch.device`.
+
+    ``"auto"`` picks CUDA when it is available, else CPU. ``"cpu"``, ``"cuda"`` and
+    ``"cuda:N"`` are taken as asked; asking for CUDA on a machine without it raises
+    :class:`ValueError` rather than silently falling back to CPU.
+    """
+    if not isinstance(device, str):
+        raise ValueError(f"device must be a string ('auto', 'cpu', 'cuda', 'cuda:N'), got {device!r}")
+    name = device.strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but CUDA is not available here; use 'auto' or 'cpu'")
+        try:
+            dev = torch.device(name)
+        except RuntimeError as e:
+            raise ValueError(f"invalid device {device!r}: {e}") from e
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist"
+            )
+        return dev
+    raise ValueError(f"unknown device {device!r}; expected 'auto', 'cpu', 'cuda' or 'cuda:N'")

@@ -1,0 +1,69 @@
+"""Strategy registry: selection strategies resolved by name.
+
+A strategy is a function ``(SelectionRequest) -> Selection`` (see
+:mod:`pseudolabel.strategies.selection`). New strategies (BALD, BADGE, ...) register
+themselves with the decorator::
+
+    @register("bald")
+    def _bald(req: SelectionRequest) -> Selection: ...
+
+Registration only adds an entry to :data:`STRATEGIES`; it does no other work.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from .selection import Selection, SelectionRequest
+
+    Strategy = Callable[[SelectionRequest], Selection]
+else:
+    Strategy = Callable
+
+__all__ = ["STRATEGIES", "STRATEGY_NAMES", "Strategy", "get_strategy", "register"]
+
+STRATEGY_NAMES: tuple[str, ...] = (
+    "random",
+    "least_confidence",
+    "margin",
+    "entropy",
+    "kcenter",
+    "hybrid",
+)
+"""The built-in strategy names. ``tuple(STRATEGIES)`` also lists any registered later."""
+
+STRATEGIES: dict[str, Strategy] = {}
+"""Strategy functions by name; filled by :func:`register` when the package is imported."""
+
+
+def register(name: str) -> Callable[[Strategy], Strategy]:
+    """Decorator adding a strategy function to :data:`STRATEGIES` under ``name``.
+
+    Raises:
+        ValueError: ``name`` is empty, not a string, or already registered.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"strategy name must be a non-empty string; got {name!r}")
+    if name in STRATEGIES:
+        raise ValueError(f"strategy {name!r} is already registered; pick another name")
+
+    def decorator(fn: Strategy) -> Strategy:
+        STRATEGIES[name] = fn
+        return fn
+
+    return decorator
+
+
+def get_strategy(name: str) -> Strategy:
+    """Return the strategy registered as ``name``.
+
+    Raises:
+        ValueError: ``unknown strategy 'x'; choose one of: ...`` listing the valid names.
+    """
+    try:
+        return STRATEGIES[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown strategy {name!r}; choose one of: {', '.join(STRATEGIES)}"
+        ) from None
