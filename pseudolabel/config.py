@@ -55,6 +55,7 @@ class ModelConfig(_Section):
     weights: Path | None = Field(default=None, description="local state_dict to start from; never downloaded")
     image_size: int = Field(default=32, ge=8, le=1024)
     epochs: int = Field(default=30, ge=1, le=10_000)
+    min_steps: int = Field(default=300, ge=0, description="at least this many optimiser steps, however few labels")
     batch_size: int = Field(default=64, ge=1, le=4096)
     lr: float = Field(default=2e-3, gt=0, le=10)
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -93,3 +93,13 @@ def test_a_failed_transaction_leaves_nothing(ledger: Ledger) -> None:
     with pytest.raises(ValueError):
         ledger.add_labels([good, bad])
     assert ledger.all_labels() == []
+
+
+def test_edited_annotation_is_appended_not_lost(ledger: Ledger) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    t = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    first = Annotation(item(3), label="a", source="human", ls_annotation_id=42, created_at=t)
+    edit = Annotation(item(3), label="b", source="human", ls_annotation_id=42, created_at=t + timedelta(minutes=1))
+    assert ledger.add_labels([first, edit, first]) == 2
+    assert ledger.current_labels()[item(3).id].label == "b"

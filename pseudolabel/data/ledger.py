@@ -43,9 +43,12 @@ CREATE TABLE IF NOT EXISTS labels (
     weight REAL NOT NULL DEFAULT 1.0,
     review_outcome TEXT,
     ls_task_id INTEGER,
-    ls_annotation_id INTEGER UNIQUE
+    ls_annotation_id INTEGER
 );
 CREATE INDEX IF NOT EXISTS labels_item ON labels(item_id, source);
+-- One row per saved version of a Label Studio annotation: a re-pull adds nothing, an edit
+-- made later in Label Studio is appended as a new row (and, being latest, wins).
+CREATE UNIQUE INDEX IF NOT EXISTS labels_ls_version ON labels(ls_annotation_id, created_at);
 CREATE TABLE IF NOT EXISTS rounds (
     id INTEGER PRIMARY KEY,
     status TEXT NOT NULL DEFAULT 'running' CHECK (status IN ('running', 'done', 'stopped')),
@@ -194,8 +197,8 @@ class Ledger:
     # -- labels -------------------------------------------------------------------------------
     def add_labels(self, annotations: Iterable[Annotation]) -> int:
         """Append labels; returns how many rows were added. Never overwrites anything: an
-        annotation already pulled from Label Studio (same ``ls_annotation_id``) is not added
-        twice, so re-running a pull is harmless."""
+        annotation already pulled from Label Studio (same ``ls_annotation_id`` and save time) is
+        not added twice, so re-running a pull is harmless; a later edit is a new row."""
         added = 0
         with self._tx():
             for a in annotations:

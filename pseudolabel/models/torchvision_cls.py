@@ -188,6 +188,7 @@ class TorchvisionClassifier:
     - ``arch``: ``"small_cnn"`` or ``"resnet18"``;
     - ``image_size``: side in pixels images are resized to (square);
     - ``epochs``, ``batch_size``, ``lr``, ``weight_decay``: AdamW with cosine decay;
+    - ``min_steps``: train for at least this many optimiser steps (more epochs on tiny sets);
     - ``device``: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``;
     - ``seed``: training is deterministic given the seed (on CPU; cuDNN may add noise on GPU);
     - ``weights``: optional local file to start from (a state_dict, or a checkpoint from
@@ -228,6 +229,7 @@ class TorchvisionClassifier:
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         progress: bool = False,
+        min_steps: int = 0,
     ) -> None:
         self.classes = list(classes) if not isinstance(classes, str) else classes  # type: ignore[assignment]
         self.arch = arch
@@ -247,6 +249,7 @@ class TorchvisionClassifier:
         self.mean = mean
         self.std = std
         self.progress = progress
+        self.min_steps = min_steps
 
     # ---- parameters -------------------------------------------------------------------
 
@@ -289,6 +292,7 @@ class TorchvisionClassifier:
         _int("num_workers", 0)
         _int("pad", 0)
         _int("seed", 0)
+        _int("min_steps", 0)
         for name in ("lr", "weight_decay"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
@@ -489,6 +493,11 @@ class TorchvisionClassifier:
         loader = DataLoader(
             TensorDataset(x, y, w), batch_size=int(self.batch_size), shuffle=True, generator=gen, drop_last=drop_last
         )
+        if epochs > 0 and self.min_steps:
+            # Active learning starts from a handful of labels: 20 images at batch 32 is one
+            # optimiser step per epoch. Train for at least ``min_steps`` steps whatever the
+            # set size, so round 1 is not judged on an untrained model.
+            epochs = max(epochs, -(-int(self.min_steps) // len(loader)))
         opt = torch.optim.AdamW(net.parameters(), lr=float(self.lr), weight_decay=float(self.weight_decay))
         steps = max(1, epochs * len(loader))
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)

@@ -1,0 +1,1 @@
+"""The loops users run, each a short module composing the library (see DESIGN.md)."""

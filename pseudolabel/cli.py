@@ -1,0 +1,173 @@
+"""``pseudolabel`` command line: a thin layer that parses options and calls ``loops/``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Semi-automatic image labelling with active learning, reviewed in Label Studio.")
+console = Console()
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="campaign YAML (see configs/)")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a config key: section.key=value")]
+
+
+def _load(config: Path, overrides: list[str] | None):  # noqa: ANN202
+    from pseudolabel.config import ConfigError, load_config
+
+    try:
+        return load_config(config, overrides=overrides or [])
+    except ConfigError as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(2) from None
+
+
+def _client(cfg):  # noqa: ANN001, ANN202
+    from pseudolabel.config import ConfigError
+    from pseudolabel.review.client import LabelStudioClient
+
+    try:
+        token = cfg.label_studio.token()
+    except ConfigError as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(2) from None
+    if cfg.label_studio.images_root is None:
+        console.print("[red]error:[/] label_studio.images_root is not set: it must be the folder Label Studio "
+                      "serves local files from (LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT), with your images under it")
+        raise typer.Exit(2)
+    client = LabelStudioClient(url=cfg.label_studio.url, token=token,
+                               project_title=cfg.label_studio.project_title or cfg.project,
+                               classes=cfg.classes, images_root=cfg.label_studio.images_root)
+    client.ensure_project()
+    return client
+
+
+@app.command()
+def demo(
+    workdir: Annotated[Path, typer.Option(help="where data, ledger and Label Studio's data go")] = Path("runs/demo"),
+    strategy: Annotated[str, typer.Option(help="strategy, or a comma-separated list to compare in one run")] = "hybrid",
+    error_rate: Annotated[float, typer.Option(help="probability that the simulated reviewer answers wrongly")] = 0.0,
+    seed: Annotated[int, typer.Option(help="data split seed")] = 0,
+    set_: SetOpt = None,
+    no_progress: Annotated[bool, typer.Option("--no-progress")] = False,
+) -> None:
+    """Run a whole campaign on real digit images with a local Label Studio and a simulated reviewer."""
+    from loops.demo import run_demo
+    from pseudolabel.config import ConfigError
+    from pseudolabel.strategies import STRATEGY_NAMES
+
+    names = [s.strip() for s in strategy.split(",") if s.strip()]
+    bad = [s for s in names if s not in STRATEGY_NAMES]
+    if bad or not names:
+        console.print(f"[red]error:[/] unknown strategy {bad or strategy!r}; choose from: {', '.join(STRATEGY_NAMES)}")
+        raise typer.Exit(2)
+    if not 0.0 <= error_rate <= 1.0:
+        console.print(f"[red]error:[/] --error-rate must be between 0 and 1, got {error_rate}")
+        raise typer.Exit(2)
+    try:
+        run_demo(workdir, strategies=names, error_rate=error_rate, seed=seed, overrides=set_ or [],
+                 console=console, progress=not no_progress)
+    except ConfigError as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(2) from None
+
+
+@app.command("round")
+def round_(config: ConfigOpt, set_: SetOpt = None,
+           offline: Annotated[bool, typer.Option(help="no Label Studio: train, evaluate, select only")] = False) -> None:
+    """Run (or resume) one scheduled round against the configured Label Studio."""
+    from loops.round import run_round
+
+    cfg = _load(config, set_)
+    client = None if offline else _client(cfg)
+    res = run_round(cfg, client, log=console.print)
+    console.print(json.dumps({"round": res.round_id, "resumed": res.resumed, "labels_used": res.labels_used,
+                              "accuracy": res.metrics.get("accuracy"), "macro_f1": res.metrics.get("macro_f1"),
+                              "queued": res.queued, "stop": res.stop_reason, "seconds": round(res.seconds, 1)}))
+
+
+@app.command()
+def run(config: ConfigOpt, set_: SetOpt = None,
+        wait: Annotated[float, typer.Option(help="minutes to wait for reviewers between rounds (0: stop and "
+                                                 "let the next scheduled run continue)")] = 0.0) -> None:
+    """Run rounds until a threshold or the label budget is met (waiting for reviewers between rounds)."""
+    from loops.campaign import rounds_table, run_campaign
+    from loops.review import wait_for_reviews
+
+    cfg = _load(config, set_)
+    client = _client(cfg)
+    answer = None
+    if wait > 0:
+        def answer(res):  # noqa: ANN001, ANN202
+            return wait_for_reviews(client, res, timeout_s=wait * 60, console=console)
+    res = run_campaign(cfg, client, answer=answer, console=console)
+    console.print(rounds_table(res.rows))
+    console.print(f"stopped: {res.termination}")
+
+
+@app.command()
+def sync(config: ConfigOpt, set_: SetOpt = None,
+         full: Annotated[bool, typer.Option(help="pull everything, not only since the last sweep")] = False) -> None:
+    """Pull reviewers' answers from Label Studio into the ledger now (safe to run any time)."""
+    from loops.review import sync_reviews
+    from loops.round import ledger_for
+
+    cfg = _load(config, set_)
+    client = _client(cfg)
+    with ledger_for(cfg) as ledger:
+        res = sync_reviews(ledger, client, round_id=None, full=full)
+    console.print(json.dumps(res.__dict__))
+
+
+@app.command()
+def status(config: ConfigOpt, set_: SetOpt = None,
+           as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False) -> None:
+    """Where the campaign stands: rounds, labels by source, review queue, metrics."""
+    from loops.round import ledger_for
+
+    cfg = _load(config, set_)
+    db = cfg.workdir / "ledger.sqlite"
+    if not db.exists():
+        console.print(f"no campaign yet in {cfg.workdir} (no ledger.sqlite); run `pseudolabel round -c {config}`")
+        raise typer.Exit(1)
+    with ledger_for(cfg) as ledger:
+        info = {
+            "project": cfg.project, "workdir": str(cfg.workdir),
+            "items": ledger.split_counts(), "labels_by_source": ledger.label_counts(),
+            "review_tasks": ledger.task_counts(), "termination": ledger.get_meta("termination"),
+            "rounds": [{"round": r["id"], "status": r["status"], "stages": r["stages"],
+                        "accuracy": r["metrics"].get("accuracy"), "macro_f1": r["metrics"].get("macro_f1"),
+                        "labels_used": r["metrics"].get("labels_used"), "model_version": r["model_version"]}
+                       for r in ledger.rounds()],
+        }
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    console.print(f"[bold]{info['project']}[/]  ({info['workdir']})")
+    console.print("items: " + ", ".join(f"{k} {v}" for k, v in info["items"].items()))
+    console.print("labels by source: " + ", ".join(f"{k} {v}" for k, v in info["labels_by_source"].items()))
+    console.print("review tasks: " + ", ".join(f"{k} {v}" for k, v in info["review_tasks"].items()))
+    t = Table(title="rounds")
+    for c in ("round", "status", "labels used", "accuracy", "macro-F1", "stages done"):
+        t.add_column(c)
+    for r in info["rounds"]:
+        t.add_row(str(r["round"]), r["status"], str(r["labels_used"] or "-"),
+                  f"{r['accuracy']:.4f}" if r["accuracy"] is not None else "-",
+                  f"{r['macro_f1']:.4f}" if r["macro_f1"] is not None else "-", ",".join(r["stages"]))
+    console.print(t)
+    term = info["termination"]
+    console.print(f"termination: {term['reason'] if term else 'not stopped yet'}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
