@@ -74,8 +74,10 @@ def run_campaign(
 
 
 def rounds_table(rows: list[dict[str, Any]], *, title: str = "rounds") -> Table:
-    t = Table(title=title)
-    for name in ("round", "labels used", "pseudo", "holdout acc", "macro-F1", "queued", "corrections", "seconds"):
+    """labels = seed + human labels used for training; pseudo = pseudo-labels used; accuracy and
+    macro-F1 on the holdout; queued = tasks pushed; fixed = predictions the reviewer corrected."""
+    t = Table(title=title, caption="labels: seed+human used in training; fixed: corrections by reviewers")
+    for name in ("round", "labels", "pseudo", "accuracy", "macro-F1", "queued", "fixed", "sec"):
         t.add_column(name, justify="right")
     for r in rows:
         t.add_row(

@@ -92,7 +92,7 @@ def demo_config(workdir: Path, data_root: Path, *, strategy: str, project: str, 
         "model": {"arch": "small_cnn", "image_size": 32, "epochs": 30, "batch_size": 32, "seed": 0},
         "selection": {"strategy": strategy, "batch_size": 20, "seed": 0},
         "pseudo": {"enabled": True, "threshold": 0.98, "weight": 0.5},
-        "stop": {"metric": "accuracy", "target": 0.95, "label_budget": 200, "max_rounds": 10},
+        "stop": {"metric": "accuracy", "target": 0.98, "label_budget": 200, "max_rounds": 10},
         "label_studio": {"images_root": str(data_root)},
     }
     for dotted, value in over.items():
@@ -165,7 +165,7 @@ def summary_table(results: dict[str, CampaignResult]) -> Any:
     from rich.table import Table
 
     t = Table(title="strategies side by side (final round)")
-    for c in ("strategy", "rounds", "labels used", "holdout acc", "macro-F1", "corrections", "seconds", "stopped because"):
+    for c in ("strategy", "rounds", "labels", "accuracy", "macro-F1", "fixed", "sec", "stopped because"):
         t.add_column(c)
     for name, r in results.items():
         last = r.rows[-1]

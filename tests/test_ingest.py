@@ -384,7 +384,9 @@ def test_quarantine_csv_write_is_atomic(tmp_path: Path, monkeypatch: pytest.Monk
     def failing_replace(src: str, dst: object) -> None:
         raise OSError("disk went away")
 
-    monkeypatch.setattr(ingest.os, "replace", failing_replace)
+    import pseudolabel.utils as utils
+
+    monkeypatch.setattr(utils.os, "replace", failing_replace)
     with pytest.raises(OSError, match="disk went away"):
         write_quarantine_csv(out, [Quarantined(Path("b.png"), "not an image")])
     assert out.read_bytes() == before

@@ -14,13 +14,13 @@ be usable by training and inference. Nothing is dropped silently:
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
+import io
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pseudolabel.data.images import IMAGE_SUFFIXES, ImageError, load_rgb, sha256_file
+from pseudolabel.utils import atomic_write_text
 from pseudolabel.types import Item, utcnow
 
 QUARANTINE_COLUMNS = ("path", "reason", "time")
@@ -176,16 +176,8 @@ def write_quarantine_csv(path: Path, quarantined: Sequence[Quarantined]) -> None
             keys.add(key)
             rows.append({"path": key[0], "reason": key[1], "time": now})
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=QUARANTINE_COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=QUARANTINE_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())

@@ -1,0 +1,62 @@
+"""The command line as a user runs it (typer's runner, real files, a real small model)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from loops.demo import demo_config, export_digits
+from pseudolabel.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def cfg_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cli")
+    export_digits(root / "data", seed_per_class=2, holdout=200, seed=0)
+    raw = demo_config(root / "work", root / "data", strategy="entropy", project="cli-test",
+                      **{"model.epochs": 2, "model.min_steps": 20})
+    f = root / "c.yaml"
+    f.write_text(yaml.safe_dump(raw))
+    return f
+
+
+def test_offline_round_then_status(cfg_file: Path) -> None:
+    r = runner.invoke(app, ["round", "-c", str(cfg_file), "--offline"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["status", "-c", str(cfg_file), "--json"])
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.output)
+    assert info["labels_by_source"]["seed"] == 20
+    assert info["items"] == {"seed": 20, "pool": 1577, "holdout": 200}
+    assert info["rounds"][0]["round"] == 1 and info["rounds"][0]["status"] == "done"
+    assert "push" in info["rounds"][0]["stages"]
+    assert 0.0 <= info["rounds"][0]["accuracy"] <= 1.0
+    r = runner.invoke(app, ["status", "-c", str(cfg_file)])
+    assert r.exit_code == 0 and "labels by source" in r.output
+
+
+def test_bad_config_is_a_clear_error(tmp_path: Path, cfg_file: Path) -> None:
+    raw = yaml.safe_load(cfg_file.read_text())
+    raw["model"]["layers"] = 3
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    r = runner.invoke(app, ["round", "-c", str(bad), "--offline"])
+    assert r.exit_code == 2
+    assert "model.layers" in r.output and "unknown key" in r.output
+
+
+def test_missing_token_names_the_variable(cfg_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LABEL_STUDIO_API_KEY", raising=False)
+    r = runner.invoke(app, ["round", "-c", str(cfg_file)])
+    assert r.exit_code == 2 and "LABEL_STUDIO_API_KEY" in r.output
+
+
+def test_demo_rejects_unknown_strategy() -> None:
+    r = runner.invoke(app, ["demo", "--strategy", "entropy,psychic"])
+    assert r.exit_code == 2 and "psychic" in r.output and "margin" in r.output
