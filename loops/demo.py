@@ -118,8 +118,14 @@ def run_demo(
     """Run one campaign per strategy (same data, seeds and server) and return their rows."""
     console = console or Console()
     workdir = workdir.resolve()
+    marker = workdir / ".pseudolabel-demo"
     if fresh and workdir.exists():
+        if any(workdir.iterdir()) and not marker.exists():
+            raise ValueError(f"--workdir {workdir} exists and is not a demo workdir (no {marker.name}); "
+                             "the demo starts from scratch and deletes its workdir: pick a new or empty folder")
         shutil.rmtree(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    marker.write_text("created by `pseudolabel demo`; safe to delete\n")
     data_root = workdir / "data"
     t0 = time.perf_counter()
     data = export_digits(data_root, seed=seed)

@@ -274,7 +274,14 @@ def _run_round(cfg: Config, reviewer: Reviewer | None, ledger: Ledger, *, progre
             labelled = ledger.human_labelled_ids() - {it.id for it in ledger.items("holdout")}
             lab_items = [it for it in ledger.items() if it.id in labelled]
             _, lab_emb = model.predict_proba_embed(lab_items, batch_size=cfg.model.infer_batch_size)
-            sel = select(cfg.selection.strategy, k=k, probs=probs, embeddings=emb,
+            mc = None
+            if cfg.selection.strategy == "bald":
+                from pseudolabel.strategies.bayesian import mc_dropout_probs
+
+                by_id = {it.id: it for it in pool}
+                mc = mc_dropout_probs(model, [by_id[i] for i in df["item_id"]], T=cfg.selection.mc_samples,
+                                      batch_size=cfg.model.infer_batch_size, seed=cfg.selection.seed + rid)
+            sel = select(cfg.selection.strategy, k=k, probs=probs, embeddings=emb, mc_probs=mc,
                          labelled_embeddings=lab_emb, class_balance=cfg.selection.class_balance,
                          hybrid_factor=cfg.selection.hybrid_factor, uncertainty=cfg.selection.uncertainty,
                          seed=cfg.selection.seed + rid)

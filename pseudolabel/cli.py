@@ -60,12 +60,12 @@ def demo(
     """Run a whole campaign on real digit images with a local Label Studio and a simulated reviewer."""
     from loops.demo import run_demo
     from pseudolabel.config import ConfigError
-    from pseudolabel.strategies import STRATEGY_NAMES
+    from pseudolabel.strategies import STRATEGIES
 
     names = [s.strip() for s in strategy.split(",") if s.strip()]
-    bad = [s for s in names if s not in STRATEGY_NAMES]
+    bad = [s for s in names if s not in STRATEGIES]
     if bad or not names:
-        console.print(f"[red]error:[/] unknown strategy {bad or strategy!r}; choose from: {', '.join(STRATEGY_NAMES)}")
+        console.print(f"[red]error:[/] unknown strategy {bad or strategy!r}; choose from: {', '.join(STRATEGIES)}")
         raise typer.Exit(2)
     if not 0.0 <= error_rate <= 1.0:
         console.print(f"[red]error:[/] --error-rate must be between 0 and 1, got {error_rate}")
@@ -73,7 +73,7 @@ def demo(
     try:
         run_demo(workdir, strategies=names, error_rate=error_rate, seed=seed, overrides=set_ or [],
                  console=console, progress=not no_progress)
-    except ConfigError as e:
+    except (ConfigError, ValueError) as e:
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(2) from None
 

@@ -71,15 +71,16 @@ class SelectionConfig(_Section):
     )
     hybrid_factor: int = Field(default=5, ge=1)
     class_balance: bool = False
+    mc_samples: int = Field(default=10, ge=2, le=1000, description="bald: MC-dropout forward passes")
     seed: int = 0
 
     @field_validator("strategy")
     @classmethod
     def _known_strategy(cls, v: str) -> str:
-        from pseudolabel.strategies import STRATEGY_NAMES
+        from pseudolabel.strategies import STRATEGIES
 
-        if v not in STRATEGY_NAMES:
-            raise ValueError(f"unknown strategy {v!r}; choose one of: {', '.join(STRATEGY_NAMES)}")
+        if v not in STRATEGIES:
+            raise ValueError(f"unknown strategy {v!r}; choose one of: {', '.join(STRATEGIES)}")
         return v
 
 

@@ -85,8 +85,10 @@ class Prediction:
 
     - ``probs``: ``(C,)`` class probabilities (classification), rows sum to 1;
     - ``embedding``: ``(D,)`` float32 image embedding (for diversity strategies);
-    - ``boxes`` / ``box_probs``: detection output, ``box_probs`` is ``(B, C)`` with one
-      normalised class vector per box.
+    - ``boxes`` / ``box_probs``: detection output, ``box_probs`` is ``(B, C)``: the full class
+      vector of every kept box. From YOLO these are independent sigmoids (row max = the box's
+      confidence; rows do not sum to 1): normalise with
+      ``pseudolabel.strategies.detection.normalise_box_probs`` before entropy/margin.
     """
 
     item_id: str

@@ -60,3 +60,10 @@ def test_missing_token_names_the_variable(cfg_file: Path, monkeypatch: pytest.Mo
 def test_demo_rejects_unknown_strategy() -> None:
     r = runner.invoke(app, ["demo", "--strategy", "entropy,psychic"])
     assert r.exit_code == 2 and "psychic" in r.output and "margin" in r.output
+
+
+def test_demo_refuses_to_delete_a_foreign_folder(tmp_path: Path) -> None:
+    (tmp_path / "precious.txt").write_text("keep me")
+    r = runner.invoke(app, ["demo", "--workdir", str(tmp_path)])
+    assert r.exit_code == 2 and "not a demo workdir" in r.output
+    assert (tmp_path / "precious.txt").read_text() == "keep me"

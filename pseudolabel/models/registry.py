@@ -12,6 +12,7 @@ from typing import Any
 # name -> "module:ClassName"; a later adapter joins by adding a line.
 _ADAPTERS: dict[str, str] = {
     "torchvision": "pseudolabel.models.torchvision_cls:TorchvisionClassifier",
+    "yolo": "pseudolabel.models.ultralytics_yolo:YoloModel",
 }
 
 

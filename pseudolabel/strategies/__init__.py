@@ -8,9 +8,15 @@ Three layers (modAL / baal style):
 3. :func:`select` composes them into a batch, resolving the strategy by name from
    :data:`STRATEGIES` (extend with :func:`register`).
 
+Further registered strategies: ``badge`` (:mod:`.badge`, gradient embeddings + k-means++),
+``typiclust`` (:mod:`.typiclust`, cold start) and ``bald`` (:mod:`.bayesian`, needs
+MC-dropout samples: use :func:`select_bald`).
+
 Importing this package only defines names and fills the strategy registry.
 """
 
+from .badge import badge, gradient_embeddings
+from .bayesian import bald, mc_dropout_probs, select_bald
 from .diversity import kcenter_greedy
 from .registry import STRATEGIES, STRATEGY_NAMES, get_strategy, register
 from .selection import Selection, SelectionRequest, balanced_top_k, select, top_k
@@ -23,6 +29,7 @@ from .uncertainty import (
     random_scores,
     validate_probs,
 )
+from .typiclust import typiclust
 
 __all__ = [
     "SCORE_FUNCTIONS",
@@ -31,15 +38,21 @@ __all__ = [
     "ScoreFn",
     "Selection",
     "SelectionRequest",
+    "bald",
+    "badge",
     "balanced_top_k",
     "entropy",
     "get_strategy",
+    "gradient_embeddings",
     "kcenter_greedy",
     "least_confidence",
     "margin",
+    "mc_dropout_probs",
     "random_scores",
     "register",
     "select",
+    "select_bald",
     "top_k",
+    "typiclust",
     "validate_probs",
 ]

@@ -86,6 +86,7 @@ class SelectionRequest:
     hybrid_factor: int
     uncertainty: str
     seed: int | None
+    mc_probs: np.ndarray | None = None   # (T, n, C) MC-dropout samples, for ``bald``
 
     def need_probs(self) -> np.ndarray:
         if self.probs is None:
@@ -125,6 +126,7 @@ def select(
     hybrid_factor: int = 5,
     uncertainty: str = "entropy",
     seed: int | None = 0,
+    mc_probs: np.ndarray | None = None,
 ) -> Selection:
     """Pick ``k`` pool items to review with the named strategy.
 
@@ -143,6 +145,7 @@ def select(
         uncertainty: the score ``hybrid`` ranks by: ``entropy``, ``margin`` or
             ``least_confidence``.
         seed: seed for ``random`` and the first ``kcenter`` pick; same seed, same result.
+        mc_probs: (T, N, C) Monte-Carlo dropout samples, needed by ``bald``.
 
     Returns:
         :class:`Selection` with (min(k, N),) ``indices`` and ``scores``.
@@ -207,6 +210,7 @@ def select(
         hybrid_factor=int(hybrid_factor),
         uncertainty=uncertainty,
         seed=seed,
+        mc_probs=mc_probs,
     )
     sel = fn(req)
     return Selection(

@@ -1,0 +1,601 @@
+"""Ultralytics YOLO adapter (detect / segment / classify) behind the Model protocol.
+
+This is the only module that imports ``ultralytics``, and it does so lazily inside
+:func:`_import_ultralytics`, which first switches off every network call Ultralytics makes
+(see /work/shared/FACTS.md):
+
+- ``YOLO_OFFLINE=1``: no DNS probe at import, no PyPI update check, no analytics;
+- ``YOLO_CONFIG_DIR=<config_dir>``: settings are written there, never to ``~/.config``;
+- ``Arial.ttf`` / ``Arial.Unicode.ttf``: copied from matplotlib's DejaVuSans.ttf into the
+  Ultralytics config folder, because Ultralytics downloads the font even with ``plots=False``;
+- settings ``sync=False``; training always runs with ``amp=False`` (the AMP check on CUDA
+  downloads a model) and ``plots=False``.
+
+Ultralytics reads ``YOLO_CONFIG_DIR`` once, when it is first imported: the first model to
+import it fixes the config folder for the whole process (later calls reuse it).
+
+Networks are built from YAML (``yolo11n.yaml``, ``yolo11n-seg.yaml``, ``yolo11n-cls.yaml``);
+initial weights come only from a local file (``weights``). ``YOLO("yolo11n.pt")`` would try to
+download, so a weights path that does not exist is an error, never a download.
+
+Predictions (:meth:`YoloModel.predict`), for an image of ``W x H`` pixels:
+
+- ``boxes``: pixel ``xyxy`` boxes (clipped to the image) with class name and confidence;
+  ``polygon`` (pixel points) for ``segment``;
+- ``box_probs``: ``(B, C)`` float32, the **raw per-class sigmoid scores** of each kept box,
+  gathered from the head output at the anchors NMS kept. Ultralytics' class scores are
+  independent sigmoids: a row does not sum to 1; its max is the box confidence and its argmax
+  the box class. :func:`pseudolabel.strategies.detection.normalise_box_probs` turns rows into
+  distributions (sum 1) for entropy / margin;
+- ``embedding``: ``(D,)`` float32, the last backbone feature map averaged over space (from the
+  same forward pass);
+- ``probs``: ``(C,)`` softmax vector (``classify`` only).
+
+Checkpoints written by :meth:`YoloModel.save` hold the state_dict, the network YAML and our
+parameters: plain tensors and containers that ``torch.load(weights_only=True)`` reads.
+Ultralytics' own ``.pt`` files are pickles that can run code when loaded: pass them as
+``weights`` only when they come from a trusted source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import os
+import pickle
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from typing_extensions import Self
+
+from pseudolabel.data.images import load_rgb
+from pseudolabel.models.base import NotFittedError, resolve_device
+from pseudolabel.types import Annotation, Box, Item, Prediction, TaskType
+
+CHECKPOINT_FORMAT = "pseudolabel.ultralytics_yolo/1"
+TASKS: tuple[TaskType, ...] = ("detect", "segment", "classify")
+_DEFAULT_YAML = {"detect": "yolo11n.yaml", "segment": "yolo11n-seg.yaml", "classify": "yolo11n-cls.yaml"}
+_FONTS = ("Arial.ttf", "Arial.Unicode.ttf")
+
+
+# --------------------------------------------------------------------------------------
+# importing Ultralytics offline
+
+
+def _import_ultralytics(config_dir: Path) -> Any:
+    """Import ``ultralytics`` with its network calls switched off; returns the module.
+
+    ``config_dir``: where Ultralytics keeps its settings (``<config_dir>/Ultralytics``). Only
+    the first call in a process decides it (Ultralytics reads it at import); the fonts are
+    put into whatever folder Ultralytics actually uses, every call.
+    """
+    config_dir = Path(config_dir)
+    os.environ["YOLO_OFFLINE"] = "1"
+    if "ultralytics" not in sys.modules:
+        os.environ["YOLO_CONFIG_DIR"] = str(config_dir)
+    (config_dir / "Ultralytics").mkdir(parents=True, exist_ok=True)
+
+    import ultralytics
+    from ultralytics.utils import SETTINGS, USER_CONFIG_DIR
+
+    font_src = _dejavu_font()
+    for target_dir in {Path(USER_CONFIG_DIR), config_dir / "Ultralytics"}:
+        target_dir.mkdir(parents=True, exist_ok=True)
+        for name in _FONTS:
+            if not (target_dir / name).exists():
+                shutil.copyfile(font_src, target_dir / name)
+    if SETTINGS.get("sync", False):
+        SETTINGS.update({"sync": False})
+    return ultralytics
+
+
+def _dejavu_font() -> Path:
+    import matplotlib
+
+    path = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: matplotlib's DejaVuSans.ttf is missing; Ultralytics needs a local font")
+    return path
+
+
+# --------------------------------------------------------------------------------------
+# helpers
+
+
+def _state_hash(state: Mapping[str, torch.Tensor]) -> str:
+    """Short content hash of a state_dict (12 hex chars of sha256)."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].detach().to("cpu").contiguous()
+        h.update(key.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def _plain(obj: Any) -> Any:
+    """Containers of str/int/float/bool/None only (what ``weights_only=True`` accepts)."""
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    return str(obj)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.symlink(Path(src).resolve(), dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def _polygon_of(box: Box) -> list[tuple[float, float]]:
+    if box.polygon is not None and len(box.polygon) >= 3:
+        return [(float(x), float(y)) for x, y in box.polygon]
+    return [(box.x1, box.y1), (box.x2, box.y1), (box.x2, box.y2), (box.x1, box.y2)]
+
+
+# --------------------------------------------------------------------------------------
+# the adapter
+
+
+class YoloModel:
+    """Ultralytics YOLO behind the :class:`~pseudolabel.models.base.Model` protocol.
+
+    Parameters (stored as given; checked by :meth:`fit`):
+
+    - ``classes``: class names; ``box_probs`` / ``probs`` columns follow this order;
+    - ``task``: ``"detect"``, ``"segment"`` or ``"classify"``;
+    - ``model_yaml``: network definition; default ``yolo11n.yaml`` / ``-seg`` / ``-cls`` by task;
+    - ``weights``: optional local file to start from: a checkpoint from :meth:`save`, or an
+      Ultralytics ``.pt`` (a pickle: trusted files only). Never downloaded;
+    - ``image_size``: training / inference side in pixels (multiple of 32);
+    - ``epochs``, ``batch_size``: training schedule;
+    - ``device``: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ``"cuda:N"``;
+    - ``seed``: Ultralytics' training seed (deterministic mode on);
+    - ``conf`` / ``iou`` / ``max_det``: NMS confidence threshold, IoU threshold, boxes per image;
+    - ``workdir``: folder for Ultralytics runs (``runs/``) and the temporary training dataset;
+      ``None``: a fresh temporary folder;
+    - ``config_dir``: Ultralytics settings folder; ``None``: ``<workdir>/ultralytics``;
+    - ``train_args``: extra keyword arguments for ``YOLO.train`` (e.g. ``{"mosaic": 0.0}``).
+
+    Learned attributes (after :meth:`fit` or :meth:`load`): ``net_`` (the torch module),
+    ``classes_``, ``model_version_``, ``device_``, ``yaml_`` (the network definition).
+    """
+
+    def __init__(
+        self,
+        classes: Sequence[str],
+        *,
+        task: TaskType = "detect",
+        model_yaml: str | None = None,
+        weights: Path | str | None = None,
+        image_size: int = 640,
+        epochs: int = 50,
+        batch_size: int = 16,
+        device: str = "auto",
+        seed: int = 0,
+        conf: float = 0.25,
+        iou: float = 0.7,
+        max_det: int = 300,
+        workdir: Path | str | None = None,
+        config_dir: Path | str | None = None,
+        train_args: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.classes = list(classes) if not isinstance(classes, str) else classes  # type: ignore[assignment]
+        self.task = task
+        self.model_yaml = model_yaml
+        self.weights = weights
+        self.image_size = image_size
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.device = device
+        self.seed = seed
+        self.conf = conf
+        self.iou = iou
+        self.max_det = max_det
+        self.workdir = workdir
+        self.config_dir = config_dir
+        self.train_args = train_args
+
+    # ---- parameters -------------------------------------------------------------------
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+
+    def get_params(self) -> dict[str, Any]:
+        """Constructor parameters as given (scikit-learn style)."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    def _check_params(self) -> None:
+        classes = self.classes
+        if isinstance(classes, str) or not isinstance(classes, Sequence) or len(classes) < 1:
+            raise ValueError(f"classes must be a non-empty list of class names, got {classes!r}")
+        for c in classes:
+            if not isinstance(c, str) or not c:
+                raise ValueError(f"class names must be non-empty strings, got {c!r} in {list(classes)!r}")
+        dupes = sorted({c for c in classes if list(classes).count(c) > 1})
+        if dupes:
+            raise ValueError(f"duplicate class names {dupes!r} in classes")
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; choose one of {list(TASKS)!r}")
+        if self.task == "classify" and len(classes) < 2:
+            raise ValueError(f"classify needs at least 2 classes, got {list(classes)!r}")
+        for name, lo in (("image_size", 32), ("epochs", 1), ("batch_size", 1), ("seed", 0), ("max_det", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+        if self.image_size % 32:
+            raise ValueError(f"image_size must be a multiple of 32 (the network stride), got {self.image_size!r}")
+        for name in ("conf", "iou"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+                raise ValueError(f"{name} must be a number in [0, 1], got {v!r}")
+        if self.weights is not None and not Path(self.weights).is_file():
+            raise ValueError(
+                f"weights {str(self.weights)!r} does not exist; give a local .pt file (a checkpoint from "
+                "YoloModel.save or a trusted Ultralytics .pt) or weights=None to train from scratch. "
+                "Model names such as 'yolo11n.pt' are never downloaded"
+            )
+        resolve_device(self.device)
+
+    def _yaml_name(self) -> str:
+        return self.model_yaml or _DEFAULT_YAML[self.task]
+
+    def _workdir(self) -> Path:
+        if self.workdir is None:
+            if not hasattr(self, "_tmp_workdir"):
+                self._tmp_workdir = Path(tempfile.mkdtemp(prefix="pseudolabel-yolo-"))
+            return self._tmp_workdir
+        return Path(self.workdir)
+
+    def _ultralytics(self) -> Any:
+        config_dir = Path(self.config_dir) if self.config_dir is not None else self._workdir() / "ultralytics"
+        return _import_ultralytics(config_dir)
+
+    def _config(self) -> dict[str, Any]:
+        params = self.get_params()
+        params["classes"] = [str(c) for c in self.classes]
+        for key in ("weights", "workdir", "config_dir"):
+            params[key] = None if params[key] is None else str(params[key])
+        params["train_args"] = _plain(dict(self.train_args or {}))
+        return params
+
+    # ---- learned state ----------------------------------------------------------------
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "net_"):
+            raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit() or load() first")
+
+    @property
+    def model_version(self) -> str:
+        """Short hash of the trained weights (12 hex chars), unless the caller set one."""
+        self._check_fitted()
+        return self.model_version_
+
+    @model_version.setter
+    def model_version(self, value: str) -> None:
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"model_version must be a non-empty string, got {value!r}")
+        self.model_version_ = value
+
+    def _set_net(self, net: torch.nn.Module, yaml: Mapping[str, Any]) -> None:
+        self.device_ = resolve_device(self.device)
+        self.net_ = net.float().eval().to(self.device_)
+        self.yaml_ = _plain(dict(yaml))
+        self.classes_ = [str(c) for c in self.classes]
+        self.model_version_ = _state_hash(net.state_dict())
+
+    # ---- training ---------------------------------------------------------------------
+
+    def _write_dataset(
+        self, root: Path, train: Sequence[Annotation], val: Sequence[Annotation] | None
+    ) -> Path:
+        """Write a YOLO-format dataset under ``root``; returns the path for ``data=``."""
+        index = {c: i for i, c in enumerate(self.classes)}
+        splits = {"train": train, "val": val if val else train}
+        if self.task == "classify":
+            for split, anns in splits.items():
+                for c in self.classes:
+                    (root / split / c).mkdir(parents=True, exist_ok=True)
+                for n, ann in enumerate(anns):
+                    if ann.label not in index:
+                        raise ValueError(
+                            f"annotation {n} of {split} (item {ann.item.id}, {ann.item.path}) has label "
+                            f"{ann.label!r}; expected one of {self.classes!r}"
+                        )
+                    dst = root / split / ann.label / f"{ann.item.id}{ann.item.path.suffix.lower()}"
+                    if not dst.exists():
+                        _link_or_copy(ann.item.path, dst)
+            return root
+        for split, anns in splits.items():
+            (root / split / "images").mkdir(parents=True, exist_ok=True)
+            (root / split / "labels").mkdir(parents=True, exist_ok=True)
+            for n, ann in enumerate(anns):
+                item = ann.item
+                if item.width <= 0 or item.height <= 0:
+                    raise ValueError(f"item {item.id} ({item.path}) has size {item.width}x{item.height}; expected > 0")
+                lines = []
+                for b, box in enumerate(ann.boxes):
+                    if box.label not in index:
+                        raise ValueError(
+                            f"box {b} of annotation {n} of {split} (item {item.id}, {item.path}) has label "
+                            f"{box.label!r}; expected one of {self.classes!r}"
+                        )
+                    if not (box.x2 > box.x1 and box.y2 > box.y1):
+                        raise ValueError(
+                            f"box {b} of annotation {n} of {split} ({item.path}) is not xyxy with x1<x2, y1<y2: "
+                            f"{(box.x1, box.y1, box.x2, box.y2)!r}"
+                        )
+                    cls = index[box.label]
+                    if self.task == "segment":
+                        pts = [
+                            f"{min(max(x / item.width, 0.0), 1.0):.6f} {min(max(y / item.height, 0.0), 1.0):.6f}"
+                            for x, y in _polygon_of(box)
+                        ]
+                        lines.append(f"{cls} " + " ".join(pts))
+                    else:
+                        x1, x2 = max(box.x1, 0.0), min(box.x2, float(item.width))
+                        y1, y2 = max(box.y1, 0.0), min(box.y2, float(item.height))
+                        cx, cy = (x1 + x2) / 2 / item.width, (y1 + y2) / 2 / item.height
+                        w, h = (x2 - x1) / item.width, (y2 - y1) / item.height
+                        lines.append(f"{cls} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}")
+                stem = f"{n:06d}_{item.id[:16]}"
+                _link_or_copy(item.path, root / split / "images" / f"{stem}{item.path.suffix.lower()}")
+                (root / split / "labels" / f"{stem}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
+        names = "\n".join(f"  {i}: {c!r}" for i, c in enumerate(self.classes))
+        data = root / "data.yaml"
+        data.write_text(f"path: {str(root)!r}\ntrain: train/images\nval: val/images\nnames:\n{names}\n")
+        return data
+
+    def _initial_yolo(self, ul: Any) -> Any:
+        """A ``YOLO`` object: from YAML, from one of our checkpoints, or a trusted Ultralytics .pt."""
+        if self.weights is None:
+            return ul.YOLO(self._yaml_name(), task=self.task)
+        path = Path(self.weights)
+        ckpt = _read_checkpoint(path, strict=False)
+        if ckpt is None:  # not ours: an Ultralytics pickle (trusted by the caller)
+            return ul.YOLO(str(path), task=self.task)
+        yolo = ul.YOLO(self._yaml_name(), task=self.task)
+        net = _build_net(ckpt["task"], ckpt["yaml"], len(ckpt["classes"]))
+        net.load_state_dict(ckpt["state_dict"])
+        yolo.model = net
+        # train() transfers weights from ``self.model`` (shape-matched layers only) when a
+        # checkpoint is attached; this marks our loaded module as that checkpoint.
+        yolo.ckpt = {"pseudolabel_weights": str(path)}
+        return yolo
+
+    def fit(self, train: Sequence[Annotation], *, val: Sequence[Annotation] | None = None) -> Self:
+        """Train on ``train`` (boxes / polygons / class labels); returns ``self``.
+
+        Writes a temporary YOLO-format dataset (images symlinked) under ``workdir`` and runs
+        ``YOLO.train`` there with plots, AMP and the network switched off. Without ``val`` the
+        final validation runs on the training set (Ultralytics always validates the last epoch).
+        """
+        self._check_params()
+        if not train:
+            raise ValueError("train is empty; need at least one annotation to fit")
+        ul = self._ultralytics()
+        device = resolve_device(self.device)
+        workdir = self._workdir()
+        workdir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="dataset-", dir=workdir) as tmp:
+            data = self._write_dataset(Path(tmp), train, val)
+            yolo = self._initial_yolo(ul)
+            args: dict[str, Any] = dict(
+                data=str(data),
+                epochs=self.epochs,
+                imgsz=self.image_size,
+                batch=self.batch_size,
+                device="cpu" if device.type == "cpu" else str(device.index or 0),
+                seed=self.seed,
+                deterministic=True,
+                workers=0,
+                project=str((workdir / "runs").resolve()),
+                name="train",
+                exist_ok=True,
+                plots=False,
+                val=False,
+                verbose=False,
+                amp=False,
+            )
+            args.update(dict(self.train_args or {}))
+            yolo.train(**args)
+        self._set_net(yolo.model, yolo.model.yaml)
+        return self
+
+    # ---- inference --------------------------------------------------------------------
+
+    def predict(
+        self, images: Iterable[Item], *, batch_size: int = 32, hflip: bool = False
+    ) -> Iterator[Prediction]:
+        """Yield one :class:`Prediction` per item, in input order (see the module docstring).
+
+        ``hflip=True`` predicts on horizontally mirrored images and reports boxes in the
+        **mirrored** image's pixel coordinates (test-time augmentation for
+        :func:`pseudolabel.strategies.detection.localisation_stability`).
+        """
+        self._check_fitted()
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        it = iter(images)
+        while batch := list(islice(it, batch_size)):
+            yield from self._predict_batch(batch, hflip=hflip)
+
+    def _embedding_layer(self) -> torch.nn.Module:
+        n_backbone = len(self.yaml_.get("backbone", [])) or len(self.net_.model) - 1
+        return self.net_.model[n_backbone - 1]
+
+    def _predict_batch(self, items: Sequence[Item], *, hflip: bool) -> list[Prediction]:
+        self._ultralytics()
+        arrays = []
+        for item in items:
+            arr = np.asarray(load_rgb(item.path), dtype=np.uint8)
+            arrays.append(np.ascontiguousarray(arr[:, ::-1]) if hflip else arr)
+        if self.task == "classify":
+            return self._predict_classify(items, arrays)
+        from ultralytics.data.augment import LetterBox
+        from ultralytics.utils import nms, ops
+
+        size = int(self.image_size)
+        letterbox = LetterBox((size, size), auto=False, stride=32)
+        x = torch.from_numpy(np.stack([letterbox(image=a) for a in arrays]))  # (N, S, S, 3) RGB uint8
+        x = x.permute(0, 3, 1, 2).contiguous().to(self.device_).float() / 255.0
+        feats: list[torch.Tensor] = []
+        hook = self._embedding_layer().register_forward_hook(lambda m, i, o: feats.append(o))
+        try:
+            with torch.inference_mode():
+                out = self.net_(x)
+        finally:
+            hook.remove()
+        emb = feats[0].float().mean(dim=(2, 3)).cpu().numpy().astype(np.float32)  # (N, D)
+        head = out[0] if isinstance(out, (tuple, list)) else out
+        protos = None
+        if self.task == "segment":
+            head, protos = head  # (N, 4 + C + 32, A), (N, 32, S/4, S/4)
+        nc = len(self.classes_)
+        kept, keep_idx = nms.non_max_suppression(
+            head, float(self.conf), float(self.iou), max_det=int(self.max_det), nc=nc, return_idxs=True
+        )
+        preds = []
+        for n, item in enumerate(items):
+            det, idx = kept[n], keep_idx[n]
+            orig_shape = arrays[n].shape[:2]
+            box_probs = head[n, 4 : 4 + nc, idx].T.float().cpu().numpy().astype(np.float32)  # (B, C)
+            polygons: list[np.ndarray | None] = [None] * len(det)
+            if protos is not None and len(det):
+                masks = ops.process_mask(protos[n], det[:, 6:], det[:, :4], x.shape[2:], upsample=True)
+                segs = ops.masks2segments(masks)
+                polygons = [
+                    ops.scale_coords(x.shape[2:], np.asarray(s, dtype=np.float32), orig_shape) if len(s) else None
+                    for s in segs
+                ]
+            xyxy = ops.scale_boxes(x.shape[2:], det[:, :4].clone(), orig_shape).cpu().numpy()
+            conf = det[:, 4].cpu().numpy()
+            cls = det[:, 5].cpu().numpy().astype(int)
+            boxes = []
+            for b in range(len(det)):
+                poly = polygons[b]
+                boxes.append(
+                    Box(
+                        float(xyxy[b, 0]),
+                        float(xyxy[b, 1]),
+                        float(xyxy[b, 2]),
+                        float(xyxy[b, 3]),
+                        self.classes_[cls[b]],
+                        score=float(conf[b]),
+                        polygon=None
+                        if poly is None or len(poly) < 3
+                        else tuple((float(px), float(py)) for px, py in poly),
+                    )
+                )
+            preds.append(
+                Prediction(
+                    item_id=item.id,
+                    model_version=self.model_version,
+                    embedding=emb[n],
+                    boxes=tuple(boxes),
+                    box_probs=box_probs.reshape(len(boxes), nc),
+                )
+            )
+        return preds
+
+    def _predict_classify(self, items: Sequence[Item], arrays: Sequence[np.ndarray]) -> list[Prediction]:
+        from PIL import Image
+        from ultralytics.data.augment import classify_transforms
+
+        tf = classify_transforms(size=int(self.image_size))
+        x = torch.stack([tf(Image.fromarray(a)) for a in arrays]).to(self.device_)
+        feats: list[torch.Tensor] = []
+        hook = self._embedding_layer().register_forward_hook(lambda m, i, o: feats.append(o))
+        try:
+            with torch.inference_mode():
+                out = self.net_(x)
+        finally:
+            hook.remove()
+        probs = (out[0] if isinstance(out, (tuple, list)) else out).float().cpu().numpy()
+        emb = feats[0].float().mean(dim=(2, 3)).cpu().numpy().astype(np.float32)
+        return [
+            Prediction(item_id=item.id, model_version=self.model_version, probs=probs[n].astype(np.float64), embedding=emb[n])
+            for n, item in enumerate(items)
+        ]
+
+    # ---- persistence ------------------------------------------------------------------
+
+    def save(self, path: Path) -> None:
+        """Write state_dict + network YAML + parameters (``torch.load(weights_only=True)``-safe)."""
+        self._check_fitted()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().clone() for k, v in self.net_.state_dict().items()}
+        ckpt = {
+            "format": CHECKPOINT_FORMAT,
+            "task": self.task,
+            "config": self._config(),
+            "classes": list(self.classes_),
+            "yaml": self.yaml_,
+            "state_dict": state,
+            "model_version": self.model_version_,
+        }
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save(ckpt, tmp)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path, **overrides: Any) -> Self:
+        """Rebuild a model written by :meth:`save` (``overrides`` replace saved parameters,
+        e.g. ``device="cpu"`` or ``workdir=...``)."""
+        ckpt = _read_checkpoint(Path(path), strict=True)
+        if ckpt is None:  # unreachable: strict=True raises instead
+            raise ValueError(f"{path}: not a YoloModel checkpoint")
+        config = {**ckpt["config"], **overrides}
+        model = cls(**config)
+        model._ultralytics()
+        net = _build_net(ckpt["task"], ckpt["yaml"], len(ckpt["classes"]))
+        net.load_state_dict(ckpt["state_dict"])
+        model._set_net(net, ckpt["yaml"])
+        model.model_version_ = str(ckpt["model_version"])
+        return model
+
+
+def _build_net(task: str, yaml: Mapping[str, Any], nc: int) -> torch.nn.Module:
+    from ultralytics.nn.tasks import ClassificationModel, DetectionModel, SegmentationModel
+
+    cls = {"detect": DetectionModel, "segment": SegmentationModel, "classify": ClassificationModel}[task]
+    net = cls(cfg=dict(yaml), nc=nc, verbose=False)
+    return net
+
+
+def _read_checkpoint(path: Path, *, strict: bool) -> dict[str, Any] | None:
+    """Our checkpoint at ``path``; ``None`` when it is not ours and ``strict`` is False."""
+    if not path.is_file():
+        raise ValueError(f"{path} does not exist (expected a checkpoint written by YoloModel.save)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        if not strict:
+            return None
+        raise ValueError(
+            f"{path}: cannot be read with torch.load(weights_only=True) ({e}); expected a checkpoint "
+            "written by YoloModel.save (Ultralytics .pt pickles go in weights=, trusted files only)"
+        ) from e
+    if not isinstance(obj, Mapping) or obj.get("format") != CHECKPOINT_FORMAT:
+        if not strict:
+            return None
+        raise ValueError(f"{path}: not a YoloModel checkpoint (expected format {CHECKPOINT_FORMAT!r})")
+    return dict(obj)

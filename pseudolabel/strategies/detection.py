@@ -1,0 +1,236 @@
+"""Detection uncertainty: per-box scores, box -> image aggregation, flip stability.
+
+Pure numpy. Conventions:
+
+- boxes are pixel ``xyxy`` arrays of shape ``(B, 4)`` (``x1 < x2``, ``y1 < y2``);
+- ``box_probs`` are ``(B, C)`` per-box class scores. Detectors such as YOLO give independent
+  **sigmoid** scores (rows in ``[0, 1]`` that need not sum to 1); :func:`normalise_box_probs`
+  divides each row by its sum so the classification scores of
+  :mod:`pseudolabel.strategies.uncertainty` apply;
+- every score points one way: higher = more uncertain = reviewed first.
+
+Composition (modAL-style): :func:`box_uncertainty` gives ``(B,)`` per-box scores,
+:func:`aggregate` reduces them to one image score, :func:`localisation_stability` adds a
+test-time-augmentation term, :func:`image_uncertainty` wires them for one
+:class:`~pseudolabel.types.Prediction`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+from pseudolabel.strategies.uncertainty import _KERNELS
+from pseudolabel.types import Prediction
+
+Aggregation = Literal["max", "mean", "sum", "topk_mean"]
+AGGREGATIONS: tuple[str, ...] = ("max", "mean", "sum", "topk_mean")
+BOX_SCORES: tuple[str, ...] = tuple(sorted(_KERNELS))
+
+__all__ = [
+    "AGGREGATIONS",
+    "BOX_SCORES",
+    "aggregate",
+    "box_iou",
+    "box_uncertainty",
+    "boxes_array",
+    "hflip_boxes",
+    "image_uncertainty",
+    "localisation_stability",
+    "normalise_box_probs",
+]
+
+
+def _as_boxes(boxes: np.ndarray, name: str) -> np.ndarray:
+    arr = np.asarray(boxes, dtype=np.float64)
+    if arr.size == 0:
+        return arr.reshape(0, 4)
+    if arr.ndim != 2 or arr.shape[1] != 4:
+        raise ValueError(f"{name} must have shape (B, 4) (pixel xyxy), got {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains non-finite coordinates; expected finite pixel xyxy")
+    bad = (arr[:, 2] < arr[:, 0]) | (arr[:, 3] < arr[:, 1])
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{name} row {row} is {arr[row].tolist()}, not xyxy with x1 <= x2 and y1 <= y2")
+    return arr
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of pixel ``xyxy`` boxes: ``a`` (N, 4), ``b`` (M, 4) -> (N, M) in [0, 1].
+
+    Two degenerate (zero-area) boxes have IoU 0.
+    """
+    a = _as_boxes(a, "a")
+    b = _as_boxes(b, "b")
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = np.clip(rb - lt, 0.0, None)
+    inter = wh[..., 0] * wh[..., 1]
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def normalise_box_probs(box_probs: np.ndarray) -> np.ndarray:
+    """Per-box class scores ``(B, C)`` (e.g. independent sigmoids in [0, 1]) -> ``(B, C)``
+    rows summing to 1. A row of all zeros becomes uniform (nothing is known about it)."""
+    arr = np.asarray(box_probs, dtype=np.float64)
+    if arr.ndim != 2:
+        raise ValueError(f"box_probs must have shape (B, C), got {arr.shape}")
+    if arr.size and (not np.isfinite(arr).all() or (arr < 0).any()):
+        row = int(np.flatnonzero(~np.isfinite(arr).all(axis=1) | (arr < 0).any(axis=1))[0])
+        raise ValueError(f"box_probs row {row} is {arr[row].tolist()}; expected finite scores >= 0")
+    sums = arr.sum(axis=1, keepdims=True)
+    uniform = np.full_like(arr, 1.0 / max(arr.shape[1], 1))
+    return np.where(sums > 0, arr / np.where(sums > 0, sums, 1.0), uniform)
+
+
+def box_uncertainty(box_probs: np.ndarray, *, score: str = "entropy") -> np.ndarray:
+    """Per-box uncertainty: ``(B, C)`` class scores -> ``(B,)``, higher = more uncertain.
+
+    Rows are normalised first (:func:`normalise_box_probs`). ``score``: ``"entropy"``
+    (normalised to [0, 1] by ``log C``), ``"margin"`` or ``"least_confidence"`` (see
+    :mod:`pseudolabel.strategies.uncertainty`). Note that normalising discards how confident
+    the detector is that there is an object at all; :func:`image_uncertainty` adds that back.
+    """
+    if score not in _KERNELS:
+        raise ValueError(f"unknown box score {score!r}; choose one of {list(BOX_SCORES)!r}")
+    probs = normalise_box_probs(box_probs)
+    if probs.shape[0] == 0:
+        return np.zeros(0, dtype=np.float64)
+    if score == "entropy":
+        return _KERNELS["entropy"](probs, normalise=True)  # type: ignore[call-arg]
+    return _KERNELS[score](probs)
+
+
+def aggregate(
+    box_scores: np.ndarray,
+    *,
+    how: Aggregation | str = "max",
+    k: int = 3,
+    empty_score: float = 1.0,
+) -> float:
+    """Reduce per-box scores ``(B,)`` to one image score (higher = more uncertain).
+
+    ``how``: ``"max"`` (the worst box), ``"mean"``, ``"sum"`` (grows with the number of boxes:
+    busy images first), ``"topk_mean"`` (mean of the ``k`` highest; equals ``"max"`` for
+    ``k=1`` and ``"mean"`` when ``k >= B``).
+
+    ``empty_score``: the score of an image with no box (``B == 0``). Default 1.0, the top of
+    the [0, 1] range of the per-box scores: an image on which the model finds nothing
+    confident is treated as uncertain (it may hold objects the model misses), not as easy.
+    """
+    if how not in AGGREGATIONS:
+        raise ValueError(f"unknown aggregation {how!r}; choose one of {list(AGGREGATIONS)!r}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    s = np.asarray(box_scores, dtype=np.float64)
+    if s.ndim != 1:
+        raise ValueError(f"box_scores must be a 1-D array (B,), got shape {s.shape}")
+    if not np.isfinite(s).all():
+        raise ValueError(f"box_scores contains non-finite values at {np.flatnonzero(~np.isfinite(s)).tolist()}")
+    if s.size == 0:
+        return float(empty_score)
+    if how == "max":
+        return float(s.max())
+    if how == "mean":
+        return float(s.mean())
+    if how == "sum":
+        return float(s.sum())
+    top = np.sort(s)[::-1][: int(k)]
+    return float(top.mean())
+
+
+def hflip_boxes(boxes: np.ndarray, width: float) -> np.ndarray:
+    """Mirror pixel ``xyxy`` boxes ``(B, 4)`` horizontally in an image ``width`` pixels wide."""
+    arr = _as_boxes(boxes, "boxes")
+    out = arr.copy()
+    out[:, 0] = width - arr[:, 2]
+    out[:, 2] = width - arr[:, 0]
+    return out
+
+
+def localisation_stability(boxes: np.ndarray, flipped_boxes: np.ndarray, width: float) -> float:
+    """Instability of boxes under a horizontal flip, in [0, 1]; higher = more uncertain.
+
+    ``boxes`` ``(B, 4)``: pixel xyxy on the original image; ``flipped_boxes`` ``(B', 4)``:
+    pixel xyxy predicted on the mirrored image (in the mirrored image's coordinates);
+    ``width``: image width in pixels. The flipped boxes are mirrored back and each original
+    box is matched with its best-IoU partner; the result is ``1 - mean best IoU``. Both empty:
+    0 (stable); exactly one empty: 1 (what was found vanished or appeared).
+    """
+    if not np.isfinite(width) or width <= 0:
+        raise ValueError(f"width must be a positive number of pixels, got {width!r}")
+    a = _as_boxes(boxes, "boxes")
+    b = hflip_boxes(_as_boxes(flipped_boxes, "flipped_boxes"), width)
+    if len(a) == 0 and len(b) == 0:
+        return 0.0
+    if len(a) == 0 or len(b) == 0:
+        return 1.0
+    # Symmetric: boxes that appear only after the flip count as unstable too.
+    iou = box_iou(a, b)
+    best = np.concatenate([iou.max(axis=1), iou.max(axis=0)])
+    return float(1.0 - best.mean())
+
+
+def boxes_array(prediction: Prediction) -> np.ndarray:
+    """The prediction's boxes as a pixel ``xyxy`` array ``(B, 4)``."""
+    if not prediction.boxes:
+        return np.zeros((0, 4), dtype=np.float64)
+    return np.array([[b.x1, b.y1, b.x2, b.y2] for b in prediction.boxes], dtype=np.float64)
+
+
+def image_uncertainty(
+    prediction: Prediction,
+    tta_prediction: Prediction | None = None,
+    *,
+    how: Aggregation | str = "max",
+    score: str = "entropy",
+    k: int = 3,
+    empty_score: float = 1.0,
+    width: float | None = None,
+    stability_weight: float = 0.5,
+) -> float:
+    """One uncertainty score for a detection prediction; higher = more uncertain.
+
+    Per box: ``max(class uncertainty, 1 - confidence)``, where the class uncertainty is
+    :func:`box_uncertainty` of the normalised class vector and the confidence is the box's
+    ``score`` (its top raw class score): a box the detector barely believes in is uncertain
+    even if its class vector is peaked. Boxes are reduced with :func:`aggregate` (``how``,
+    ``k``, ``empty_score``), so the base score lies in [0, 1] except for ``how="sum"``.
+
+    With ``tta_prediction`` (the prediction on the horizontally mirrored image, boxes in its
+    coordinates) the result is ``(1 - w) * base + w * localisation_stability`` with
+    ``w = stability_weight``; ``width`` (pixels) is required then.
+    """
+    if prediction.box_probs is None:
+        probs = np.zeros((len(prediction.boxes), 0))
+    else:
+        probs = np.asarray(prediction.box_probs, dtype=np.float64)
+    if probs.shape[0] != len(prediction.boxes):
+        raise ValueError(
+            f"prediction for item {prediction.item_id} has {len(prediction.boxes)} boxes but box_probs "
+            f"of shape {probs.shape}; expected (B, C) with B = number of boxes"
+        )
+    if len(prediction.boxes) == 0:
+        per_box = np.zeros(0)
+    else:
+        cls_unc = box_uncertainty(probs, score=score) if probs.shape[1] else np.zeros(len(prediction.boxes))
+        conf = np.array(
+            [b.score if b.score is not None else (probs[i].max() if probs.shape[1] else 1.0)
+             for i, b in enumerate(prediction.boxes)],
+            dtype=np.float64,
+        )
+        per_box = np.maximum(cls_unc, 1.0 - np.clip(conf, 0.0, 1.0))
+    base = aggregate(per_box, how=how, k=k, empty_score=empty_score)
+    if tta_prediction is None:
+        return base
+    if width is None:
+        raise ValueError("width (image width in pixels) is required with tta_prediction")
+    if not 0.0 <= stability_weight <= 1.0:
+        raise ValueError(f"stability_weight must be in [0, 1], got {stability_weight!r}")
+    instability = localisation_stability(boxes_array(prediction), boxes_array(tta_prediction), width)
+    return float((1.0 - stability_weight) * base + stability_weight * instability)

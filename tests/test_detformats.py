@@ -1,0 +1,450 @@
+"""Detection/segmentation label formats: YOLO, COCO, VOC readers/writers, export, masks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from pseudolabel.data import detformats as D
+from pseudolabel.review import convert as C
+from pseudolabel.types import Box
+
+CLASSES = ("cat", "dog")
+TOL = 1e-6
+
+
+def _png(path: Path, w: int, h: int, seed: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def _same(a: Mapping[str, Sequence[Box]], b: Mapping[str, Sequence[Box]], tol: float = TOL) -> None:
+    assert set(a) == set(b)
+    for k in a:
+        assert len(a[k]) == len(b[k]), k
+        for p, q in zip(a[k], b[k]):
+            assert p.label == q.label
+            assert max(abs(p.x1 - q.x1), abs(p.y1 - q.y1), abs(p.x2 - q.x2), abs(p.y2 - q.y2)) <= tol, (p, q)
+            assert (p.polygon is None) == (q.polygon is None), (p, q)
+            if p.polygon is not None and q.polygon is not None:
+                assert len(p.polygon) == len(q.polygon)
+                assert np.abs(np.asarray(p.polygon) - np.asarray(q.polygon)).max() <= tol
+
+
+@pytest.fixture
+def yolo_detect(tmp_path: Path) -> tuple[Path, Path]:
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    _png(images / "a.png", 100, 80, 0)
+    _png(images / "sub" / "b.png", 64, 48, 1)  # no label file: no objects
+    _png(images / "c.png", 50, 50, 2)
+    labels.mkdir()
+    (labels / "a.txt").write_text(
+        "0 0.5 0.5 1 1\n"            # the whole image: touches all four edges
+        "1 0.25 0.3 0.1 0.2\n"
+        "\n"                          # blank lines are skipped
+        "1 0.9 0.1 0.2 0.2\n"        # touches the top-right corner
+    )
+    (labels / "c.txt").write_text("0 0.95 0.5 0.1 0.3333333333\n")
+    return images, labels
+
+
+@pytest.fixture
+def yolo_segment(tmp_path: Path) -> tuple[Path, Path]:
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    _png(images / "a.png", 100, 80, 3)
+    _png(images / "b.png", 40, 30, 4)
+    labels.mkdir()
+    (labels / "a.txt").write_text(
+        "0 0 0 1 0 1 1 0 1\n"                    # polygon = the image border
+        "1 0.1 0.2 0.3 0.25 0.2 0.6 0.05 0.5\n"
+    )
+    (labels / "b.txt").write_text("1 0.5 0.1 0.9 0.9 0.1 0.9\n")
+    return images, labels
+
+
+def test_read_yolo_detect_pixels(yolo_detect: tuple[Path, Path]) -> None:
+    images, labels = yolo_detect
+    ds = D.read_yolo(images, labels, classes=CLASSES)
+    by_name = {it.path.name: it for it in ds.items}
+    assert ds.classes == CLASSES and not ds.quarantined
+    a = ds.boxes[by_name["a.png"].id]
+    assert a[0] == Box(0.0, 0.0, 100.0, 80.0, "cat")
+    assert a[1].label == "dog"
+    assert (a[1].x1, a[1].y1, a[1].x2, a[1].y2) == pytest.approx((20, 16, 30, 32))
+    assert (a[2].x2, a[2].y1) == (100.0, 0.0)
+    assert ds.boxes[by_name["b.png"].id] == ()  # no label file = no objects
+
+
+def _chain(ds: D.DetSet, tmp: Path, images: Path, task: str) -> D.DetSet:
+    """ours -> COCO -> ours -> VOC -> ours -> YOLO -> ours, checking each step."""
+    D.write_coco(tmp / "coco.json", ds.items, ds.boxes, classes=ds.classes, image_root=images)
+    coco = D.read_coco(tmp / "coco.json", image_root=images)
+    assert coco.classes == ds.classes
+    _same(ds.boxes, coco.boxes)
+    D.write_voc(tmp / "voc", coco.items, coco.boxes, image_root=images)
+    voc = D.read_voc(tmp / "voc", image_root=images, classes=ds.classes)
+    _same(ds.boxes, voc.boxes)
+    D.write_yolo(tmp / "yolo2", voc.items, voc.boxes, classes=ds.classes, task=task, image_root=images)
+    return D.read_yolo(images, tmp / "yolo2", classes=ds.classes, task=task)
+
+
+def test_round_trip_detect(yolo_detect: tuple[Path, Path], tmp_path: Path) -> None:
+    images, labels = yolo_detect
+    ds = D.read_yolo(images, labels, classes=CLASSES)
+    back = _chain(ds, tmp_path, images, "detect")
+    _same(ds.boxes, back.boxes)
+    # The written YOLO text equals the input numerically.
+    orig = [list(map(float, line.split())) for line in (labels / "a.txt").read_text().split("\n") if line]
+    new = [list(map(float, line.split())) for line in (tmp_path / "yolo2" / "a.txt").read_text().split("\n") if line]
+    assert np.allclose(orig, new, atol=1e-9)
+    assert (tmp_path / "yolo2" / "sub" / "b.txt").read_text() == ""  # empty file = no objects
+
+
+def test_round_trip_segment(yolo_segment: tuple[Path, Path], tmp_path: Path) -> None:
+    images, labels = yolo_segment
+    ds = D.read_yolo(images, labels, classes=CLASSES, task="segment")
+    a = ds.boxes[next(it.id for it in ds.items if it.path.name == "a.png")]
+    assert a[0].polygon == ((0, 0), (100, 0), (100, 80), (0, 80))
+    assert (a[1].x1, a[1].y1, a[1].x2, a[1].y2) == pytest.approx((5, 16, 30, 48))
+    back = _chain(ds, tmp_path, images, "segment")
+    _same(ds.boxes, back.boxes)
+
+
+@pytest.mark.parametrize("fixture,task", [("yolo_detect", "detect"), ("yolo_segment", "segment")])
+def test_round_trip_through_label_studio(fixture: str, task: str, request: pytest.FixtureRequest) -> None:
+    images, labels = request.getfixturevalue(fixture)
+    ds = D.read_yolo(images, labels, classes=CLASSES, task=task)  # type: ignore[arg-type]
+    back = {}
+    for it in ds.items:
+        result = C.boxes_result(ds.boxes[it.id], width=it.width, height=it.height, task_type=task)  # type: ignore[arg-type]
+        for region in result:  # Label Studio works in percent of the original size
+            assert region["original_width"] == it.width and region["original_height"] == it.height
+        back[it.id] = C.boxes_from_result(result)
+    _same(ds.boxes, back)
+
+
+def test_yolo_detect_accepts_polygon_lines(tmp_path: Path) -> None:
+    _png(tmp_path / "i" / "a.png", 10, 10, 0)
+    (tmp_path / "l").mkdir()
+    (tmp_path / "l" / "a.txt").write_text("1 0.1 0.1 0.5 0.2 0.3 0.6\n")
+    ds = D.read_yolo(tmp_path / "i", tmp_path / "l", classes=CLASSES)
+    (b,) = next(iter(ds.boxes.values()))
+    assert (b.x1, b.y1, b.x2, b.y2) == pytest.approx((1, 1, 5, 6)) and b.polygon is not None
+
+
+def test_tiny_overshoot_is_clipped(tmp_path: Path) -> None:
+    _png(tmp_path / "i" / "a.png", 10, 10, 0)
+    (tmp_path / "l").mkdir()
+    (tmp_path / "l" / "a.txt").write_text("0 0.5 0.5 1.0000005 1.0000001\n")
+    (b,) = next(iter(D.read_yolo(tmp_path / "i", tmp_path / "l", classes=CLASSES).boxes.values()))
+    assert (b.x1, b.y1, b.x2, b.y2) == (0.0, 0.0, 10.0, 10.0)
+
+
+# --------------------------------------------------------------------------- invalid YOLO
+
+
+@pytest.mark.parametrize(
+    "task,line,match",
+    [
+        ("detect", "0 0.5 0.5 1.2 0.4", "outside the image"),
+        ("detect", "0 0.9 0.5 0.4 0.4", r"cx \+ w/2 = 1\.1 lies outside the image \(accepted: 0\.\.1"),
+        ("detect", "0 0.5 0.1 0.4 0.4", r"cy - h/2 = -0\.1 lies outside the image"),
+        ("detect", "0 0.5 0.5 0 0.2", "degenerate"),
+        ("detect", "2 0.5 0.5 0.2 0.2", r"class id 2 is out of range; accepted 0\.\.1 \(0=cat, 1=dog\)"),
+        ("detect", "-1 0.5 0.5 0.2 0.2", "out of range"),
+        ("detect", "x 0.5 0.5 0.2 0.2", "not a non-negative integer"),
+        ("detect", "0 0.5 0.5 0.2", "4 fields; expected 5"),
+        ("detect", "0 0.5 0.5 0.2 0.2 0.1", "6 fields; expected 5"),
+        ("detect", "0 0.5 abc 0.2 0.2", "'abc' is not a number"),
+        ("detect", "0 0.5 nan 0.2 0.2", "not a finite number"),
+        ("segment", "0 0.1 0.1 0.2 0.2", "at least 3 points"),
+        ("segment", "0 0.1 0.1 0.2 0.2 0.3 0.3 0.4", "odd number of coordinates"),
+        ("segment", "1 0.1 0.1 0.5 0.1 1.5 0.5", "outside the image"),
+    ],
+)
+def test_invalid_yolo_names_file_and_line(tmp_path: Path, task: str, line: str, match: str) -> None:
+    _png(tmp_path / "i" / "a.png", 20, 10, 0)
+    (tmp_path / "l").mkdir()
+    good = "0 0.5 0.5 0.2 0.2" if task == "detect" else "0 0.1 0.1 0.5 0.1 0.5 0.5"
+    (tmp_path / "l" / "a.txt").write_text(f"{good}\n{line}\n")
+    with pytest.raises(ValueError, match=match) as err:
+        D.read_yolo(tmp_path / "i", tmp_path / "l", classes=CLASSES, task=task)  # type: ignore[arg-type]
+    assert f"{tmp_path / 'l' / 'a.txt'}:2:" in str(err.value)
+
+
+def test_yolo_label_without_image_raises(yolo_detect: tuple[Path, Path]) -> None:
+    images, labels = yolo_detect
+    (labels / "typo.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    with pytest.raises(ValueError, match=r"typo\.txt: label file has no image"):
+        D.read_yolo(images, labels, classes=CLASSES)
+
+
+def test_two_images_one_label_file_raise(yolo_detect: tuple[Path, Path]) -> None:
+    images, labels = yolo_detect
+    _png(images / "a.jpg", 10, 10, 9)
+    with pytest.raises(ValueError, match=r"a\.jpg and .*a\.png would share the label file"):
+        D.read_yolo(images, labels, classes=CLASSES)
+
+
+def test_unreadable_image_is_quarantined(yolo_detect: tuple[Path, Path]) -> None:
+    images, labels = yolo_detect
+    (images / "broken.png").write_bytes(b"not a png")
+    ds = D.read_yolo(images, labels, classes=CLASSES)
+    assert [q.path.name for q in ds.quarantined] == ["broken.png"]
+    assert len(ds.boxes) == len(ds.items) == 3
+
+
+def test_duplicate_bytes_with_different_labels_raise(tmp_path: Path) -> None:
+    _png(tmp_path / "i" / "a.png", 10, 10, 0)
+    (tmp_path / "i" / "b.png").write_bytes((tmp_path / "i" / "a.png").read_bytes())
+    (tmp_path / "l").mkdir()
+    (tmp_path / "l" / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    with pytest.raises(ValueError, match="conflicting labels.*a.txt.*b.txt"):
+        D.read_yolo(tmp_path / "i", tmp_path / "l", classes=CLASSES)
+    (tmp_path / "l" / "b.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    ds = D.read_yolo(tmp_path / "i", tmp_path / "l", classes=CLASSES)
+    assert len(ds.items) == 1 and [p.name for p, _ in ds.duplicates] == ["b.png"]
+
+
+def test_read_yolo_names(tmp_path: Path) -> None:
+    (tmp_path / "d.yaml").write_text("names:\n  0: cat\n  1: dog\n")
+    assert D.read_yolo_names(tmp_path / "d.yaml") == CLASSES
+    (tmp_path / "e.yaml").write_text("names: [cat, dog]\n")
+    assert D.read_yolo_names(tmp_path / "e.yaml") == CLASSES
+    (tmp_path / "f.yaml").write_text("names:\n  0: cat\n  2: dog\n")
+    with pytest.raises(ValueError, match="not 0..1"):
+        D.read_yolo_names(tmp_path / "f.yaml")
+
+
+# --------------------------------------------------------------------------- invalid COCO
+
+
+def _coco(tmp_path: Path, ann: dict, *, seg: bool = False) -> Path:
+    _png(tmp_path / "img" / "a.png", 100, 50, 0)
+    good = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "iscrowd": 0}
+    if seg:
+        good["segmentation"] = [[10, 10, 30, 10, 30, 30]]
+    data = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 100, "height": 50}],
+        "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
+        "annotations": [good, {"id": 7, "image_id": 1, "category_id": 2, "iscrowd": 0} | ann],
+    }
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    "ann,match",
+    [
+        ({"bbox": [90, 10, 20, 10]}, "x2 = 110 lies outside the image"),
+        ({"bbox": [10, -5, 20, 10]}, "y1 = -5 lies outside"),
+        ({"bbox": [10, 10, 0, 10]}, "degenerate"),
+        ({"bbox": [10, 10, 5]}, r"is not \[x, y, w, h\]"),
+        ({"bbox": [10, "a", 5, 5]}, "'a' is not a number"),
+        ({"bbox": [10, 10, 5, 5], "category_id": 9}, r"category_id 9 is not one of the categories \[1, 2\]"),
+        ({"bbox": [10, 10, 5, 5], "image_id": 4}, "image_id 4 is not in 'images'"),
+        ({"bbox": [10, 10, 5, 5], "segmentation": [[10, 10, 12, 12]]}, "at least 3"),
+        ({"bbox": [10, 10, 5, 5], "segmentation": [[10, 10, 12, 12, 13]]}, "odd number"),
+        ({"bbox": [10, 10, 5, 5], "segmentation": {"counts": "x", "size": [50, 100]}}, "RLE"),
+        ({"bbox": [10, 10, 5, 5], "iscrowd": 1}, "iscrowd"),
+        ({"bbox": [10, 10, 5, 5], "segmentation": [[10, 10, 12, 10, 12, 12], [1, 1, 2, 1, 2, 2]]}, "2 polygon parts"),
+    ],
+)
+def test_invalid_coco_names_annotation_id(tmp_path: Path, ann: dict, match: str) -> None:
+    path = _coco(tmp_path, ann)
+    with pytest.raises(ValueError, match=match) as err:
+        D.read_coco(path, image_root=tmp_path / "img")
+    assert f"{path}: annotation id 7" in str(err.value)
+
+
+def test_coco_unknown_class_name_and_size_mismatch(tmp_path: Path) -> None:
+    path = _coco(tmp_path, {"bbox": [1, 1, 2, 2]})
+    with pytest.raises(ValueError, match=r"class 'dog' is not one of the accepted classes \['cat'\]"):
+        D.read_coco(path, image_root=tmp_path / "img", classes=["cat"])
+    data = json.loads(path.read_text())
+    data["images"][0]["width"] = 99
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="declares 99x50 but the file is 100x50"):
+        D.read_coco(path, image_root=tmp_path / "img")
+
+
+def test_coco_multipart_largest_and_tolerance(tmp_path: Path) -> None:
+    ann = {"bbox": [0, 0, 100.5, 20], "segmentation": [[1, 1, 2, 1, 2, 2], [0, 0, 50, 0, 50, 20, 0, 20]]}
+    path = _coco(tmp_path, ann)
+    ds = D.read_coco(path, image_root=tmp_path / "img", multipart="largest")
+    b = next(iter(ds.boxes.values()))[1]
+    assert b.x2 == 100.0  # 0.5 px over the edge: within tolerance, clipped
+    assert b.polygon == ((0, 0), (50, 0), (50, 20), (0, 20))
+
+
+# --------------------------------------------------------------------------- invalid VOC
+
+
+def _voc(tmp_path: Path, obj: str) -> Path:
+    _png(tmp_path / "img" / "a.png", 100, 50, 0)
+    (tmp_path / "ann").mkdir(exist_ok=True)
+    xml = (
+        "<annotation><filename>a.png</filename><size><width>100</width><height>50</height></size>"
+        "<object><name>cat</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>5</xmax><ymax>5</ymax></bndbox></object>"
+        f"<object>{obj}</object></annotation>"
+    )
+    path = tmp_path / "ann" / "a.xml"
+    path.write_text(xml)
+    return path
+
+
+def _bnd(x1: object, y1: object, x2: object, y2: object) -> str:
+    return f"<bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox>"
+
+
+@pytest.mark.parametrize(
+    "obj,match",
+    [
+        ("<name>cat</name>" + _bnd(10, 10, 150, 20), "x2 = 150 lies outside"),
+        ("<name>cat</name>" + _bnd(10, 10, 10, 20), "degenerate"),
+        ("<name>bird</name>" + _bnd(10, 10, 20, 20), r"class 'bird' is not one of the accepted classes \['cat', 'dog'\]"),
+        ("<name>cat</name>", "missing <bndbox>"),
+        ("<name></name>" + _bnd(10, 10, 20, 20), "missing or empty <name>"),
+        ("<name>cat</name>" + _bnd(10, "ten", 20, 20), "<ymin> = 'ten' is not a number"),
+        ("<name>cat</name>" + _bnd(10, 10, 20, 20) + "<polygon><x1>1</x1><y1>1</y1><x2>2</x2><y2>2</y2></polygon>", "at least 3"),
+        ("<name>cat</name>" + _bnd(10, 10, 20, 20) + "<polygon><x1>1</x1><y1>1</y1><x2>2</x2><y2>2</y2><x3>3</x3></polygon>", "y3"),
+    ],
+)
+def test_invalid_voc_names_file_and_object(tmp_path: Path, obj: str, match: str) -> None:
+    path = _voc(tmp_path, obj)
+    with pytest.raises(ValueError, match=match) as err:
+        D.read_voc(tmp_path / "ann", image_root=tmp_path / "img", classes=CLASSES)
+    assert f"{path}: object 2" in str(err.value)
+
+
+def test_voc_missing_image_and_bad_xml(tmp_path: Path) -> None:
+    (tmp_path / "ann").mkdir()
+    (tmp_path / "img").mkdir()
+    (tmp_path / "ann" / "a.xml").write_text("<annotation><filename>zz.png</filename></annotation>")
+    with pytest.raises(ValueError, match=r"a\.xml: image 'zz.png' not found"):
+        D.read_voc(tmp_path / "ann", image_root=tmp_path / "img")
+    (tmp_path / "ann" / "a.xml").write_text("<annotation>\n<filename>zz.png</filename>\n<oops></annotation>")
+    with pytest.raises(ValueError, match=r"a\.xml:3: not valid XML"):
+        D.read_voc(tmp_path / "ann", image_root=tmp_path / "img")
+
+
+# --------------------------------------------------------------------------- writers / export
+
+
+def test_writers_reject_unknown_class_and_missing_item(yolo_detect: tuple[Path, Path], tmp_path: Path) -> None:
+    images, labels = yolo_detect
+    ds = D.read_yolo(images, labels, classes=CLASSES)
+    with pytest.raises(ValueError, match=r"class 'dog' is not one of the accepted classes \['cat'\]"):
+        D.write_yolo(tmp_path / "o", ds.items, ds.boxes, classes=["cat"])
+    with pytest.raises(ValueError, match="no entry in boxes"):
+        D.write_coco(tmp_path / "o.json", ds.items, {}, classes=CLASSES)
+    with pytest.raises(ValueError, match=r"a\.png: box 0 \('cat'\): task 'segment' needs a polygon"):
+        D.write_yolo(tmp_path / "o", ds.items, ds.boxes, classes=CLASSES, task="segment")
+    a = next(it for it in ds.items if it.path.name == "a.png")
+    for bad, match in [(Box(90, 0, 101.5, 10, "cat"), "x2 = 101.5 lies outside the image"),
+                       (Box(5, 5, 5, 10, "cat"), "degenerate"),
+                       (Box(1, 1, 5, 5, "cat", polygon=((1, 1), (5, 5))), "at least 3")]:
+        for write in (D.write_yolo, D.write_coco, D.write_voc):
+            with pytest.raises(ValueError, match=match) as err:
+                write(tmp_path / "o2", ds.items, ds.boxes | {a.id: (bad,)}, classes=CLASSES)
+            assert "a.png: box 0" in str(err.value)
+    # Within the 1 px tolerance: written clipped, so every reader accepts the file.
+    poly = ((90.5, -0.5), (100.5, 0), (95, 10))
+    edge = {a.id: (Box(90.5, -0.5, 100.5, 10, "cat", polygon=poly),)}
+    D.write_yolo(tmp_path / "y", [a], edge, classes=CLASSES, task="segment", image_root=images)
+    D.write_coco(tmp_path / "c.json", [a], edge, classes=CLASSES, image_root=images)
+    D.write_voc(tmp_path / "v", [a], edge, image_root=images)
+    clipped = (Box(90.5, 0, 100, 10, "cat", polygon=((90.5, 0), (100, 0), (95, 10))),)
+    for back in (D.read_yolo(images, tmp_path / "y", classes=CLASSES, task="segment"),
+                 D.read_coco(tmp_path / "c.json", image_root=images),
+                 D.read_voc(tmp_path / "v", image_root=images)):
+        _same({a.id: back.boxes[a.id]}, {a.id: clipped})
+
+
+@pytest.mark.parametrize("fmt", ["yolo", "coco", "voc"])
+def test_export_labels_reads_back(yolo_segment: tuple[Path, Path], tmp_path: Path, fmt: str) -> None:
+    images, labels = yolo_segment
+    ds = D.read_yolo(images, labels, classes=CLASSES, task="segment")
+    out = tmp_path / "export"
+    path = D.export_labels(fmt, out, ds.items, ds.boxes, classes=CLASSES, task="segment")
+    if fmt == "yolo":
+        data = yaml.safe_load(path.read_text())
+        assert data["names"] == {0: "cat", 1: "dog"}
+        assert (Path(data["path"]) / data["train"]).is_dir() and data["val"] == "images/train"
+        back = D.read_yolo(out / "images" / "train", out / "labels" / "train",
+                           classes=D.read_yolo_names(path), task="segment")
+        D.export_labels(fmt, out, ds.items[:1], ds.boxes, classes=CLASSES, split="val")
+        assert yaml.safe_load(path.read_text())["val"] == "images/val"
+    elif fmt == "coco":
+        back = D.read_coco(path, image_root=out / "images" / "train")
+    else:
+        assert sorted(path.read_text().split()) == ["a", "b"]
+        back = D.read_voc(out / "Annotations", image_root=out / "JPEGImages")
+    _same(ds.boxes, back.boxes)
+
+
+def test_export_unknown_format_lists_choices(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown export format 'tfrecord'; choose one of 'yolo', 'coco', 'voc'"):
+        D.export_labels("tfrecord", tmp_path, [], {}, classes=CLASSES)
+
+
+def test_export_name_clash_gets_id_prefix(tmp_path: Path) -> None:
+    _png(tmp_path / "x" / "a.png", 10, 10, 0)
+    _png(tmp_path / "y" / "a.png", 10, 10, 1)
+    ds_items = D.scan_files([tmp_path / "x" / "a.png", tmp_path / "y" / "a.png"]).items
+    boxes = {ds_items[0].id: (Box(1, 1, 5, 5, "cat"),), ds_items[1].id: ()}
+    D.export_labels("yolo", tmp_path / "out", ds_items, boxes, classes=CLASSES)
+    back = D.read_yolo(tmp_path / "out" / "images" / "train", tmp_path / "out" / "labels" / "train", classes=CLASSES)
+    _same(boxes, back.boxes)
+
+
+# --------------------------------------------------------------------------- masks
+
+
+def test_polygon_to_mask_known_pixels() -> None:
+    m = D.polygon_to_mask([(2, 2), (6, 2), (6, 6), (2, 6)], 10, 12)
+    assert m.shape == (10, 12) and m.dtype == bool
+    expected = np.zeros((10, 12), bool)
+    expected[2:6, 2:6] = True
+    assert (m == expected).all()
+
+
+def test_mask_to_polygon_round_trip() -> None:
+    m = np.zeros((8, 9), bool)
+    m[1:6, 2:7] = True
+    m[1:3, 5:7] = False  # an L shape
+    m[7, 0] = True  # a smaller second region: not represented
+    poly = D.mask_to_polygon(m)
+    assert len(poly) == 6
+    back = D.polygon_to_mask(poly, 8, 9)
+    expected = m.copy()
+    expected[7, 0] = False
+    assert (back == expected).all()
+    assert D.mask_to_polygon(np.zeros((4, 4), bool)) == []
+    # A diagonal shape comes back close (COCO rasterisation), not necessarily exact.
+    tri = D.polygon_to_mask([(0, 0), (20, 0), (0, 20)], 24, 24)
+    again = D.polygon_to_mask(D.mask_to_polygon(tri), 24, 24)
+    assert (tri & again).sum() / (tri | again).sum() > 0.9
+
+
+def test_polygon_area() -> None:
+    assert D.polygon_area([(0, 0), (4, 0), (4, 3)]) == 6.0
+    assert D.polygon_area([(0, 0), (4, 0)]) == 0.0
+
+
+def test_import_is_light() -> None:
+    code = ("import sys, pseudolabel.data.detformats, pseudolabel.metrics_det; "
+            "print(sorted(m for m in ('cv2', 'pycocotools', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
