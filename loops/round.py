@@ -28,7 +28,8 @@ from pseudolabel.data.ledger import Ledger
 from pseudolabel.inference import load_predictions, pseudo_label
 from pseudolabel.metrics import classification_metrics
 from pseudolabel.models.torchvision_cls import TorchvisionClassifier
-from pseudolabel.strategies import select
+from pseudolabel.stopping import StoppingRules, check_all
+from pseudolabel.strategies import entropy, select
 from pseudolabel.types import Annotation, Candidate, Item, Prediction
 from pseudolabel.utils import atomic_write_text
 
@@ -131,18 +132,54 @@ def _build_model(cfg: Config, *, progress: bool) -> TorchvisionClassifier:
 
 
 def stop_reason(cfg: Config, ledger: Ledger, round_id: int, metrics: dict[str, Any], pool_left: int) -> str | None:
-    """Why the campaign should stop now, or None. Checked in this order."""
-    value = metrics.get(cfg.stop.metric)
-    if value is not None and value >= cfg.stop.target:
-        return f"target_reached: holdout {cfg.stop.metric} {value:.4f} >= {cfg.stop.target}"
+    """Why the campaign should stop now (before pseudo-labelling), or None.
+
+    Order: target reached, label budget, plateau, reviewer acceptance rate, max rounds, pool
+    exhausted. The rules that need the new model's pool predictions (stable predictions, low
+    pool uncertainty) are checked after pseudo-labelling by :func:`pool_stop_reason`.
+    """
+    s = cfg.stop
+    value = metrics.get(s.metric)
+    if value is not None and value >= s.target:
+        return f"target_reached: holdout {s.metric} {value:.4f} >= {s.target}"
     used = labels_used(ledger)
-    if used >= cfg.stop.label_budget:
-        return f"label_budget: {used} labels used >= budget {cfg.stop.label_budget}"
-    if round_id >= cfg.stop.max_rounds:
-        return f"max_rounds: round {round_id} of {cfg.stop.max_rounds}"
+    if used >= s.label_budget:
+        return f"label_budget: {used} labels used >= budget {s.label_budget}"
+    history = [r["metrics"] for r in ledger.rounds() if r["id"] <= round_id and r["metrics"]]
+    rules = StoppingRules(metric=s.metric, patience=s.plateau_rounds, min_delta=s.plateau_min_delta,
+                          acceptance_threshold=s.acceptance_rate, min_answered=s.min_answered)
+    answers = [r for r in ledger.all_labels(source="human")
+               if r.round == round_id - 1 and r.review_outcome in ("accepted", "corrected")]
+    decision = check_all(rules, history=history,
+                         accepted=sum(r.review_outcome == "accepted" for r in answers) if answers else None,
+                         answered=len(answers) if answers else None)
+    if decision.stop:
+        return decision.reason
+    if round_id >= s.max_rounds:
+        return f"max_rounds: round {round_id} of {s.max_rounds}"
     if pool_left == 0:
         return "pool_exhausted: no unlabelled, unqueued pool item left"
     return None
+
+
+def pool_stop_reason(cfg: Config, round_id: int, df: pd.DataFrame, probs: np.ndarray) -> str | None:
+    """Stop rules on the pool predictions: consecutive models agree (Cohen's kappa on the
+    items both scored), or the pool's mean normalised entropy is low."""
+    s = cfg.stop
+    if s.stable_kappa is None and s.pool_uncertainty is None:
+        return None
+    prev_labels = cur_labels = None
+    prev_dir = round_dir(cfg, round_id - 1) / "predictions"
+    if s.stable_kappa is not None and round_id > 1 and prev_dir.exists():
+        prev_df, _, _ = load_predictions(prev_dir)
+        common = pd.merge(prev_df[["item_id", "label"]], df[["item_id", "label"]], on="item_id",
+                          suffixes=("_prev", "_cur"))
+        if len(common):
+            prev_labels, cur_labels = common["label_prev"].to_numpy(), common["label_cur"].to_numpy()
+    scores = entropy(probs, normalise=True) if len(probs) else np.zeros(0)
+    rules = StoppingRules(metric=s.metric, kappa_threshold=s.stable_kappa, uncertainty_threshold=s.pool_uncertainty)
+    decision = check_all(rules, prev_labels=prev_labels, cur_labels=cur_labels, pool_scores=scores)
+    return decision.reason if decision.stop else None
 
 
 def run_round(
@@ -255,9 +292,18 @@ def _run_round(cfg: Config, reviewer: Reviewer | None, ledger: Ledger, *, progre
         n_pseudo = 0
         if cfg.pseudo.enabled:
             n_pseudo = ledger.add_labels(_confident(cfg, ledger, df, probs, rid, model.model_version))
-        done("pseudo_label", {"scored": len(df), "pseudo_labels": n_pseudo})
+        late_stop = pool_stop_reason(cfg, rid, df, probs)
+        done("pseudo_label", {"scored": len(df), "pseudo_labels": n_pseudo, "stop": late_stop})
         timings["pseudo_label"] = time.perf_counter() - s
         log(f"  pseudo-label: {len(df)} pool items scored, {n_pseudo} confident pseudo-labels kept")
+    late_stop = (ledger.stage_info(rid, "pseudo_label") or {}).get("stop")
+    if late_stop is not None:
+        ledger.update_round(rid, info={"stop": late_stop})
+        ledger.set_meta("termination", {"round": rid, "reason": late_stop})
+        ledger.finish_round(rid, status="stopped")
+        log(f"  stop: {late_stop}")
+        return RoundResult(rid, resumed, metrics["labels_used"], train_info.get("pseudo", 0), metrics,
+                           0, sync, time.perf_counter() - t0, late_stop, timings)
 
     # -- select --------------------------------------------------------------------------------
     sel_csv = rdir / "selection.csv"

@@ -98,6 +98,17 @@ class StopConfig(_Section):
     target: float = Field(default=0.95, gt=0, le=1)
     label_budget: int = Field(default=200, ge=1, description="max human labels (seed + reviewed)")
     max_rounds: int = Field(default=10, ge=1)
+    # Optional rules (off when null); each one, when it fires, is the run's termination reason.
+    plateau_rounds: int | None = Field(default=None, ge=1, description="stop when the metric gained <= "
+                                       "plateau_min_delta over this many rounds")
+    plateau_min_delta: float = Field(default=0.002, ge=0)
+    stable_kappa: float | None = Field(default=None, gt=0, le=1, description="stop when Cohen's kappa between "
+                                       "consecutive models' pool predictions reaches this")
+    pool_uncertainty: float | None = Field(default=None, gt=0, le=1, description="stop when the mean "
+                                           "normalised entropy over the pool falls to this")
+    acceptance_rate: float | None = Field(default=None, gt=0, le=1, description="stop when reviewers accept "
+                                          "at least this share of the last round's predictions")
+    min_answered: int = Field(default=10, ge=1, description="acceptance_rate needs this many answers")
 
 
 class LabelStudioConfig(_Section):
