@@ -165,6 +165,28 @@ def status(config: ConfigOpt, set_: SetOpt = None,
     console.print(f"termination: {term['reason'] if term else 'not stopped yet'}")
 
 
+_PASSTHROUGH = {"context_settings": {"allow_extra_args": True, "ignore_unknown_options": True,
+                                     "help_option_names": []}, "add_help_option": False}
+
+
+@app.command(**_PASSTHROUGH)
+def benchmark(ctx: typer.Context) -> None:
+    """Simulated labelling campaigns: strategies side by side with random, same seeds
+    (`pseudolabel benchmark --help` for the options)."""
+    from loops.benchmark import main as bench_main
+
+    raise typer.Exit(bench_main(list(ctx.args)))
+
+
+@app.command(**_PASSTHROUGH)
+def retrain(ctx: typer.Context) -> None:
+    """Semi-supervised retraining run; publishes a model only if it beats the last one
+    (`pseudolabel retrain --help` for the options)."""
+    from loops.retrain import main as retrain_main
+
+    raise typer.Exit(retrain_main(list(ctx.args)))
+
+
 def main() -> None:
     app()
 

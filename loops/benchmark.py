@@ -1,0 +1,532 @@
+"""Label-efficiency benchmark: simulated labelling campaigns on real data, strategy vs random.
+
+For one dataset (``digits``: scikit-learn's bundled scans; ``fashion``: a Fashion-MNIST
+subset) the data is exported once (same seed set, holdout and pool for every campaign); then,
+for every random seed x strategy x pseudo-label setting, :func:`loops.campaign.run_campaign`
+runs with the same model, the same batch per round and the same label budget, the stop
+target set out of reach so that every campaign spends the whole budget. The seed varies the
+model's initialisation and the selection's randomness. ``random`` should always be in the
+run: it is the baseline every other strategy is compared with.
+
+The reviewer is, by default, the real path: a local Label Studio server (loopback, data under
+``<out>/label-studio``) answered by :class:`~pseudolabel.review.simulated.SimulatedReviewer`
+through the API, exactly like the demo. ``oracle=True`` swaps in the in-process
+:class:`~pseudolabel.review.oracle.OracleReviewer` (same answers, no server) for big sweeps.
+
+Outputs in ``out_dir``: ``rounds.csv`` (every round of every campaign), ``learning_curve.png``
+(labels vs holdout accuracy, mean +- std over seeds), ``summary.csv`` / ``summary.md``
+(per strategy and pseudo setting: labels needed to reach 90 % / 95 % of the full-data
+accuracy, normalised area under the learning curve, final accuracy, and the differences to
+random), ``reference.json`` (the full-data accuracy: the same model trained on the whole pool
+with its true labels).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+DATASETS = ("digits", "fashion")
+ROUND_COLUMNS = ["dataset", "strategy", "pseudo", "seed", "round", "labels", "accuracy", "macro_f1",
+                 "corrections", "seconds", "pseudo_used"]
+SUMMARY_COLUMNS = ["dataset", "strategy", "pseudo", "seeds", "reference_accuracy", "labels_to_90", "labels_to_95",
+                   "auc", "final_accuracy", "final_accuracy_std", "final_labels", "auc_vs_random",
+                   "final_vs_random", "labels_saved_95_vs_random"]
+
+
+@dataclass
+class BenchmarkResult:
+    """``rounds``: one row per round of every campaign (:data:`ROUND_COLUMNS`); ``summary``:
+    one row per (strategy, pseudo) (:data:`SUMMARY_COLUMNS`); ``reference``: full-data
+    holdout metrics; ``paths``: the files written."""
+
+    rounds: pd.DataFrame
+    summary: pd.DataFrame
+    reference: dict[str, Any]
+    paths: dict[str, Path]
+    seconds: float
+
+
+# ------------------------------------------------------------------------------------------
+# curve arithmetic (pure)
+
+
+def labels_to_reach(labels: Sequence[float], accuracy: Sequence[float], target: float) -> float | None:
+    """The fewest labels at which the curve reaches ``target`` accuracy, or None if it never does.
+
+    ``labels`` (K,) increasing label counts, ``accuracy`` (K,) holdout accuracy at each. The
+    answer is a measured point of the curve (no interpolation): the first ``labels[k]`` with
+    ``accuracy[k] >= target``.
+    """
+    x, y = _curve(labels, accuracy)
+    hit = np.flatnonzero(y >= target)
+    return float(x[hit[0]]) if len(hit) else None
+
+
+def normalised_auc(labels: Sequence[float], accuracy: Sequence[float]) -> float:
+    """Area under the learning curve (trapezoids) divided by its label range: the mean
+    accuracy over the range, in [0, 1]; higher = better label efficiency. A single point
+    gives its accuracy."""
+    x, y = _curve(labels, accuracy)
+    if len(x) == 1 or x[-1] == x[0]:
+        return float(y.mean())
+    area = float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2.0))
+    return area / float(x[-1] - x[0])
+
+
+def _curve(labels: Sequence[float], accuracy: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    x, y = np.asarray(labels, dtype=float), np.asarray(accuracy, dtype=float)
+    if x.ndim != 1 or x.shape != y.shape or not len(x):
+        raise ValueError(f"labels and accuracy must be 1-D of the same non-zero length, got {x.shape} and {y.shape}")
+    if np.any(np.diff(x) < 0):
+        raise ValueError(f"labels must be non-decreasing, got {x.tolist()}")
+    return x, y
+
+
+def mean_curve(rounds: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std over seeds, per round: columns ``round, labels, accuracy, accuracy_std, n``.
+
+    Rounds are aligned by number: every campaign of one setting spends the same batch per
+    round, so round k has the same label count in every seed (the mean is reported). A
+    campaign that stopped early (a perfect holdout reaches the stop target) keeps its last
+    row for the later rounds: it would not have asked for more labels."""
+    rounds = _fill_stopped(rounds)
+    g = rounds.groupby("round")
+    out = pd.DataFrame({
+        "labels": g["labels"].mean(),
+        "accuracy": g["accuracy"].mean(),
+        "accuracy_std": g["accuracy"].std(ddof=0),
+        "n": g["accuracy"].size(),
+    }).reset_index()
+    return out.sort_values("round").reset_index(drop=True)
+
+
+def _fill_stopped(rounds: pd.DataFrame) -> pd.DataFrame:
+    """Repeat each seed's last row up to the longest campaign's last round."""
+    last_round = int(rounds["round"].max())
+    parts = []
+    for _, df in rounds.groupby("seed", sort=False):
+        df = df.sort_values("round")
+        tail = df.iloc[-1]
+        extra = [tail.to_dict() | {"round": r} for r in range(int(tail["round"]) + 1, last_round + 1)]
+        parts.append(pd.concat([df, pd.DataFrame(extra, columns=df.columns)]) if extra else df)
+    return pd.concat(parts, ignore_index=True)
+
+
+def summarise(rounds: pd.DataFrame, reference_accuracy: float) -> pd.DataFrame:
+    """One row per (dataset, strategy, pseudo) from ``rounds`` (:data:`ROUND_COLUMNS`);
+    ``*_vs_random`` compare with ``random`` under the same pseudo setting (None without it).
+    ``labels_saved_95_vs_random`` > 0 means fewer labels than random to reach 95 %."""
+    rows: list[dict[str, Any]] = []
+    for (dataset, strategy, pseudo), df in rounds.groupby(["dataset", "strategy", "pseudo"], sort=False):
+        mc = mean_curve(df)
+        last = df.sort_values("round").groupby("seed").tail(1)     # each campaign's final model
+        rows.append({
+            "dataset": dataset, "strategy": strategy, "pseudo": bool(pseudo), "seeds": int(df["seed"].nunique()),
+            "reference_accuracy": reference_accuracy,
+            "labels_to_90": labels_to_reach(mc["labels"], mc["accuracy"], 0.90 * reference_accuracy),
+            "labels_to_95": labels_to_reach(mc["labels"], mc["accuracy"], 0.95 * reference_accuracy),
+            "auc": normalised_auc(mc["labels"], mc["accuracy"]),
+            "final_accuracy": float(last["accuracy"].mean()),
+            "final_accuracy_std": float(last["accuracy"].std(ddof=0)),
+            "final_labels": float(last["labels"].mean()),
+        })
+    out = pd.DataFrame(rows, columns=SUMMARY_COLUMNS[:11])
+    rand = {r["pseudo"]: r for r in rows if r["strategy"] == "random"}
+
+    def vs(r: pd.Series, key: str) -> float | None:
+        base = rand.get(r["pseudo"])
+        return None if base is None else float(r[key] - base[key])
+
+    def saved(r: pd.Series) -> float | None:
+        base = rand.get(r["pseudo"])
+        if base is None or base["labels_to_95"] is None or pd.isna(r["labels_to_95"]):
+            return None
+        return float(base["labels_to_95"] - r["labels_to_95"])
+
+    out["auc_vs_random"] = [vs(r, "auc") for _, r in out.iterrows()]
+    out["final_vs_random"] = [vs(r, "final_accuracy") for _, r in out.iterrows()]
+    out["labels_saved_95_vs_random"] = [saved(r) for _, r in out.iterrows()]
+    return out[SUMMARY_COLUMNS]
+
+
+# ------------------------------------------------------------------------------------------
+# data and reference
+
+
+def _export(dataset: str, data_root: Path, *, data_seed: int, n_pool: int | None, n_holdout: int,
+            seed_per_class: int) -> tuple[Any, list[str], int]:
+    """Export ``dataset`` under ``data_root``; returns (data with .root/.truth, classes, image size)."""
+    if dataset == "digits":
+        from loops.demo import DIGIT_CLASSES, export_digits
+
+        data = export_digits(data_root, seed_per_class=seed_per_class, holdout=n_holdout, seed=data_seed)
+        if n_pool is not None:
+            # export_digits writes every remaining image to the pool; keep a deterministic subset.
+            pool = sorted((data_root / "pool").glob("*.png"))
+            if n_pool < 1:
+                raise ValueError(f"n_pool must be >= 1, got {n_pool}")
+            for extra in pool[n_pool:]:
+                extra.unlink()
+        return data, DIGIT_CLASSES, 32
+    if dataset == "fashion":
+        from pseudolabel.data.fashion import FASHION_CLASSES, export_fashion
+
+        return export_fashion(data_root, n_pool=3000 if n_pool is None else n_pool, n_holdout=n_holdout,
+                              seed_per_class=seed_per_class, seed=data_seed), FASHION_CLASSES, 28
+    raise ValueError(f"unknown dataset {dataset!r}; choose one of: {', '.join(DATASETS)}")
+
+
+def full_data_reference(cfg: Any, truth: dict[str, str]) -> dict[str, Any]:
+    """Train the campaign's model once on seed + the whole pool with true labels and score it
+    on the holdout: the accuracy an unlimited labelling budget would buy."""
+    from loops.round import _build_model
+    from pseudolabel.data.formats import read_labels
+    from pseudolabel.data.ingest import scan_folder
+    from pseudolabel.metrics import classification_metrics
+    from pseudolabel.models.torchvision_cls import TorchvisionClassifier
+    from pseudolabel.types import Annotation
+
+    t0 = time.perf_counter()
+    seed = read_labels(cfg.data.seed.format, cfg.data.seed.path, classes=cfg.classes)
+    hold = read_labels(cfg.data.holdout.format, cfg.data.holdout.path, classes=cfg.classes)
+    pool = scan_folder(cfg.data.pool.path, recursive=True)
+    train = [Annotation(item=it, label=seed.labels[it.id], source="seed") for it in seed.items]
+    train += [Annotation(item=it, label=truth[it.id], source="human") for it in pool.items]
+    model: TorchvisionClassifier = _build_model(cfg, progress=False).fit(train)
+    probs, _ = model.predict_proba_embed(hold.items, batch_size=cfg.model.infer_batch_size)
+    pred = [cfg.classes[i] for i in probs.argmax(1)]
+    m = classification_metrics([hold.labels[it.id] for it in hold.items], pred, classes=cfg.classes)
+    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "train_size": len(train),
+            "holdout_size": len(hold.items), "seconds": round(time.perf_counter() - t0, 1)}
+
+
+# ------------------------------------------------------------------------------------------
+# the benchmark
+
+
+def run_benchmark(
+    *,
+    dataset: str = "digits",
+    strategies: Sequence[str] = ("entropy", "margin", "hybrid", "random"),
+    seeds: Sequence[int] = (0, 1, 2),
+    rounds: int = 8,
+    batch_size: int = 20,
+    pseudo_settings: Sequence[bool] = (False, True),
+    oracle: bool = False,
+    out_dir: Path,
+    epochs: int = 30,
+    min_steps: int = 300,
+    seed_per_class: int = 2,
+    n_pool: int | None = None,
+    n_holdout: int | None = None,
+    data_seed: int = 0,
+    overrides: Sequence[str] = (),
+    console: Console | None = None,
+    verbose: bool = False,
+    torch_threads: int | None = None,
+) -> BenchmarkResult:
+    """Run every (seed, strategy, pseudo) campaign on ``dataset`` and write the reports.
+
+    - ``rounds``: review rounds per campaign; each queues ``batch_size`` items, so the label
+      budget is ``seed set + rounds * batch_size`` and a campaign trains ``rounds + 1`` models;
+    - ``epochs`` / ``min_steps``: the model's training length (same for every campaign and
+      for the full-data reference);
+    - ``n_pool``: pool size (default: every image left for digits, 3,000 for fashion);
+      ``n_holdout``: holdout size (default 400 for digits, 1,000 for fashion);
+    - ``overrides``: extra ``section.key=value`` config overrides applied to every campaign;
+    - ``torch_threads``: CPU threads torch may use during the run (restored afterwards);
+      ``1`` is much faster on a small, busy machine, where intra-op threads oversubscribe.
+
+    Existing ``data/``, ``runs/`` and ``label-studio/`` folders in ``out_dir`` are replaced.
+    """
+    import torch
+
+    kw = dict(dataset=dataset, strategies=strategies, seeds=seeds, rounds=rounds, batch_size=batch_size,
+              pseudo_settings=pseudo_settings, oracle=oracle, out_dir=out_dir, epochs=epochs, min_steps=min_steps,
+              seed_per_class=seed_per_class, n_pool=n_pool, n_holdout=n_holdout, data_seed=data_seed,
+              overrides=overrides, console=console, verbose=verbose)
+    if torch_threads is None:
+        return _run_benchmark(**kw)  # type: ignore[arg-type]
+    if isinstance(torch_threads, bool) or torch_threads < 1:
+        raise ValueError(f"torch_threads must be an integer >= 1 or None, got {torch_threads!r}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(torch_threads)
+    try:
+        return _run_benchmark(**kw)  # type: ignore[arg-type]
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_benchmark(
+    *, dataset: str, strategies: Sequence[str], seeds: Sequence[int], rounds: int, batch_size: int,
+    pseudo_settings: Sequence[bool], oracle: bool, out_dir: Path, epochs: int, min_steps: int,
+    seed_per_class: int, n_pool: int | None, n_holdout: int | None, data_seed: int, overrides: Sequence[str],
+    console: Console | None, verbose: bool,
+) -> BenchmarkResult:
+    from loops.campaign import run_campaign
+    from loops.demo import demo_config
+    from pseudolabel.config import load_config
+    from pseudolabel.strategies import STRATEGY_NAMES
+
+    console = console or Console()
+    quiet = Console(quiet=True)
+    bad = [s for s in strategies if s not in STRATEGY_NAMES]
+    if bad or not strategies:
+        raise ValueError(f"unknown strategies {bad or list(strategies)!r}; choose from: {', '.join(STRATEGY_NAMES)}")
+    if rounds < 1 or batch_size < 1:
+        raise ValueError(f"rounds and batch_size must be >= 1, got rounds={rounds}, batch_size={batch_size}")
+    if not seeds or not pseudo_settings:
+        raise ValueError("seeds and pseudo_settings need at least one value each")
+    if "random" not in strategies:
+        console.print("[yellow]warning:[/] 'random' is not among the strategies: no baseline to compare with")
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for sub in ("data", "runs", "label-studio"):
+        shutil.rmtree(out_dir / sub, ignore_errors=True)
+    data_root = out_dir / "data"
+    hold = n_holdout if n_holdout is not None else (400 if dataset == "digits" else 1000)
+    data, classes, image_size = _export(dataset, data_root, data_seed=data_seed, n_pool=n_pool, n_holdout=hold,
+                                        seed_per_class=seed_per_class)
+    n_seed = seed_per_class * len(classes)
+    console.print(f"[bold]benchmark[/]: {dataset}, {len(data.truth)} images exported to {data_root}; "
+                  f"{len(seeds)} seeds x {len(strategies)} strategies x {len(pseudo_settings)} pseudo settings, "
+                  f"{rounds} rounds of {batch_size} ({'oracle' if oracle else 'Label Studio'} reviewer)")
+
+    def make_cfg(sub: Path, strategy: str, pseudo: bool, seed: int, project: str) -> Any:
+        raw = demo_config(sub, data_root, strategy=strategy, project=project, **{
+            "classes": list(classes), "model.image_size": image_size, "model.epochs": epochs,
+            "model.seed": seed, "selection.seed": seed, "selection.batch_size": batch_size,
+            "pseudo.enabled": pseudo, "stop.target": 1.0, "stop.label_budget": n_seed + rounds * batch_size,
+            "stop.max_rounds": rounds + 1,
+        })
+        raw["model"]["min_steps"] = min_steps
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+        return load_config(sub / "config.yaml", overrides=overrides, environ={})
+
+    ref_cfg = make_cfg(out_dir / "runs" / "reference", "random", False, data_seed, "reference")
+    console.print("training the full-data reference (whole pool, true labels)...")
+    reference = full_data_reference(ref_cfg, data.truth)
+    console.print(f"full-data reference: holdout accuracy {reference['accuracy']:.4f} "
+                  f"({reference['train_size']} training images, {reference['seconds']} s)")
+
+    all_rows: list[dict[str, Any]] = []
+    combos = [(s, st, p) for s in seeds for p in pseudo_settings for st in strategies]
+
+    def run_all(make_reviewer: Callable[[Any, str, int], tuple[Any, Callable[[], Any]]]) -> None:
+        for k, (seed, strategy, pseudo) in enumerate(combos, 1):
+            tag = f"{strategy}-{'pseudo' if pseudo else 'nopseudo'}-s{seed}"
+            cfg = make_cfg(out_dir / "runs" / tag, strategy, pseudo, seed, f"bench-{dataset}-{tag}")
+            reviewer, answer_fn = make_reviewer(cfg, tag, seed)
+
+            def answer(res: Any, answer_fn: Callable[[], Any] = answer_fn) -> dict[str, Any]:
+                st = answer_fn()
+                return {"answered": st.answered, "accepted": st.accepted, "corrections": st.corrected}
+
+            res = run_campaign(cfg, reviewer, answer=answer, console=console if verbose else quiet, progress=False)
+            for r in res.rows:
+                all_rows.append({"dataset": dataset, "strategy": strategy, "pseudo": pseudo, "seed": seed,
+                                 "round": r["round"], "labels": r["labels"], "accuracy": r["accuracy"],
+                                 "macro_f1": r["macro_f1"], "corrections": r["corrections"],
+                                 "seconds": r["seconds"], "pseudo_used": r.get("pseudo", 0)})
+            last = res.rows[-1]
+            console.print(f"[{k}/{len(combos)}] {tag}: {last['labels']} labels, accuracy {last['accuracy']:.4f} "
+                          f"({res.seconds:.1f} s)")
+
+    if oracle:
+        from pseudolabel.review.oracle import OracleReviewer
+
+        def oracle_reviewer(cfg: Any, tag: str, seed: int) -> tuple[Any, Callable[[], Any]]:
+            rv = OracleReviewer(data.truth, cfg.classes, seed=seed, project_title=cfg.project)
+            return rv, rv.answer_pending
+
+        run_all(oracle_reviewer)
+    else:
+        from pseudolabel.review.client import LabelStudioClient
+        from pseudolabel.review.server import LabelStudioServer
+        from pseudolabel.review.simulated import SimulatedReviewer
+
+        console.print("starting Label Studio on 127.0.0.1 (first start runs migrations, ~30 s)...")
+        with LabelStudioServer(data_dir=out_dir / "label-studio", images_root=data_root) as server:
+            def ls_reviewer(cfg: Any, tag: str, seed: int) -> tuple[Any, Callable[[], Any]]:
+                client = LabelStudioClient(url=server.url, token=server.token,
+                                           project_title=cfg.label_studio.project_title or cfg.project,
+                                           classes=cfg.classes, images_root=data_root)
+                client.ensure_project()
+                sim = SimulatedReviewer(client=client, truth=data.truth, classes=cfg.classes, seed=seed)
+                return client, sim.answer_pending
+
+            run_all(ls_reviewer)
+
+    rounds_df = pd.DataFrame(all_rows, columns=ROUND_COLUMNS)
+    summary = summarise(rounds_df, float(reference["accuracy"]))
+    paths = write_reports(out_dir, rounds_df, summary, reference | {"dataset": dataset})
+    seconds = time.perf_counter() - t0
+    console.print(summary_table(summary, title=f"{dataset}: label efficiency "
+                                f"(full-data accuracy {reference['accuracy']:.4f})"))
+    console.print(f"benchmark wall time {seconds:.0f} s; reports in {out_dir}")
+    return BenchmarkResult(rounds=rounds_df, summary=summary, reference=reference, paths=paths, seconds=seconds)
+
+
+# ------------------------------------------------------------------------------------------
+# reports
+
+
+def write_reports(out_dir: Path, rounds: pd.DataFrame, summary: pd.DataFrame,
+                  reference: dict[str, Any]) -> dict[str, Path]:
+    """Write rounds.csv, summary.csv, summary.md, reference.json and learning_curve.png."""
+    from pseudolabel.utils import atomic_write_bytes, atomic_write_text
+
+    paths = {name: out_dir / name for name in
+             ("rounds.csv", "summary.csv", "summary.md", "reference.json", "learning_curve.png")}
+    atomic_write_text(paths["rounds.csv"], rounds.to_csv(index=False))
+    atomic_write_text(paths["summary.csv"], summary.to_csv(index=False))
+    atomic_write_text(paths["summary.md"], summary_markdown(summary, reference))
+    atomic_write_text(paths["reference.json"], json.dumps(reference, indent=2))
+    atomic_write_bytes(paths["learning_curve.png"], learning_curve_png(rounds, reference))
+    return paths
+
+
+def _fmt(v: Any, spec: str = ".4f") -> str:
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return "-"
+    if isinstance(v, (bool, np.bool_)):
+        return "yes" if v else "no"
+    if isinstance(v, (float, np.floating)) and spec == "labels":
+        return f"{v:.0f}"
+    if isinstance(v, (float, np.floating)):
+        return format(v, spec)
+    return str(v)
+
+
+_DISPLAY = [("strategy", "strategy", ""), ("pseudo", "pseudo", ""), ("seeds", "seeds", ""),
+            ("labels_to_90", "labels to 90%", "labels"), ("labels_to_95", "labels to 95%", "labels"),
+            ("auc", "AUC (norm.)", ".4f"), ("final_accuracy", "final acc", ".4f"),
+            ("final_accuracy_std", "± std", ".4f"), ("auc_vs_random", "AUC vs random", "+.4f"),
+            ("final_vs_random", "final vs random", "+.4f"), ("labels_saved_95_vs_random", "labels saved @95%", "labels")]
+
+
+def summary_markdown(summary: pd.DataFrame, reference: dict[str, Any]) -> str:
+    lines = [f"# Label efficiency: {reference.get('dataset', '')}", "",
+             f"Full-data reference (same model, whole pool with true labels): holdout accuracy "
+             f"**{reference['accuracy']:.4f}**; 90 % of it = {0.9 * reference['accuracy']:.4f}, "
+             f"95 % = {0.95 * reference['accuracy']:.4f}. '-' = not reached within the budget.", "",
+             "| " + " | ".join(h for _, h, _ in _DISPLAY) + " |",
+             "|" + "---|" * len(_DISPLAY)]
+    for _, r in summary.iterrows():
+        lines.append("| " + " | ".join(_fmt(r[k], f) for k, _, f in _DISPLAY) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def summary_table(summary: pd.DataFrame, *, title: str = "label efficiency") -> Table:
+    t = Table(title=title)
+    for _, h, _ in _DISPLAY:
+        t.add_column(h, justify="right")
+    for _, r in summary.iterrows():
+        t.add_row(*(_fmt(r[k], f) for k, _, f in _DISPLAY))
+    return t
+
+
+def learning_curve_png(rounds: pd.DataFrame, reference: dict[str, Any]) -> bytes:
+    """Labels vs holdout accuracy, mean line and ±1 std band over seeds per (strategy, pseudo).
+    Uses matplotlib's object API with the Agg canvas (no global backend switch)."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 5), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for (strategy, pseudo), df in rounds.groupby(["strategy", "pseudo"], sort=False):
+        mc = mean_curve(df)
+        label = f"{strategy}{' + pseudo' if pseudo else ''}"
+        style = "--" if strategy == "random" else "-"
+        (line,) = ax.plot(mc["labels"], mc["accuracy"], style, marker="o", ms=3, label=label)
+        std = mc["accuracy_std"].fillna(0)
+        ax.fill_between(mc["labels"], mc["accuracy"] - std, mc["accuracy"] + std, color=line.get_color(), alpha=0.15)
+    ref = reference.get("accuracy")
+    if ref is not None:
+        ax.axhline(ref, color="black", lw=1, label=f"full data ({ref:.3f})")
+        ax.axhline(0.95 * ref, color="grey", lw=0.8, ls=":", label="95 % of full data")
+    ax.set_xlabel("human labels (seed + reviewed)")
+    ax.set_ylabel("holdout accuracy")
+    ax.set_title(f"label efficiency: {reference.get('dataset', '')} (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------------------------------
+# command line
+
+
+def _csv(text: str) -> list[str]:
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pseudolabel benchmark", description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", choices=DATASETS, default="digits")
+    p.add_argument("--strategies", default="entropy,margin,hybrid,random", help="comma-separated; include random")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated random seeds")
+    p.add_argument("--rounds", type=int, default=8, help="review rounds per campaign")
+    p.add_argument("--batch-size", type=int, default=20, help="items queued per round")
+    p.add_argument("--pseudo", default="both", choices=["both", "on", "off"], help="pseudo-label settings to run")
+    p.add_argument("--oracle", action="store_true", help="in-process oracle reviewer instead of Label Studio")
+    p.add_argument("--out", type=Path, default=Path("runs/benchmark"), help="output folder")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--min-steps", type=int, default=300)
+    p.add_argument("--seed-per-class", type=int, default=2)
+    p.add_argument("--pool", type=int, default=None, help="pool size (digits: all left, ~1,400; fashion: 3000)")
+    p.add_argument("--holdout", type=int, default=None, help="holdout size (digits 400, fashion 1000)")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the seed/holdout/pool split")
+    p.add_argument("--set", dest="overrides", action="append", default=[], help="config override section.key=value")
+    p.add_argument("--verbose", action="store_true", help="print every round")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads during the run (1 is fastest on a small shared machine)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        seeds = [int(s) for s in _csv(args.seeds)]
+    except ValueError:
+        print(f"error: --seeds must be comma-separated integers, got {args.seeds!r}")
+        return 2
+    pseudo = {"both": [False, True], "on": [True], "off": [False]}[args.pseudo]
+    import sys
+
+    # Piped to a file or CI log, rich would squeeze the summary table into 80 columns.
+    console = Console() if sys.stdout.isatty() else Console(width=160)
+    try:
+        run_benchmark(dataset=args.dataset, strategies=_csv(args.strategies), seeds=seeds, rounds=args.rounds,
+                      batch_size=args.batch_size, pseudo_settings=pseudo, oracle=args.oracle, out_dir=args.out,
+                      epochs=args.epochs, min_steps=args.min_steps, seed_per_class=args.seed_per_class,
+                      n_pool=args.pool, n_holdout=args.holdout, data_seed=args.data_seed,
+                      overrides=args.overrides, verbose=args.verbose, torch_threads=args.threads,
+                      console=console)
+    except ValueError as e:
+        print(f"error: {e}")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
