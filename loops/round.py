@@ -275,13 +275,17 @@ def _run_round(cfg: Config, reviewer: Reviewer | None, ledger: Ledger, *, progre
     reason = stop_reason(cfg, ledger, rid, metrics, len(pool))
     if not ledger.stage_done(rid, "stop_check"):
         done("stop_check", {"stop": reason})
-    if reason is not None:
-        ledger.update_round(rid, info={"stop": reason})
-        ledger.set_meta("termination", {"round": rid, "reason": reason})
+
+    def stopped(why: str) -> RoundResult:
+        ledger.update_round(rid, info={"stop": why})
+        ledger.set_meta("termination", {"round": rid, "reason": why})
         ledger.finish_round(rid, status="stopped")
-        log(f"  stop: {reason}")
+        log(f"  stop: {why}")
         return RoundResult(rid, resumed, metrics["labels_used"], train_info.get("pseudo", 0), metrics,
-                           0, sync, time.perf_counter() - t0, reason, timings)
+                           0, sync, time.perf_counter() - t0, why, timings)
+
+    if reason is not None:
+        return stopped(reason)
 
     # -- pseudo-label the pool -----------------------------------------------------------------
     pred_dir = rdir / "predictions"
@@ -298,12 +302,7 @@ def _run_round(cfg: Config, reviewer: Reviewer | None, ledger: Ledger, *, progre
         log(f"  pseudo-label: {len(df)} pool items scored, {n_pseudo} confident pseudo-labels kept")
     late_stop = (ledger.stage_info(rid, "pseudo_label") or {}).get("stop")
     if late_stop is not None:
-        ledger.update_round(rid, info={"stop": late_stop})
-        ledger.set_meta("termination", {"round": rid, "reason": late_stop})
-        ledger.finish_round(rid, status="stopped")
-        log(f"  stop: {late_stop}")
-        return RoundResult(rid, resumed, metrics["labels_used"], train_info.get("pseudo", 0), metrics,
-                           0, sync, time.perf_counter() - t0, late_stop, timings)
+        return stopped(late_stop)
 
     # -- select --------------------------------------------------------------------------------
     sel_csv = rdir / "selection.csv"
