@@ -176,5 +176,6 @@ def summary_table(results: dict[str, CampaignResult]) -> Any:
     for name, r in results.items():
         last = r.rows[-1]
         t.add_row(name, str(len(r.rows)), str(last["labels"]), f"{last['accuracy']:.4f}", f"{last['macro_f1']:.4f}",
-                  str(sum(x["corrections"] for x in r.rows)), f"{r.seconds:.1f}", r.termination or "")
+                  str(sum(x["corrections"] for x in r.rows)), f"{r.seconds:.1f}",
+                  (r.termination or "").split(":")[0])
     return t
