@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Sequence
 
 import numpy as np
 
@@ -26,6 +26,24 @@ SPLITS: tuple[Split, ...] = ("seed", "pool", "holdout")
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def validate_classes(classes: Sequence[str], *, where: object = None) -> tuple[str, ...]:
+    """Return ``classes`` as a tuple after checking: a sequence (not one string) of at least
+    one non-empty, unique name. Errors start with ``where`` (a file, a folder) when given."""
+    at = f"{where}: " if where is not None else ""
+    if isinstance(classes, str):
+        raise ValueError(f"{at}classes must be a sequence of class names, not the string {classes!r}")
+    out = tuple(classes)
+    if not out:
+        raise ValueError(f"{at}classes is empty: give at least one class name")
+    for c in out:
+        if not isinstance(c, str) or not c.strip():
+            raise ValueError(f"{at}class name {c!r} in {list(out)!r} is not a non-empty string")
+    dupes = sorted({c for c in out if out.count(c) > 1})
+    if dupes:
+        raise ValueError(f"{at}duplicate class names {dupes!r} in {list(out)!r}")
+    return out
 
 
 @dataclass(frozen=True)

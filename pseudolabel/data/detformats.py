@@ -45,7 +45,7 @@ from typing import Any, Literal
 import numpy as np
 
 from pseudolabel.data.ingest import Quarantined, list_image_files, scan_files
-from pseudolabel.types import Box, Item
+from pseudolabel.types import Box, Item, validate_classes
 
 PIXEL_TOL = 1.0
 """Pixels a coordinate may lie outside the image before it is an error (then clipped)."""
@@ -78,21 +78,6 @@ class DetSet:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _check_classes(classes: Sequence[str], *, where: object) -> tuple[str, ...]:
-    if isinstance(classes, str):
-        raise ValueError(f"{where}: classes must be a sequence of names, got the string {classes!r}")
-    out = tuple(classes)
-    if not out:
-        raise ValueError(f"{where}: classes is empty; give at least one class name")
-    for name in out:
-        if not isinstance(name, str) or not name.strip():
-            raise ValueError(f"{where}: class names must be non-empty strings, got {name!r}")
-    dupes = sorted({c for c in out if out.count(c) > 1})
-    if dupes:
-        raise ValueError(f"{where}: class names repeated in classes: {dupes}")
-    return out
 
 
 def _check_task(task: str) -> None:
@@ -247,7 +232,7 @@ def read_yolo_names(data_yaml: Path) -> tuple[str, ...]:
         names = [names[k] for k in keys]
     if not isinstance(names, list):
         raise ValueError(f"{data_yaml}: no 'names' list or mapping found")
-    return _check_classes([str(n) for n in names], where=data_yaml)
+    return validate_classes([str(n) for n in names], where=data_yaml)
 
 
 # --------------------------------------------------------------------------- YOLO
@@ -354,7 +339,7 @@ def read_yolo(
     """
     images_dir, labels_dir = Path(images_dir), Path(labels_dir)
     _check_task(task)
-    names = _check_classes(classes, where=labels_dir)
+    names = validate_classes(classes, where=labels_dir)
     if not labels_dir.is_dir():
         raise ValueError(f"YOLO labels folder {labels_dir} does not exist or is not a directory")
     files = list_image_files(images_dir)
@@ -446,7 +431,7 @@ def write_yolo(
     The file for ``image_root/a/b.jpg`` is ``labels_dir/a/b.txt``; without ``image_root``
     it is ``labels_dir/<image stem>.txt`` (the id is prefixed when two items share a stem).
     """
-    names = _check_classes(classes, where=labels_dir)
+    names = validate_classes(classes, where=labels_dir)
     boxes = _check_write(items, boxes, names)
     rel = _unique_names(items, image_root)
     out = {}
@@ -506,9 +491,9 @@ def read_coco(
             raise ValueError(f"{json_path}: category {c!r} needs an 'id' and a 'name'")
         cats[c["id"]] = c["name"]
     if classes is None:
-        names = _check_classes(list(cats.values()), where=json_path)
+        names = validate_classes(list(cats.values()), where=json_path)
     else:
-        names = _check_classes(classes, where=json_path)
+        names = validate_classes(classes, where=json_path)
 
     images: dict[Any, Path] = {}
     declared: dict[Any, tuple[Any, Any]] = {}
@@ -598,7 +583,7 @@ def coco_dict(
     ``classes`` order, ``bbox`` in pixels, ``segmentation`` = ``[flat polygon]`` or ``[]``,
     ``area`` = polygon area, else box area. ``file_name`` is relative to ``image_root``
     (else the file name, id-prefixed on clashes)."""
-    names = _check_classes(classes, where="coco export")
+    names = validate_classes(classes, where="coco export")
     boxes = _check_write(items, boxes, names)
     index = {c: i + 1 for i, c in enumerate(names)}
     rel = _unique_names(items, image_root)
@@ -704,7 +689,7 @@ def read_voc(
     annotations_dir, image_root = Path(annotations_dir), Path(image_root)
     if not annotations_dir.is_dir():
         raise ValueError(f"VOC annotations folder {annotations_dir} does not exist or is not a directory")
-    names = None if classes is None else _check_classes(classes, where=annotations_dir)
+    names = None if classes is None else validate_classes(classes, where=annotations_dir)
     xmls = sorted(annotations_dir.rglob("*.xml"))
     pairs: list[tuple[Path, Path]] = []
     for x in xmls:
@@ -769,7 +754,7 @@ def write_voc(
     """One XML per item under ``annotations_dir`` (mirroring ``image_root``'s sub-folders,
     else named after the image, id-prefixed on clashes); returns id -> XML path.
     ``classes``, when given, is checked against every box label."""
-    names = None if classes is None else _check_classes(classes, where=annotations_dir)
+    names = None if classes is None else validate_classes(classes, where=annotations_dir)
     boxes = _check_write(items, boxes, names)
     rel = _unique_names(items, image_root)
     out = {}
@@ -816,7 +801,7 @@ def export_labels(
     _check_task(task)
     if not split or "/" in split or split.startswith("."):
         raise ValueError(f"split {split!r} must be a plain folder name such as 'train' or 'val'")
-    names = _check_classes(classes, where=f"export to {out_dir}")
+    names = validate_classes(classes, where=f"export to {out_dir}")
     boxes = _check_write(items, boxes, names)
     out_dir = Path(out_dir)
     if fmt == "yolo":

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pseudolabel.data.ingest import Quarantined, is_image_path, list_image_files, scan_files
-from pseudolabel.types import Item
+from pseudolabel.types import Item, validate_classes
 
 
 @dataclass
@@ -41,22 +41,8 @@ class LabelledSet:
 
 
 def _check_classes(classes: Sequence[str] | None, *, where: object) -> tuple[str, ...] | None:
-    if classes is None:
-        return None
-    if isinstance(classes, str):
-        raise ValueError(
-            f"{where}: classes must be a sequence of names, got the string {classes!r}"
-        )
-    out = tuple(classes)
-    if not out:
-        raise ValueError(f"{where}: classes is empty; give at least one class name or None")
-    for name in out:
-        if not isinstance(name, str) or not name.strip():
-            raise ValueError(f"{where}: class names must be non-empty strings, got {name!r}")
-    dupes = sorted({c for c in out if out.count(c) > 1})
-    if dupes:
-        raise ValueError(f"{where}: class names repeated in classes: {dupes}")
-    return out
+    """``None`` (take the classes from the data) or a validated tuple."""
+    return None if classes is None else validate_classes(classes, where=where)
 
 
 def _conflict(first: str, first_label: str, second: str, second_label: str) -> ValueError:

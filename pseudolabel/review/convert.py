@@ -31,7 +31,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 from xml.sax.saxutils import escape
 
-from pseudolabel.types import Box, TaskType
+from pseudolabel.types import Box, TaskType, validate_classes
 
 LOCAL_FILES_PREFIX = "/data/local-files/?d="
 
@@ -48,22 +48,6 @@ _VALUE_TAGS: dict[str, str] = {
 
 
 # --------------------------------------------------------------------------- classes / config
-
-
-def validate_classes(classes: Sequence[str]) -> tuple[str, ...]:
-    """Return ``classes`` as a tuple after checking: at least one, non-empty strings, unique."""
-    if isinstance(classes, str):
-        raise ValueError(f"classes must be a sequence of class names, not the string {classes!r}")
-    out = tuple(classes)
-    if not out:
-        raise ValueError("classes is empty: give at least one class name")
-    for c in out:
-        if not isinstance(c, str) or not c.strip():
-            raise ValueError(f"class name {c!r} in {list(out)!r} is not a non-empty string")
-    dupes = sorted({c for c in out if out.count(c) > 1})
-    if dupes:
-        raise ValueError(f"duplicate class names {dupes!r} in {list(out)!r}")
-    return out
 
 
 def _attr(value: str) -> str:
