@@ -7,14 +7,17 @@ loops never import the framework themselves. Adapters follow scikit-learn conven
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import hashlib
+import inspect
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from typing_extensions import Self
 
 from pseudolabel.types import Annotation, Item, Prediction, TaskType
+
 
 class NotFittedError(ValueError, AttributeError):
     """A model was asked to predict or save before ``fit`` (or ``load``)."""
@@ -81,3 +84,48 @@ def resolve_device(device: str = "auto") -> torch.device:
             )
         return dev
     raise ValueError(f"unknown device {device!r}; expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+
+def state_hash(state: Mapping[str, torch.Tensor]) -> str:
+    """Short content hash of a state_dict (12 hex chars of sha256): the default model version."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].detach().to("cpu").contiguous()
+        h.update(key.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+class AdapterBase:
+    """The scikit-learn plumbing every adapter shares: constructor parameters, the fitted
+    check (learned state lives in ``net_``) and the ``model_version`` property."""
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+
+    def get_params(self) -> dict[str, Any]:
+        """Constructor parameters as given (scikit-learn style)."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "net_"):
+            raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit() or load() first")
+
+    @property
+    def model_version(self) -> str:
+        """Short hash of the trained weights (12 hex chars), unless the caller set one."""
+        self._check_fitted()
+        return self.model_version_
+
+    @model_version.setter
+    def model_version(self, value: str) -> None:
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"model_version must be a non-empty string, got {value!r}")
+        self.model_version_ = value

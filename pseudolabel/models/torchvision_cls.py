@@ -22,8 +22,6 @@ only from a local file named by ``weights``.
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 import math
 import os
 import pickle
@@ -42,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from typing_extensions import Self
 
 from pseudolabel.data.images import load_rgb
-from pseudolabel.models.base import NotFittedError, resolve_device
+from pseudolabel.models.base import AdapterBase, resolve_device, state_hash
 from pseudolabel.types import Annotation, Item, Prediction, TaskType
 
 ARCHS: tuple[str, ...] = ("small_cnn", "resnet18")
@@ -151,17 +149,6 @@ def _random_translate(x: torch.Tensor, pad: int, generator: torch.Generator) -> 
     return torch.stack([padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets)])
 
 
-def _state_hash(state: Mapping[str, torch.Tensor]) -> str:
-    """Short content hash of a state_dict (12 hex chars of sha256)."""
-    h = hashlib.sha256()
-    for key in sorted(state):
-        t = state[key].detach().to("cpu").contiguous()
-        h.update(key.encode())
-        h.update(str(t.dtype).encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:12]
-
 
 def _read_state_file(path: Path) -> Any:
     if not path.is_file():
@@ -179,7 +166,7 @@ def _read_state_file(path: Path) -> Any:
 # the adapter
 
 
-class TorchvisionClassifier:
+class TorchvisionClassifier(AdapterBase):
     """Image classifier behind the :class:`~pseudolabel.models.base.Model` protocol.
 
     Parameters (stored as given; checked by :meth:`fit`):
@@ -253,19 +240,6 @@ class TorchvisionClassifier:
 
     # ---- parameters -------------------------------------------------------------------
 
-    @classmethod
-    def _param_names(cls) -> list[str]:
-        sig = inspect.signature(cls.__init__)
-        return [p for p in sig.parameters if p != "self"]
-
-    def get_params(self) -> dict[str, Any]:
-        """Constructor parameters as given (scikit-learn style)."""
-        return {name: getattr(self, name) for name in self._param_names()}
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"{type(self).__name__}({args})"
-
     def _check_params(self) -> None:
         classes = self.classes
         if isinstance(classes, str) or not isinstance(classes, Sequence):
@@ -320,23 +294,6 @@ class TorchvisionClassifier:
 
     # ---- learned state ----------------------------------------------------------------
 
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "net_"):
-            raise NotFittedError(
-                f"this {type(self).__name__} is not fitted yet; call fit() or load() first"
-            )
-
-    @property
-    def model_version(self) -> str:
-        """Short hash of the trained weights (12 hex chars), unless the caller set one."""
-        self._check_fitted()
-        return self.model_version_
-
-    @model_version.setter
-    def model_version(self, value: str) -> None:
-        if not isinstance(value, str) or not value.strip():
-            raise ValueError(f"model_version must be a non-empty string, got {value!r}")
-        self.model_version_ = value
 
     def _build_net(self, num_classes: int) -> nn.Module:
         if self.arch == "small_cnn":
@@ -470,7 +427,7 @@ class TorchvisionClassifier:
         self.embedding_dim_ = int(net.fc.in_features)  # type: ignore[union-attr,arg-type]
         self.history_ = history
         self.weights_skipped_ = skipped
-        self.model_version_ = _state_hash(net.state_dict())
+        self.model_version_ = state_hash(net.state_dict())
         return self
 
     def _train(

@@ -39,8 +39,6 @@ Ultralytics' own ``.pt`` files are pickles that can run code when loaded: pass t
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 import os
 import pickle
 import shutil
@@ -56,7 +54,7 @@ import torch
 from typing_extensions import Self
 
 from pseudolabel.data.images import load_rgb
-from pseudolabel.models.base import NotFittedError, resolve_device
+from pseudolabel.models.base import AdapterBase, resolve_device, state_hash
 from pseudolabel.types import Annotation, Box, Item, Prediction, TaskType
 
 CHECKPOINT_FORMAT = "pseudolabel.ultralytics_yolo/1"
@@ -109,17 +107,6 @@ def _dejavu_font() -> Path:
 # helpers
 
 
-def _state_hash(state: Mapping[str, torch.Tensor]) -> str:
-    """Short content hash of a state_dict (12 hex chars of sha256)."""
-    h = hashlib.sha256()
-    for key in sorted(state):
-        t = state[key].detach().to("cpu").contiguous()
-        h.update(key.encode())
-        h.update(str(t.dtype).encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:12]
-
 
 def _plain(obj: Any) -> Any:
     """Containers of str/int/float/bool/None only (what ``weights_only=True`` accepts)."""
@@ -149,7 +136,7 @@ def _polygon_of(box: Box) -> list[tuple[float, float]]:
 # the adapter
 
 
-class YoloModel:
+class YoloModel(AdapterBase):
     """Ultralytics YOLO behind the :class:`~pseudolabel.models.base.Model` protocol.
 
     Parameters (stored as given; checked by :meth:`fit`):
@@ -210,18 +197,6 @@ class YoloModel:
 
     # ---- parameters -------------------------------------------------------------------
 
-    @classmethod
-    def _param_names(cls) -> list[str]:
-        return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-
-    def get_params(self) -> dict[str, Any]:
-        """Constructor parameters as given (scikit-learn style)."""
-        return {name: getattr(self, name) for name in self._param_names()}
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"{type(self).__name__}({args})"
-
     def _check_params(self) -> None:
         classes = self.classes
         if isinstance(classes, str) or not isinstance(classes, Sequence) or len(classes) < 1:
@@ -278,28 +253,13 @@ class YoloModel:
 
     # ---- learned state ----------------------------------------------------------------
 
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "net_"):
-            raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit() or load() first")
-
-    @property
-    def model_version(self) -> str:
-        """Short hash of the trained weights (12 hex chars), unless the caller set one."""
-        self._check_fitted()
-        return self.model_version_
-
-    @model_version.setter
-    def model_version(self, value: str) -> None:
-        if not isinstance(value, str) or not value.strip():
-            raise ValueError(f"model_version must be a non-empty string, got {value!r}")
-        self.model_version_ = value
 
     def _set_net(self, net: torch.nn.Module, yaml: Mapping[str, Any]) -> None:
         self.device_ = resolve_device(self.device)
         self.net_ = net.float().eval().to(self.device_)
         self.yaml_ = _plain(dict(yaml))
         self.classes_ = [str(c) for c in self.classes]
-        self.model_version_ = _state_hash(net.state_dict())
+        self.model_version_ = state_hash(net.state_dict())
 
     # ---- training ---------------------------------------------------------------------
 
@@ -441,6 +401,18 @@ class YoloModel:
         n_backbone = len(self.yaml_.get("backbone", [])) or len(self.net_.model) - 1
         return self.net_.model[n_backbone - 1]
 
+    def _forward_embed(self, x: torch.Tensor) -> tuple[Any, np.ndarray]:
+        """One forward pass: the raw head output, and the ``(N, D)`` float32 image embedding
+        (the embedding layer's output averaged over space), hooked from the same pass."""
+        feats: list[torch.Tensor] = []
+        hook = self._embedding_layer().register_forward_hook(lambda m, i, o: feats.append(o))
+        try:
+            with torch.inference_mode():
+                out = self.net_(x)
+        finally:
+            hook.remove()
+        return out, feats[0].float().mean(dim=(2, 3)).cpu().numpy().astype(np.float32)
+
     def _predict_batch(self, items: Sequence[Item], *, hflip: bool) -> list[Prediction]:
         self._ultralytics()
         arrays = []
@@ -456,14 +428,7 @@ class YoloModel:
         letterbox = LetterBox((size, size), auto=False, stride=32)
         x = torch.from_numpy(np.stack([letterbox(image=a) for a in arrays]))  # (N, S, S, 3) RGB uint8
         x = x.permute(0, 3, 1, 2).contiguous().to(self.device_).float() / 255.0
-        feats: list[torch.Tensor] = []
-        hook = self._embedding_layer().register_forward_hook(lambda m, i, o: feats.append(o))
-        try:
-            with torch.inference_mode():
-                out = self.net_(x)
-        finally:
-            hook.remove()
-        emb = feats[0].float().mean(dim=(2, 3)).cpu().numpy().astype(np.float32)  # (N, D)
+        out, emb = self._forward_embed(x)
         head = out[0] if isinstance(out, (tuple, list)) else out
         protos = None
         if self.task == "segment":
@@ -521,15 +486,8 @@ class YoloModel:
 
         tf = classify_transforms(size=int(self.image_size))
         x = torch.stack([tf(Image.fromarray(a)) for a in arrays]).to(self.device_)
-        feats: list[torch.Tensor] = []
-        hook = self._embedding_layer().register_forward_hook(lambda m, i, o: feats.append(o))
-        try:
-            with torch.inference_mode():
-                out = self.net_(x)
-        finally:
-            hook.remove()
+        out, emb = self._forward_embed(x)
         probs = (out[0] if isinstance(out, (tuple, list)) else out).float().cpu().numpy()
-        emb = feats[0].float().mean(dim=(2, 3)).cpu().numpy().astype(np.float32)
         return [
             Prediction(item_id=item.id, model_version=self.model_version, probs=probs[n].astype(np.float64), embedding=emb[n])
             for n, item in enumerate(items)
