@@ -48,6 +48,7 @@ def run_campaign(
     limit = max_rounds if max_rounds is not None else cfg.stop.max_rounds + 1
     with ledger_for(cfg) as ledger:
         for _ in range(limit):
+            t_round = time.perf_counter()
             res = run_round(cfg, reviewer, ledger=ledger, progress=progress, log=console.print)
             row: dict[str, Any] = {
                 "round": res.round_id, "labels": res.labels_used, "pseudo": res.pseudo_used,
@@ -58,7 +59,7 @@ def run_campaign(
                 stats = answer(res)
                 row["corrections"] = int(stats.get("corrections", 0))
                 ledger.update_round(res.round_id, info={"review": stats})
-            row["seconds"] = round(time.perf_counter() - t0 - sum(r["seconds"] for r in out.rows), 1)
+            row["seconds"] = round(time.perf_counter() - t_round, 1)
             out.rows.append(row)
             if res.stop_reason is not None:
                 out.termination = res.stop_reason

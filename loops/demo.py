@@ -21,7 +21,7 @@ from rich.console import Console
 
 from loops.campaign import CampaignResult, rounds_table, run_campaign
 from loops.round import RoundResult
-from pseudolabel.config import Config, load_config
+from pseudolabel.config import Config, load_config, set_dotted
 from pseudolabel.data.images import sha256_file
 from pseudolabel.review.client import LabelStudioClient
 from pseudolabel.review.server import LabelStudioServer
@@ -96,11 +96,7 @@ def demo_config(workdir: Path, data_root: Path, *, strategy: str, project: str, 
         "label_studio": {"images_root": str(data_root)},
     }
     for dotted, value in over.items():
-        node = cfg
-        *parents, last = dotted.split(".")
-        for p in parents:
-            node = node[p]
-        node[last] = value
+        set_dotted(cfg, dotted, value, origin=f"demo_config({dotted}=...)")
     return cfg
 
 

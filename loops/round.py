@@ -29,7 +29,7 @@ from pseudolabel.inference import load_predictions, pseudo_label
 from pseudolabel.metrics import classification_metrics
 from pseudolabel.models.torchvision_cls import TorchvisionClassifier
 from pseudolabel.stopping import StoppingRules, check_all
-from pseudolabel.strategies import entropy, select
+from pseudolabel.strategies import entropy, select, uses_labelled_embeddings
 from pseudolabel.types import Annotation, Candidate, Item, Prediction
 from pseudolabel.utils import atomic_write_text
 
@@ -316,9 +316,11 @@ def _run_round(cfg: Config, reviewer: Reviewer | None, ledger: Ledger, *, progre
         k = max(0, min(cfg.selection.batch_size, budget_left, len(df)))
         rows = []
         if k > 0:
-            labelled = ledger.human_labelled_ids() - {it.id for it in ledger.items("holdout")}
-            lab_items = [it for it in ledger.items() if it.id in labelled]
-            _, lab_emb = model.predict_proba_embed(lab_items, batch_size=cfg.model.infer_batch_size)
+            lab_emb = None
+            if uses_labelled_embeddings(cfg.selection.strategy):
+                labelled = ledger.human_labelled_ids() - {it.id for it in ledger.items("holdout")}
+                lab_items = [it for it in ledger.items() if it.id in labelled]
+                _, lab_emb = model.predict_proba_embed(lab_items, batch_size=cfg.model.infer_batch_size)
             mc = None
             if cfg.selection.strategy == "bald":
                 from pseudolabel.strategies.bayesian import mc_dropout_probs
@@ -376,6 +378,7 @@ def _confident(cfg: Config, ledger: Ledger, df: pd.DataFrame, probs: np.ndarray,
     flood the training set.
     """
     human = ledger.human_labelled_ids()
+    items = {it.id: it for it in ledger.items("pool")}
     conf = probs.max(1)
     keep = np.flatnonzero(conf >= cfg.pseudo.threshold)
     per_class: dict[str, int] = {}
@@ -388,6 +391,6 @@ def _confident(cfg: Config, ledger: Ledger, df: pd.DataFrame, probs: np.ndarray,
         if cfg.pseudo.max_per_class is not None and per_class.get(label, 0) >= cfg.pseudo.max_per_class:
             continue
         per_class[label] = per_class.get(label, 0) + 1
-        out.append(Annotation(item=ledger.item(iid), label=label, source="pseudo", round=rid,
+        out.append(Annotation(item=items[iid], label=label, source="pseudo", round=rid,
                               model_version=model_version, weight=cfg.pseudo.weight))
     return out

@@ -174,7 +174,8 @@ class Config(_Section):
         return self.model_dump(mode="json")
 
 
-def _set_path(tree: dict[str, Any], dotted: str, value: Any, *, origin: str) -> None:
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any, *, origin: str) -> None:
+    """Set ``tree["a"]["b"] = value`` for ``dotted="a.b"``, creating sections; errors name ``origin``."""
     keys = [k for k in dotted.split(".") if k]
     if not keys:
         raise ConfigError(f"{origin}: empty key")
@@ -255,12 +256,12 @@ def load_config(
         base = Path.cwd()
     tree = _deepcopy(tree)
     for dotted, value, where in _env_overrides(os.environ if environ is None else environ):
-        _set_path(tree, dotted, value, origin=where)
+        set_dotted(tree, dotted, value, origin=where)
     for ov in overrides:
         if "=" not in ov:
             raise ConfigError(f"override {ov!r}: expected section.key=value, e.g. model.epochs=5")
         k, v = ov.split("=", 1)
-        _set_path(tree, k.strip(), yaml.safe_load(v) if v != "" else None, origin=f"override {ov!r}")
+        set_dotted(tree, k.strip(), yaml.safe_load(v) if v != "" else None, origin=f"override {ov!r}")
     try:
         cfg = Config.model_validate(tree)
     except ValidationError as e:

@@ -265,8 +265,13 @@ class Ledger:
         return {s: counts.get(s, 0) for s in SOURCES}
 
     def human_labelled_ids(self) -> set[str]:
-        """Items with a seed or human label (not pseudo)."""
-        return {k for k, v in self.current_labels().items() if v.source in ("seed", "human")}
+        """Items with a seed or human label (not pseudo): exactly the items whose current label
+        is a seed or human one, since those outrank pseudo-labels (one query, no row objects)."""
+        rows = self._db.execute(
+            "SELECT DISTINCT item_id FROM labels WHERE source IN ('seed', 'human')"
+            " AND (label IS NOT NULL OR boxes IS NOT NULL)"
+        )
+        return {r["item_id"] for r in rows}
 
     # -- rounds and stages --------------------------------------------------------------------
     def open_round(self, *, config: Mapping[str, Any] | None = None) -> tuple[int, bool]:

@@ -18,7 +18,7 @@ Importing this package only defines names and fills the strategy registry.
 from .badge import badge, gradient_embeddings
 from .bayesian import bald, mc_dropout_probs, select_bald
 from .diversity import kcenter_greedy
-from .registry import STRATEGIES, STRATEGY_NAMES, get_strategy, register
+from .registry import STRATEGIES, STRATEGY_NAMES, get_strategy, register, uses_labelled_embeddings
 from .selection import Selection, SelectionRequest, balanced_top_k, select, top_k
 from .uncertainty import (
     SCORE_FUNCTIONS,
@@ -50,6 +50,7 @@ __all__ = [
     "mc_dropout_probs",
     "random_scores",
     "register",
+    "uses_labelled_embeddings",
     "select",
     "select_bald",
     "top_k",

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 else:
     Strategy = Callable
 
-__all__ = ["STRATEGIES", "STRATEGY_NAMES", "Strategy", "get_strategy", "register"]
+__all__ = ["STRATEGIES", "STRATEGY_NAMES", "Strategy", "get_strategy", "register", "uses_labelled_embeddings"]
 
 STRATEGY_NAMES: tuple[str, ...] = (
     "random",
@@ -37,8 +37,14 @@ STRATEGIES: dict[str, Strategy] = {}
 """Strategy functions by name; filled by :func:`register` when the package is imported."""
 
 
-def register(name: str) -> Callable[[Strategy], Strategy]:
+_USES_LABELLED: set[str] = set()
+
+
+def register(name: str, *, labelled_embeddings: bool = False) -> Callable[[Strategy], Strategy]:
     """Decorator adding a strategy function to :data:`STRATEGIES` under ``name``.
+
+    ``labelled_embeddings=True`` says the strategy reads ``labelled_embeddings`` (the
+    already-labelled set), so callers compute them only for such strategies.
 
     Raises:
         ValueError: ``name`` is empty, not a string, or already registered.
@@ -50,6 +56,8 @@ def register(name: str) -> Callable[[Strategy], Strategy]:
 
     def decorator(fn: Strategy) -> Strategy:
         STRATEGIES[name] = fn
+        if labelled_embeddings:
+            _USES_LABELLED.add(name)
         return fn
 
     return decorator
@@ -67,3 +75,9 @@ def get_strategy(name: str) -> Strategy:
         raise ValueError(
             f"unknown strategy {name!r}; choose one of: {', '.join(STRATEGIES)}"
         ) from None
+
+
+def uses_labelled_embeddings(name: str) -> bool:
+    """Whether the strategy registered as ``name`` reads the labelled set's embeddings."""
+    get_strategy(name)
+    return name in _USES_LABELLED

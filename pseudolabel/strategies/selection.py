@@ -317,7 +317,7 @@ for _name in ("least_confidence", "margin", "entropy"):
     _make_uncertainty_strategy(_name)
 
 
-@register("kcenter")
+@register("kcenter", labelled_embeddings=True)
 def _kcenter_strategy(req: SelectionRequest) -> Selection:
     """Greedy k-center on embeddings; scores = entropy of the picks if probs, else 0."""
     emb = req.need_embeddings()
@@ -358,7 +358,7 @@ def _hybrid_pick(req: SelectionRequest, pool: np.ndarray, u: np.ndarray, q: int)
     return cand[local]
 
 
-@register("hybrid")
+@register("hybrid", labelled_embeddings=True)
 def _hybrid_strategy(req: SelectionRequest) -> Selection:
     """Top hybrid_factor*k by uncertainty, then k-center; scores = the uncertainty score."""
     u = _KERNELS[req.uncertainty](req.need_probs())

@@ -129,7 +129,7 @@ def typiclust(
     return picks
 
 
-@register("typiclust")
+@register("typiclust", labelled_embeddings=True)
 def _typiclust_strategy(req: SelectionRequest) -> Selection:
     """TypiClust on embeddings (and labelled_embeddings); no probs needed (cold start).
 
