@@ -20,6 +20,7 @@ re-scored (a mixed directory would pair probabilities from two models).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -34,7 +35,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pseudolabel.types import Item, Prediction
+from pseudolabel.types import Box, Item, Prediction
 
 _SHARD_RE = re.compile(r"^predictions-(\d{5,})\.parquet$")
 _COLUMNS = ["item_id", "model_version", "label", "confidence"]
@@ -80,29 +81,89 @@ def _atomic_write(path: Path, write: Any) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _write_shard(out_dir: Path, index: int, preds: Sequence[Prediction], classes: Sequence[str]) -> Path:
-    probs = np.stack([np.asarray(p.probs, dtype=np.float32) for p in preds])  # (n, C)
-    if probs.ndim != 2 or probs.shape[1] != len(classes):
+def _boxes_json(pred: Prediction, classes: Sequence[str]) -> str:
+    """JSON list of the boxes of one detection prediction, each with its full class vector."""
+    bp = pred.box_probs
+    if bp is not None and len(pred.boxes) and np.shape(bp) != (len(pred.boxes), len(classes)):
         raise ValueError(
-            f"model returned probability vectors of shape {probs.shape[1:]}, but has {len(classes)} classes"
+            f"prediction for {pred.item_id!r}: box_probs has shape {np.shape(bp)}, expected "
+            f"({len(pred.boxes)}, {len(classes)}) (one class vector per box)"
         )
+    out = []
+    for i, b in enumerate(pred.boxes):
+        out.append({
+            "xyxy": [float(b.x1), float(b.y1), float(b.x2), float(b.y2)],
+            "label": b.label,
+            "score": None if b.score is None else float(b.score),
+            "polygon": [[float(x), float(y)] for x, y in b.polygon] if b.polygon else None,
+            "probs": None if bp is None else [float(v) for v in np.asarray(bp[i], dtype=np.float32)],
+        })
+    return json.dumps(out, separators=(",", ":"))
+
+
+def _parse_boxes(text: str | None, n_classes: int) -> tuple[tuple[Box, ...], np.ndarray]:
+    boxes: list[Box] = []
+    probs: list[list[float]] = []
+    for d in json.loads(text or "[]"):
+        x1, y1, x2, y2 = d["xyxy"]
+        poly = tuple((float(x), float(y)) for x, y in d["polygon"]) if d.get("polygon") else None
+        boxes.append(Box(x1, y1, x2, y2, d["label"], d.get("score"), poly))
+        probs.append(d["probs"] if d.get("probs") is not None else [np.nan] * n_classes)
+    arr = np.asarray(probs, dtype=np.float32).reshape(len(boxes), n_classes)
+    return tuple(boxes), arr
+
+
+def _is_detection(preds: Sequence[Prediction]) -> bool:
+    return any(p.probs is None for p in preds)
+
+
+def write_shard(out_dir: Path, index: int, preds: Sequence[Prediction], classes: Sequence[str]) -> Path:
+    """Write ``preds`` as shard number ``index`` of ``out_dir`` (embeddings first, parquet last,
+    each atomically). Classification predictions need ``probs``; detection predictions (no
+    ``probs``) are stored with a ``boxes`` JSON column: a list of ``{"xyxy": pixels, "label",
+    "score", "polygon": pixel points or null, "probs": the box's class vector}``; their
+    ``label``/``confidence`` columns hold the top box's class and score (null / 0.0 when the
+    image has no box) and ``probs`` is an empty list."""
+    if not preds:
+        raise ValueError("write_shard needs at least one prediction")
     if any(p.embedding is None for p in preds):
         emb = np.zeros((len(preds), 0), dtype=np.float32)
     else:
         emb = np.stack([np.asarray(p.embedding, dtype=np.float32).reshape(-1) for p in preds])
-    top = probs.argmax(axis=1)
-    n, c = probs.shape
-    table = pa.table(
-        {
-            "item_id": pa.array([p.item_id for p in preds], type=pa.string()),
-            "model_version": pa.array([p.model_version for p in preds], type=pa.string()),
+    n = len(preds)
+    columns: dict[str, Any] = {
+        "item_id": pa.array([p.item_id for p in preds], type=pa.string()),
+        "model_version": pa.array([p.model_version for p in preds], type=pa.string()),
+    }
+    if _is_detection(preds):
+        labels, conf = [], []
+        for p in preds:
+            top = max(p.boxes, key=lambda b: b.score or 0.0, default=None)
+            labels.append(None if top is None else top.label)
+            conf.append(0.0 if top is None else float(top.score or 0.0))
+        columns |= {
+            "label": pa.array(labels, type=pa.string()),
+            "confidence": pa.array(np.asarray(conf, dtype=np.float32), type=pa.float32()),
+            "probs": pa.ListArray.from_arrays(pa.array(np.zeros(n + 1, dtype=np.int32)),
+                                              pa.array([], type=pa.float32())),
+            "boxes": pa.array([_boxes_json(p, classes) for p in preds], type=pa.string()),
+        }
+    else:
+        probs = np.stack([np.asarray(p.probs, dtype=np.float32) for p in preds])  # (n, C)
+        if probs.ndim != 2 or probs.shape[1] != len(classes):
+            raise ValueError(
+                f"model returned probability vectors of shape {probs.shape[1:]}, but has {len(classes)} classes"
+            )
+        top = probs.argmax(axis=1)
+        c = probs.shape[1]
+        columns |= {
             "label": pa.array([classes[i] for i in top], type=pa.string()),
             "confidence": pa.array(probs[np.arange(n), top], type=pa.float32()),
             "probs": pa.ListArray.from_arrays(
                 pa.array(np.arange(0, n * c + 1, c, dtype=np.int32)), pa.array(probs.reshape(-1), type=pa.float32())
             ),
         }
-    )
+    table = pa.table(columns)
     shard = out_dir / f"predictions-{index:05d}.parquet"
 
     def _save_npy(tmp: Path) -> None:
@@ -112,6 +173,9 @@ def _write_shard(out_dir: Path, index: int, preds: Sequence[Prediction], classes
     _atomic_write(_embedding_path(shard), _save_npy)
     _atomic_write(shard, lambda tmp: pq.write_table(table, tmp))
     return shard
+
+
+_write_shard = write_shard  # the name used before it was public
 
 
 def _classify_predictions(
@@ -125,10 +189,8 @@ def _classify_predictions(
                 f"model.predict answered item {pred.item_id!r} where {item.id!r} ({item.path}) was expected: "
                 "predictions must come in input order"
             )
-        if pred.probs is None:
-            raise ValueError(
-                f"model returned no class probabilities for {item.path}; pseudo_label handles classification models"
-            )
+        if pred.probs is None and getattr(model, "task", "classify") == "classify":
+            raise ValueError(f"model returned no class probabilities for {item.path}")
         yield pred
 
 
@@ -250,7 +312,7 @@ def load_predictions(out_dir: Path) -> tuple[pd.DataFrame, np.ndarray, np.ndarra
             raise ValueError(f"{emb_path}: shape {emb.shape} does not match {n} rows in {shard.name}")
         flat = table.column("probs").combine_chunks()
         values = flat.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-        probs.append(values.reshape(n, -1))
+        probs.append(values.reshape(n, values.size // n))  # detection shards: (n, 0)
         embs.append(emb.astype(np.float32, copy=False))
         frames.append(table.select(_COLUMNS).to_pandas())
     if not frames:
@@ -267,3 +329,31 @@ def load_predictions(out_dir: Path) -> tuple[pd.DataFrame, np.ndarray, np.ndarra
         if len(widths) > 1:
             raise ValueError(f"{out_dir}: shards disagree on the number of {name} {widths!r}")
     return frame, np.concatenate(probs), np.concatenate(embs)
+
+
+def load_box_predictions(out_dir: Path) -> tuple[pd.DataFrame, list[Prediction]]:
+    """Detection shards of ``out_dir`` as ``(frame, predictions)`` aligned row by row:
+    ``frame`` as in :func:`load_predictions`; each :class:`Prediction` carries ``boxes``
+    (pixels), ``box_probs`` ``(B, C)`` and ``embedding``. ``C`` is taken from the boxes' class
+    vectors (0 boxes anywhere: ``(0, 0)``)."""
+    frame, _, emb = load_predictions(out_dir)
+    texts: list[str | None] = []
+    for _, shard in _shard_paths(Path(out_dir)):
+        table = pq.read_table(shard)
+        if table.num_rows == 0:
+            continue
+        if "boxes" not in table.column_names:
+            raise ValueError(f"{shard}: a classification shard (no boxes column); use load_predictions")
+        texts.extend(table.column("boxes").to_pylist())
+    n_classes = 0
+    for t in texts:
+        first = json.loads(t or "[]")
+        if first and first[0].get("probs") is not None:
+            n_classes = len(first[0]["probs"])
+            break
+    preds = []
+    for i, (iid, ver, text) in enumerate(zip(frame["item_id"], frame["model_version"], texts, strict=True)):
+        boxes, bp = _parse_boxes(text, n_classes)
+        preds.append(Prediction(item_id=iid, model_version=ver, boxes=boxes, box_probs=bp,
+                                embedding=emb[i] if emb.shape[1] else None))
+    return frame, preds

@@ -95,6 +95,9 @@ class Annotation:
     # Label Studio ids, when the annotation came from there (for incremental pulls).
     ls_task_id: int | None = None
     ls_annotation_id: int | None = None
+    # Detection/segmentation: True when ``boxes == ()`` is a real answer ("no objects on this
+    # image"), not the absence of a label.
+    empty_ok: bool = False
 
 
 @dataclass(frozen=True, eq=False)

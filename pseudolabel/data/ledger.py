@@ -78,6 +78,16 @@ CREATE TABLE IF NOT EXISTS review_tasks (
     PRIMARY KEY (item_id, project)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- What ingest last saw of each file (stat + what reading it gave), so an unchanged file is
+-- not re-hashed: see pseudolabel.data.ingest.scan_folder(known=...).
+CREATE TABLE IF NOT EXISTS files (
+    path TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    item_id TEXT NOT NULL,
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL
+);
 """
 
 # Which split wins when the same bytes arrive in two sets: an image in the holdout must never
@@ -105,9 +115,11 @@ class LabelRow:
     ls_annotation_id: int | None
 
 
-def _boxes_to_json(boxes: Sequence[Box]) -> str | None:
+def _boxes_to_json(boxes: Sequence[Box], *, empty: bool = False) -> str | None:
+    """JSON of ``boxes``; ``None`` when there are none, unless ``empty`` (an explicit "no
+    objects on this image" label, stored as ``[]`` so that it counts as a label)."""
     if not boxes:
-        return None
+        return "[]" if empty else None
     return json.dumps(
         [
             {"xyxy": [b.x1, b.y1, b.x2, b.y2], "label": b.label, "score": b.score,
@@ -126,6 +138,17 @@ def _boxes_from_json(text: str | None) -> tuple[Box, ...]:
         poly = tuple((float(x), float(y)) for x, y in d["polygon"]) if d.get("polygon") else None
         out.append(Box(x1, y1, x2, y2, d["label"], d.get("score"), poly))
     return tuple(out)
+
+
+def _explicit_empty(a: Annotation) -> bool:
+    """A detection label saying "no objects": no class label, no boxes, not a skip, and from a
+    seed set or a reviewer (an empty pseudo-label says nothing and is not stored as a label)."""
+    return a.label is None and not a.boxes and a.review_outcome != "skipped" and a.source != "pseudo" \
+        and a.empty_ok
+
+
+boxes_to_json = _boxes_to_json
+boxes_from_json = _boxes_from_json
 
 
 class Ledger:
@@ -210,7 +233,7 @@ class Ledger:
                     "INSERT OR IGNORE INTO labels (item_id, label, boxes, source, round, reviewer, model_version,"
                     " created_at, weight, review_outcome, ls_task_id, ls_annotation_id)"
                     " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (a.item.id, a.label, _boxes_to_json(a.boxes), a.source, a.round, a.reviewer,
+                    (a.item.id, a.label, _boxes_to_json(a.boxes, empty=_explicit_empty(a)), a.source, a.round, a.reviewer,
                      a.model_version, a.created_at.isoformat(), a.weight, a.review_outcome,
                      a.ls_task_id, a.ls_annotation_id),
                 )
@@ -389,6 +412,42 @@ class Ledger:
     def set_meta(self, key: str, value: Any) -> None:
         with self._tx():
             self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
+
+
+    # -- files (ingest skip) -----------------------------------------------------------------
+    def known_files(self) -> dict[str, tuple[int, int, str, int, int]]:
+        """``path -> (size bytes, mtime_ns, item_id, width px, height px)`` for every
+        remembered file; pass it to ``scan_folder(..., known=...)``."""
+        return {
+            r[0]: (r[1], r[2], r[3], r[4], r[5])
+            for r in self._db.execute("SELECT path, size, mtime_ns, item_id, width, height FROM files")
+        }
+
+    def remember_files(self, rows: Iterable[Sequence[Any]]) -> int:
+        """Insert or replace ``(path, size, mtime_ns, item_id, width, height)`` rows (e.g.
+        ``ScanResult.file_rows()``); returns how many rows were written."""
+        n = 0
+        with self._tx():
+            for i, row in enumerate(rows):
+                if len(row) != 6:
+                    raise ValueError(
+                        f"remember_files row {i} = {row!r}: expected (path, size, mtime_ns, item_id, width, height)"
+                    )
+                path, size, mtime_ns, item_id, width, height = row
+                self._db.execute(
+                    "INSERT OR REPLACE INTO files (path, size, mtime_ns, item_id, width, height) VALUES (?,?,?,?,?,?)",
+                    (str(path), int(size), int(mtime_ns), str(item_id), int(width), int(height)),
+                )
+                n += 1
+        return n
+
+    def forget_files(self, paths: Iterable[str | Path]) -> int:
+        """Delete the records of ``paths`` (files gone from disk); returns how many existed."""
+        n = 0
+        with self._tx():
+            for p in paths:
+                n += self._db.execute("DELETE FROM files WHERE path = ?", (str(p),)).rowcount
+        return n
 
 
 class _Tx:
