@@ -230,3 +230,17 @@ def test_fresh_import_keeps_settings_out_of_home(tmp_path: Path) -> None:
     assert Path(font) == cfg / "Ultralytics" / "Arial.ttf"
     assert sync == "False"
     assert not (home / ".config" / "Ultralytics").exists()
+
+
+def test_importing_ultralytics_keeps_pil_errors(tmp_path: Path) -> None:
+    """Ultralytics patches PIL.Image.open to pip-install pi-heif on unreadable files; our import
+    undoes it, so a broken file still raises PIL's own error (and ingest quarantines it)."""
+    from PIL import UnidentifiedImageError
+
+    from pseudolabel.models.ultralytics_yolo import _import_ultralytics
+
+    _import_ultralytics(tmp_path / "cfg")
+    bad = tmp_path / "text.jpg"
+    bad.write_text("not an image")
+    with pytest.raises(UnidentifiedImageError):
+        Image.open(bad)

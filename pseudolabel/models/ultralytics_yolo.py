@@ -81,7 +81,15 @@ def _import_ultralytics(config_dir: Path) -> Any:
     (config_dir / "Ultralytics").mkdir(parents=True, exist_ok=True)
 
     import ultralytics
-    from ultralytics.utils import SETTINGS, USER_CONFIG_DIR
+    from PIL import Image
+    from ultralytics.utils import SETTINGS, USER_CONFIG_DIR, patches
+
+    # Ultralytics replaces PIL.Image.open process-wide with a wrapper that, on an unreadable
+    # file, tries to install pi-heif (a pip call) and raises ModuleNotFoundError instead of
+    # PIL's UnidentifiedImageError — which would break ingest's quarantine of broken files.
+    original_open = getattr(patches, "_image_open", None)
+    if original_open is not None and Image.open is not original_open:
+        Image.open = original_open
 
     font_src = _dejavu_font()
     for target_dir in {Path(USER_CONFIG_DIR), config_dir / "Ultralytics"}:
@@ -89,8 +97,12 @@ def _import_ultralytics(config_dir: Path) -> Any:
         for name in _FONTS:
             if not (target_dir / name).exists():
                 shutil.copyfile(font_src, target_dir / name)
-    if SETTINGS.get("sync", False):
-        SETTINGS.update({"sync": False})
+    # No analytics sync and no experiment-tracker callbacks: Ray Tune (imported when ray is
+    # installed), Comet, ClearML, MLflow, W&B, DVC may contact servers or start services.
+    off = {k: False for k in ("sync", "raytune", "clearml", "comet", "dvc", "mlflow", "wandb", "tensorboard")
+           if SETTINGS.get(k, False)}
+    if off:
+        SETTINGS.update(off)
     return ultralytics
 
 
@@ -382,88 +394,145 @@ class YoloModel(AdapterBase):
     # ---- inference --------------------------------------------------------------------
 
     def predict(
-        self, images: Iterable[Item], *, batch_size: int = 32, hflip: bool = False
+        self,
+        images: Iterable[Item],
+        *,
+        batch_size: int | None = None,
+        hflip: bool = False,
+        workers: int | None = None,
+        gpu_decode: bool | None = None,
     ) -> Iterator[Prediction]:
         """Yield one :class:`Prediction` per item, in input order (see the module docstring).
+
+        Detect / segment run through :mod:`pseudolabel.engine`: files decoded in ``workers``
+        processes (``None``: ``min(4, cpus - 1)``; 0: in this process), or plain JPEGs on the
+        GPU (``gpu_decode``; ``None``: on CUDA), letterboxed on the device, one forward pass
+        per batch (Conv+BN fused, channels-last; fp16 autocast on CUDA), NMS on the device.
+        Items are consumed lazily: memory stays flat however many are streamed.
+
+        ``batch_size``: images per forward pass; ``None``: fitted to free CUDA memory, or 16 on
+        CPU (:func:`pseudolabel.engine.default_batch_size`); classification: 32.
 
         ``hflip=True`` predicts on horizontally mirrored images and reports boxes in the
         **mirrored** image's pixel coordinates (test-time augmentation for
         :func:`pseudolabel.strategies.detection.localisation_stability`).
         """
         self._check_fitted()
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        it = iter(images)
-        while batch := list(islice(it, batch_size)):
-            yield from self._predict_batch(batch, hflip=hflip)
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"batch_size must be an integer >= 1 or None (automatic), got {batch_size!r}")
+        self._ultralytics()
+        if self.task == "classify":
+            it = iter(images)
+            while batch := list(islice(it, batch_size or 32)):
+                arrays = []
+                for item in batch:
+                    arr = np.asarray(load_rgb(item.path), dtype=np.uint8)
+                    arrays.append(np.ascontiguousarray(arr[:, ::-1]) if hflip else arr)
+                yield from self._predict_classify(batch, arrays)
+            return
+        from pseudolabel.engine import default_batch_size, stream_images
 
-    def _embedding_layer(self) -> torch.nn.Module:
-        n_backbone = len(self.yaml_.get("backbone", [])) or len(self.net_.model) - 1
-        return self.net_.model[n_backbone - 1]
+        if batch_size is None:
+            batch_size = default_batch_size(self.device_, int(self.image_size))
+        for batch_items, batch_images in stream_images(
+            images, batch_size=batch_size, device=self.device_, workers=workers, gpu_decode=gpu_decode, hflip=hflip
+        ):
+            yield from self._predict_batch(batch_items, batch_images)
 
-    def _forward_embed(self, x: torch.Tensor) -> tuple[Any, np.ndarray]:
-        """One forward pass: the raw head output, and the ``(N, D)`` float32 image embedding
-        (the embedding layer's output averaged over space), hooked from the same pass."""
+    def _embedding_layer(self, net: torch.nn.Module | None = None) -> torch.nn.Module:
+        net = self.net_ if net is None else net
+        n_backbone = len(self.yaml_.get("backbone", [])) or len(net.model) - 1
+        return net.model[n_backbone - 1]
+
+    def _forward_embed(
+        self, x: torch.Tensor, net: torch.nn.Module | None = None, *, half: bool = False
+    ) -> tuple[Any, torch.Tensor]:
+        """One forward pass of ``net`` (default ``net_``): the raw head output, and the
+        ``(N, D)`` float32 image embedding (the embedding layer's output averaged over space,
+        on the device), hooked from the same pass. ``half``: fp16 autocast (CUDA only)."""
+        net = self.net_ if net is None else net
         feats: list[torch.Tensor] = []
-        hook = self._embedding_layer().register_forward_hook(lambda m, i, o: feats.append(o))
+        hook = self._embedding_layer(net).register_forward_hook(lambda m, i, o: feats.append(o))
         try:
-            with torch.inference_mode():
-                out = self.net_(x)
+            with torch.inference_mode(), torch.autocast(
+                x.device.type, dtype=torch.float16, enabled=half and x.device.type == "cuda"
+            ):
+                out = net(x)
         finally:
             hook.remove()
-        return out, feats[0].float().mean(dim=(2, 3)).cpu().numpy().astype(np.float32)
+        return out, feats[0].float().mean(dim=(2, 3))
 
-    def _predict_batch(self, items: Sequence[Item], *, hflip: bool) -> list[Prediction]:
-        self._ultralytics()
-        arrays = []
-        for item in items:
-            arr = np.asarray(load_rgb(item.path), dtype=np.uint8)
-            arrays.append(np.ascontiguousarray(arr[:, ::-1]) if hflip else arr)
-        if self.task == "classify":
-            return self._predict_classify(items, arrays)
-        from ultralytics.data.augment import LetterBox
+    def _inference_net(self) -> torch.nn.Module:
+        """A copy of ``net_`` for inference only: Conv+BN fused (as Ultralytics' predictor
+        does) and channels-last (faster convolutions on CPU and GPU). Rebuilt when ``net_`` is
+        replaced (fit / load); ``net_`` itself is untouched, so fit / save are unaffected."""
+        cached = getattr(self, "_inference_cache", None)
+        if cached is not None and cached[0] is self.net_:
+            return cached[1]
+        import copy
+
+        net = copy.deepcopy(self.net_).eval()
+        net = net.fuse(verbose=False) if hasattr(net, "fuse") else net
+        net = net.to(self.device_, memory_format=torch.channels_last).eval()
+        self._inference_cache = (self.net_, net)
+        return net
+
+    def _predict_batch(self, items: Sequence[Item], images: Sequence[torch.Tensor]) -> list[Prediction]:
+        """Predictions for ``items`` from their decoded images (``(3, H, W)`` uint8 RGB tensors on
+        ``device_``, already mirrored for hflip): letterbox, forward, NMS, all on the device;
+        one device-to-host copy of the batch's boxes and class vectors."""
         from ultralytics.utils import nms, ops
 
+        from pseudolabel.engine import letterbox
+
         size = int(self.image_size)
-        letterbox = LetterBox((size, size), auto=False, stride=32)
-        x = torch.from_numpy(np.stack([letterbox(image=a) for a in arrays]))  # (N, S, S, 3) RGB uint8
-        x = x.permute(0, 3, 1, 2).contiguous().to(self.device_).float() / 255.0
-        out, emb = self._forward_embed(x)
+        x, infos = letterbox(images, size, channels_last=True)
+        out, emb_t = self._forward_embed(x, self._inference_net(), half=True)
         head = out[0] if isinstance(out, (tuple, list)) else out
         protos = None
         if self.task == "segment":
             head, protos = head  # (N, 4 + C + 32, A), (N, 32, S/4, S/4)
+        head = head.float()
         nc = len(self.classes_)
         kept, keep_idx = nms.non_max_suppression(
             head, float(self.conf), float(self.iou), max_det=int(self.max_det), nc=nc, return_idxs=True
         )
-        preds = []
-        for n, item in enumerate(items):
+        # (B_n, 4 + 1 + 1 + C): pixel xyxy in the original image, confidence, class, class vector.
+        rows = []
+        for n in range(len(items)):
             det, idx = kept[n], keep_idx[n]
-            orig_shape = arrays[n].shape[:2]
-            box_probs = head[n, 4 : 4 + nc, idx].T.float().cpu().numpy().astype(np.float32)  # (B, C)
-            polygons: list[np.ndarray | None] = [None] * len(det)
-            if protos is not None and len(det):
-                masks = ops.process_mask(protos[n], det[:, 6:], det[:, :4], x.shape[2:], upsample=True)
+            xyxy = ops.scale_boxes(x.shape[2:], det[:, :4].clone(), infos[n].shape)
+            rows.append(torch.cat([xyxy, det[:, 4:6], head[n, 4 : 4 + nc, idx.long().reshape(-1)].T], dim=1))
+        counts = [len(r) for r in rows]
+        table = torch.cat(rows).cpu().numpy() if rows else np.zeros((0, 6 + nc), np.float32)
+        emb = emb_t.cpu().numpy().astype(np.float32)
+        preds = []
+        start = 0
+        for n, item in enumerate(items):
+            t = table[start : start + counts[n]]
+            start += counts[n]
+            polygons: list[np.ndarray | None] = [None] * len(t)
+            if protos is not None and len(t):
+                det = kept[n]
+                masks = ops.process_mask(protos[n].float(), det[:, 6:], det[:, :4], x.shape[2:], upsample=True)
                 segs = ops.masks2segments(masks)
                 polygons = [
-                    ops.scale_coords(x.shape[2:], np.asarray(s, dtype=np.float32), orig_shape) if len(s) else None
+                    ops.scale_coords(x.shape[2:], np.asarray(s, dtype=np.float32), infos[n].shape) if len(s) else None
                     for s in segs
                 ]
-            xyxy = ops.scale_boxes(x.shape[2:], det[:, :4].clone(), orig_shape).cpu().numpy()
-            conf = det[:, 4].cpu().numpy()
-            cls = det[:, 5].cpu().numpy().astype(int)
+            box_probs = np.ascontiguousarray(t[:, 6:], dtype=np.float32).reshape(len(t), nc)  # (B, C)
+            cls = t[:, 5].astype(int)
             boxes = []
-            for b in range(len(det)):
+            for b in range(len(t)):
                 poly = polygons[b]
                 boxes.append(
                     Box(
-                        float(xyxy[b, 0]),
-                        float(xyxy[b, 1]),
-                        float(xyxy[b, 2]),
-                        float(xyxy[b, 3]),
-                        self.classes_[cls[b]],
-                        score=float(conf[b]),
+                        float(t[b, 0]),
+                        float(t[b, 1]),
+                        float(t[b, 2]),
+                        float(t[b, 3]),
+                        self.classes_[int(cls[b])],
+                        score=float(t[b, 4]),
                         polygon=None
                         if poly is None or len(poly) < 3
                         else tuple((float(px), float(py)) for px, py in poly),
@@ -475,7 +544,7 @@ class YoloModel(AdapterBase):
                     model_version=self.model_version,
                     embedding=emb[n],
                     boxes=tuple(boxes),
-                    box_probs=box_probs.reshape(len(boxes), nc),
+                    box_probs=box_probs,
                 )
             )
         return preds
@@ -486,7 +555,8 @@ class YoloModel(AdapterBase):
 
         tf = classify_transforms(size=int(self.image_size))
         x = torch.stack([tf(Image.fromarray(a)) for a in arrays]).to(self.device_)
-        out, emb = self._forward_embed(x)
+        out, emb_t = self._forward_embed(x)
+        emb = emb_t.cpu().numpy().astype(np.float32)
         probs = (out[0] if isinstance(out, (tuple, list)) else out).float().cpu().numpy()
         return [
             Prediction(item_id=item.id, model_version=self.model_version, probs=probs[n].astype(np.float64), embedding=emb[n])
@@ -528,6 +598,21 @@ class YoloModel(AdapterBase):
         net.load_state_dict(ckpt["state_dict"])
         model._set_net(net, ckpt["yaml"])
         model.model_version_ = str(ckpt["model_version"])
+        return model
+
+    @classmethod
+    def from_yaml(cls, classes: Sequence[str], **params: Any) -> Self:
+        """An **untrained** network built from ``model_yaml`` (default by ``task``), ready to
+        predict: for benchmarks and tests of the inference path. ``params`` are the
+        constructor's; ``weights`` must be None (use :meth:`load` for trained weights)."""
+        model = cls(classes, **params)
+        if model.weights is not None:
+            raise ValueError(f"from_yaml builds an untrained network; got weights={model.weights!r} (use load())")
+        model._check_params()
+        ul = model._ultralytics()
+        yolo = ul.YOLO(model._yaml_name(), task=model.task)
+        net = _build_net(model.task, yolo.model.yaml, len(model.classes))
+        model._set_net(net, yolo.model.yaml)
         return model
 
 
