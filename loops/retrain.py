@@ -90,7 +90,9 @@ def retrain(
     - ``mode``: pseudo-label thresholds (see :mod:`pseudolabel.selftrain`), at
       ``cfg.pseudo.threshold`` with at most ``cfg.pseudo.max_per_class`` per class; each
       pseudo-label weighs ``cfg.pseudo.weight * confidence`` (humans weigh 1);
-      ``cfg.pseudo.enabled = false`` trains on human + seed only;
+      ``cfg.pseudo.enabled = false`` trains on human + seed only; with
+      ``cfg.consistency.enabled`` the student also gets the pool images as ``unlabelled``
+      (FixMatch consistency, see :meth:`TorchvisionClassifier.fit`);
     - ``min_gain``: the candidate's ``cfg.stop.metric`` must exceed the previous one by more
       than this (0: strictly better) to be published.
     """
@@ -135,7 +137,10 @@ def retrain(
         counts["pseudo"] = len(pseudo)
 
     train = human + pseudo
-    model = _build_model(cfg, progress=progress).fit(train)
+    # Consistency training (cfg.consistency) also learns from the unlabelled pool images; the
+    # holdout is never among them.
+    unlabelled = [it for it in ledger.items("pool") if it.id not in holdout_ids] if cfg.consistency.enabled else None
+    model = _build_model(cfg, progress=progress).fit(train, unlabelled=unlabelled)
     model.save(candidate_dir / "model.pt")
     metrics = _evaluate(cfg, ledger, model) | {"model_version": model.model_version, "train_counts": counts}
     atomic_write_text(candidate_dir / "metrics.json", json.dumps(metrics, indent=2))

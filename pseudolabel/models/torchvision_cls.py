@@ -39,6 +39,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from typing_extensions import Self
 
+from pseudolabel.augment import strong_augment, weak_augment
 from pseudolabel.data.images import load_rgb
 from pseudolabel.models.base import AdapterBase, resolve_device, state_hash
 from pseudolabel.types import Annotation, Item, Prediction, TaskType
@@ -51,6 +52,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # come from a model trained on other classes.
 _HEAD_KEYS = ("fc.weight", "fc.bias")
 _SMALL_IMAGE = 64  # below this, resnet18 uses the 3x3 stride-1 stem
+# Unlabelled pools up to this many bytes of decoded pixels are kept in memory during training.
+_UNLABELLED_CACHE_BYTES = 512 * 2**20
 
 
 # --------------------------------------------------------------------------------------
@@ -138,16 +141,32 @@ class _ImageDataset(Dataset[torch.Tensor]):
         return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
 
-def _random_translate(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
-    """Random crop after ``pad`` pixels of edge padding: a per-sample shift of up to ``pad``
-    pixels in each direction. ``x``: ``(B, 3, S, S)`` float."""
-    if pad <= 0:
-        return x
-    b, _, h, w = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
-    offsets = torch.randint(0, 2 * pad + 1, (b, 2), generator=generator).tolist()
-    return torch.stack([padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets)])
+class _UnlabelledStream:
+    """Endless reshuffled batches of ``batch`` unlabelled images, uint8 ``(B, 3, S, S)``.
 
+    Every image is drawn once per pass over the pool, in an order from ``generator``. A pool
+    that fits in ``cache_bytes`` is decoded once and kept in memory; a larger one is decoded
+    batch by batch, so a big pool never sits in memory.
+    """
+
+    def __init__(
+        self, paths: Sequence[Path], image_size: int, batch: int, generator: torch.Generator, cache_bytes: int
+    ) -> None:
+        self.dataset = _ImageDataset(paths, image_size)
+        self.batch = min(batch, len(paths))
+        self.generator = generator
+        self.cache: torch.Tensor | None = None
+        if len(paths) * 3 * image_size * image_size <= cache_bytes:
+            self.cache = torch.cat(list(DataLoader(self.dataset, batch_size=256, shuffle=False)))
+        self.order: list[int] = []
+
+    def next(self) -> torch.Tensor:
+        while len(self.order) < self.batch:
+            self.order += torch.randperm(len(self.dataset), generator=self.generator).tolist()
+        idx, self.order = self.order[: self.batch], self.order[self.batch :]
+        if self.cache is not None:
+            return self.cache[idx]
+        return torch.stack([self.dataset[i] for i in idx])
 
 
 def _read_state_file(path: Path) -> Any:
@@ -186,11 +205,16 @@ class TorchvisionClassifier(AdapterBase):
       flips (off by default: digits and text are not flip-invariant);
     - ``dropout``: dropout before the head (small_cnn only);
     - ``mean`` / ``std``: per-channel normalisation of [0, 1] RGB;
-    - ``progress``: show a progress bar while training.
+    - ``progress``: show a progress bar while training;
+    - ``consistency``, ``consistency_threshold``, ``consistency_weight``,
+      ``unlabelled_ratio``: FixMatch-style consistency training on the ``unlabelled`` images
+      given to :meth:`fit` (see there); off by default.
 
     Learned attributes (after :meth:`fit` or :meth:`load`): ``net_``, ``classes_``,
     ``model_version_``, ``device_``, ``embedding_dim_``, ``history_`` (per-epoch
-    ``{"epoch", "loss", "val_accuracy"}``), ``weights_skipped_``.
+    ``{"epoch", "loss", "val_accuracy"}``, plus ``"loss_x"``, ``"loss_u"``, ``"mask_rate"`` with
+    consistency training), ``weights_skipped_``, ``n_unlabelled_`` (unlabelled images used by
+    consistency training; 0 when it was off).
     """
 
     task: TaskType = "classify"
@@ -217,6 +241,10 @@ class TorchvisionClassifier(AdapterBase):
         std: Sequence[float] = IMAGENET_STD,
         progress: bool = False,
         min_steps: int = 0,
+        consistency: bool = False,
+        consistency_threshold: float = 0.95,
+        consistency_weight: float = 1.0,
+        unlabelled_ratio: int = 3,
     ) -> None:
         self.classes = list(classes) if not isinstance(classes, str) else classes  # type: ignore[assignment]
         self.arch = arch
@@ -237,6 +265,10 @@ class TorchvisionClassifier(AdapterBase):
         self.std = std
         self.progress = progress
         self.min_steps = min_steps
+        self.consistency = consistency
+        self.consistency_threshold = consistency_threshold
+        self.consistency_weight = consistency_weight
+        self.unlabelled_ratio = unlabelled_ratio
 
     # ---- parameters -------------------------------------------------------------------
 
@@ -267,6 +299,18 @@ class TorchvisionClassifier(AdapterBase):
         _int("pad", 0)
         _int("seed", 0)
         _int("min_steps", 0)
+        _int("unlabelled_ratio", 1)
+        if not isinstance(self.consistency, bool):
+            raise ValueError(f"consistency must be True or False, got {self.consistency!r}")
+        thr = self.consistency_threshold
+        if isinstance(thr, bool) or not isinstance(thr, (int, float)) or not 0 < thr <= 1:
+            raise ValueError(
+                f"consistency_threshold must be a probability in (0, 1] (the weak-view confidence a "
+                f"pseudo-label needs), got {thr!r}"
+            )
+        cw = self.consistency_weight
+        if isinstance(cw, bool) or not isinstance(cw, (int, float)) or not math.isfinite(cw) or cw < 0:
+            raise ValueError(f"consistency_weight must be a finite number >= 0, got {cw!r}")
         for name in ("lr", "weight_decay"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
@@ -302,9 +346,13 @@ class TorchvisionClassifier(AdapterBase):
 
     def _normalise(self, x: torch.Tensor, device: torch.device) -> torch.Tensor:
         """uint8 ``(B, 3, S, S)`` -> normalised float32 on ``device``."""
-        mean = torch.tensor(self.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-        return (x.to(device, non_blocking=True).float() / 255.0 - mean) / std
+        return self._standardise(x.to(device, non_blocking=True).float() / 255.0)
+
+    def _standardise(self, x: torch.Tensor) -> torch.Tensor:
+        """float ``(B, 3, S, S)`` in [0, 1] -> ``(x - mean) / std`` per channel, same device."""
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+        return (x - mean) / std
 
     def _encode(
         self, annotations: Sequence[Annotation], index: Mapping[str, int], *, what: str
@@ -389,7 +437,13 @@ class TorchvisionClassifier(AdapterBase):
 
     # ---- protocol ---------------------------------------------------------------------
 
-    def fit(self, train: Sequence[Annotation], *, val: Sequence[Annotation] | None = None) -> Self:
+    def fit(
+        self,
+        train: Sequence[Annotation],
+        *,
+        val: Sequence[Annotation] | None = None,
+        unlabelled: Sequence[Item] | None = None,
+    ) -> Self:
         """Train from scratch (or from ``weights``) on ``train``; returns ``self``.
 
         Each annotation's ``weight`` scales its cross-entropy term (loss = mean over the
@@ -397,6 +451,27 @@ class TorchvisionClassifier(AdapterBase):
         samples give no gradient. ``val``, when given, is scored after every epoch into
         ``history_`` (no early stopping). Raises ``ValueError`` for an unknown class, a
         missing label or a bad weight, naming the item's path.
+
+        Consistency training (FixMatch, Sohn et al. 2020), when ``consistency`` is on and
+        ``unlabelled`` images are given (otherwise they are ignored): every optimiser step
+        also draws ``unlabelled_ratio * batch_size`` unlabelled images (capped at the pool
+        size; the pool is reshuffled after each pass) and makes two views of each,
+        :func:`~pseudolabel.augment.weak_augment` (the same shift / flip as the labelled
+        batch) and :func:`~pseudolabel.augment.strong_augment` (the weak view, then
+        RandAugment with 2 ops, then Cutout; flips only when ``hflip``). As in the FixMatch reference code, one train-mode
+        forward pass runs on labelled, weak and strong images together (batch-norm statistics
+        shared). The pseudo-label of an image is the argmax of the model's softmax on its weak
+        view, without gradient; it counts only when that maximum probability is
+        >= ``consistency_threshold``. The loss is::
+
+            mean_labelled(weight * CE(logits, label))
+              + consistency_weight * mean_unlabelled(mask * CE(logits_strong, pseudo_label))
+
+        The number of steps is as without consistency (epochs over the labelled set, at least
+        ``min_steps``). ``history_`` then records per epoch the supervised part ``loss_x``,
+        the unsupervised part ``loss_u`` and ``mask_rate``, the fraction of unlabelled images
+        that passed the threshold. ``unlabelled`` items must be readable images; their
+        labels, if any, are never looked at.
         """
         self._check_params()
         classes = list(self.classes)
@@ -407,6 +482,15 @@ class TorchvisionClassifier(AdapterBase):
         if float(weights.sum()) <= 0:
             raise ValueError("every training annotation has weight 0: nothing to learn from")
         val_paths, val_targets, _ = self._encode(val or [], index, what="val")
+        u_paths: list[Path] = []
+        if unlabelled is not None:
+            if isinstance(unlabelled, (str, Path)) or not isinstance(unlabelled, Sequence):
+                raise ValueError(f"unlabelled must be a sequence of Items, got {type(unlabelled).__name__}")
+            for i, it in enumerate(unlabelled):
+                if not isinstance(it, Item):
+                    raise ValueError(f"unlabelled[{i}] is a {type(it).__name__}, expected an Item")
+            if self.consistency:
+                u_paths = [Path(it.path) for it in unlabelled]
         device = resolve_device(self.device)
 
         fork_devices = [device.index or 0] if device.type == "cuda" else []
@@ -418,7 +502,16 @@ class TorchvisionClassifier(AdapterBase):
             net.to(device)
             x_train = self._decode_all(paths)
             x_val = self._decode_all(val_paths)
-            history = self._train(net, x_train, targets, weights, x_val, val_targets, device)
+            stream = None
+            if u_paths:
+                stream = _UnlabelledStream(
+                    u_paths,
+                    int(self.image_size),
+                    int(self.unlabelled_ratio) * int(self.batch_size),
+                    torch.Generator().manual_seed(self.seed + 2),
+                    _UNLABELLED_CACHE_BYTES,
+                )
+            history = self._train(net, x_train, targets, weights, x_val, val_targets, device, stream)
 
         net.eval()
         self.net_ = net
@@ -427,6 +520,7 @@ class TorchvisionClassifier(AdapterBase):
         self.embedding_dim_ = int(net.fc.in_features)  # type: ignore[union-attr,arg-type]
         self.history_ = history
         self.weights_skipped_ = skipped
+        self.n_unlabelled_ = len(u_paths)
         self.model_version_ = state_hash(net.state_dict())
         return self
 
@@ -439,6 +533,7 @@ class TorchvisionClassifier(AdapterBase):
         x_val: torch.Tensor,
         y_val: torch.Tensor,
         device: torch.device,
+        stream: _UnlabelledStream | None = None,
     ) -> list[dict[str, float]]:
         epochs = int(self.epochs)
         n = len(x)
@@ -447,6 +542,7 @@ class TorchvisionClassifier(AdapterBase):
         drop_last = n > self.batch_size and n % self.batch_size == 1
         gen = torch.Generator().manual_seed(self.seed)
         aug_gen = torch.Generator().manual_seed(self.seed + 1)
+        u_aug_gen = torch.Generator().manual_seed(self.seed + 3)
         loader = DataLoader(
             TensorDataset(x, y, w), batch_size=int(self.batch_size), shuffle=True, generator=gen, drop_last=drop_last
         )
@@ -470,13 +566,19 @@ class TorchvisionClassifier(AdapterBase):
             for epoch in range(epochs):
                 net.train()
                 total, count = 0.0, 0
+                u_sums = [0.0, 0.0, 0.0, 0.0]  # loss_x, loss_u, masked images, unlabelled images
                 for xb, yb, wb in loader:
                     xf = self._normalise(xb, device)
                     if self.augment:
                         xf = self._augment(xf, aug_gen)
                     yb, wb = yb.to(device), wb.to(device)
-                    logits, _ = _forward(net, xf)
-                    loss = (F.cross_entropy(logits, yb, reduction="none") * wb).mean()
+                    if stream is None:
+                        logits, _ = _forward(net, xf)
+                        loss = (F.cross_entropy(logits, yb, reduction="none") * wb).mean()
+                    else:
+                        loss, parts = self._consistency_loss(net, xf, yb, wb, stream.next(), device, u_aug_gen)
+                        for k in range(4):
+                            u_sums[k] += parts[k]
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
@@ -484,6 +586,11 @@ class TorchvisionClassifier(AdapterBase):
                     total += float(loss.detach()) * len(yb)
                     count += len(yb)
                 record = {"epoch": float(epoch + 1), "loss": total / max(count, 1)}
+                if stream is not None:
+                    steps_done = max(len(loader), 1)
+                    record["loss_x"] = u_sums[0] / steps_done
+                    record["loss_u"] = u_sums[1] / steps_done
+                    record["mask_rate"] = u_sums[2] / max(u_sums[3], 1.0)
                 if len(x_val):
                     probs, _ = self._infer_tensor(net, x_val, device)
                     record["val_accuracy"] = float((probs.argmax(1) == y_val.numpy()).mean())
@@ -497,11 +604,36 @@ class TorchvisionClassifier(AdapterBase):
 
     def _augment(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Random shift of up to ``pad`` pixels, plus horizontal flips when ``hflip``."""
-        x = _random_translate(x, int(self.pad), generator)
-        if self.hflip:
-            flip = (torch.rand(len(x), generator=generator) < 0.5).to(x.device)
-            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-        return x
+        return weak_augment(x, generator=generator, pad=int(self.pad), hflip=bool(self.hflip))
+
+    def _consistency_loss(
+        self,
+        net: nn.Module,
+        xf: torch.Tensor,
+        yb: torch.Tensor,
+        wb: torch.Tensor,
+        ub: torch.Tensor,
+        device: torch.device,
+        generator: torch.Generator,
+    ) -> tuple[torch.Tensor, tuple[float, float, float, float]]:
+        """FixMatch loss for one step (see :meth:`fit`). ``xf``: the labelled batch, normalised
+        and augmented; ``ub``: unlabelled uint8 ``(U, 3, S, S)``. Returns the loss and
+        ``(loss_x, loss_u, masked count, U)`` as floats for the history."""
+        u01 = ub.to(device, non_blocking=True).float() / 255.0
+        u_weak = self._augment(u01, generator) if self.augment else u01
+        u_strong = strong_augment(
+            u01, generator=generator, hflip=bool(self.hflip), pad=int(self.pad) if self.augment else 0
+        )
+        logits_all, _ = _forward(net, torch.cat([xf, self._standardise(u_weak), self._standardise(u_strong)]))
+        n = len(xf)
+        logits, (logits_weak, logits_strong) = logits_all[:n], logits_all[n:].chunk(2)
+        loss_x = (F.cross_entropy(logits, yb, reduction="none") * wb).mean()
+        with torch.no_grad():
+            conf, pseudo = torch.softmax(logits_weak.detach().float(), dim=1).max(dim=1)
+            mask = (conf >= float(self.consistency_threshold)).float()
+        loss_u = (F.cross_entropy(logits_strong, pseudo, reduction="none") * mask).mean()
+        loss = loss_x + float(self.consistency_weight) * loss_u
+        return loss, (float(loss_x.detach()), float(loss_u.detach()), float(mask.sum()), float(len(mask)))
 
     @torch.inference_mode()
     def _infer_batch(self, net: nn.Module, xb: torch.Tensor, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
@@ -578,6 +710,7 @@ class TorchvisionClassifier(AdapterBase):
             model_version=str(self.model_version_),
             embedding_dim=int(self.embedding_dim_),
             history=[dict(h) for h in self.history_],
+            n_unlabelled=int(getattr(self, "n_unlabelled_", 0)),
             torch_version=str(torch.__version__),
         )
         ckpt = {
@@ -619,5 +752,6 @@ class TorchvisionClassifier(AdapterBase):
         model.embedding_dim_ = int(config["embedding_dim"])
         model.history_ = list(config.get("history", []))
         model.weights_skipped_ = []
+        model.n_unlabelled_ = int(config.get("n_unlabelled", 0))
         model.model_version_ = str(config["model_version"])
         return model
