@@ -4,20 +4,32 @@ Label Studio without Redis delivers webhooks synchronously with a 1 s timeout an
 so a missed webhook is lost: this sweep is what guarantees nothing is. It is incremental
 (``since`` the last sweep, minus a safety margin) and idempotent (annotations are keyed by
 their Label Studio id in the ledger, so pulling one twice adds nothing).
+
+Several reviewers per task (``overlap > 1``): every reviewer's answer is stored as it is;
+once a task has ``overlap`` answers, one more ``human`` row with reviewer
+``consensus:<method>`` records the decided label (it is the latest human row, so it is the
+item's current label). A task whose reviewers disagree (a tie, or agreement below
+``min_agreement``) is sent back once for adjudication; the adjudicator's answer then decides
+(reviewer ``consensus:adjudicated``). Decisions and agreements are kept in the ledger's meta
+under ``consensus:<project>``, open adjudications under ``adjudications:<project>``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
-from pseudolabel.data.ledger import Ledger
-from pseudolabel.types import Annotation
+from pseudolabel.consensus import METHODS, Decision, box_f1, decide_many
+from pseudolabel.data.ledger import Ledger, LabelRow, parse_time
+from pseudolabel.types import Annotation, Item
 
 _LAST_SYNC = "last_sync:{project}"
 # Clock skew between us and the server, and annotations saved while we were pulling.
 _MARGIN = timedelta(minutes=5)
+_CONSENSUS = "consensus:{project}"
+_ADJUDICATIONS = "adjudications:{project}"
+CONSENSUS_PREFIX = "consensus:"
 
 
 class Collector(Protocol):
@@ -29,18 +41,46 @@ class Collector(Protocol):
 @dataclass(frozen=True)
 class SyncResult:
     pulled: int        # annotations returned by Label Studio
-    added: int         # new label rows in the ledger
+    added: int         # new label rows in the ledger (reviewers' answers, not consensus rows)
     accepted: int
     corrected: int
     skipped: int
+    consensus: int = 0                   # consensus rows appended (overlap > 1)
+    adjudications: int = 0               # tasks sent back for adjudication in this sync
+    mean_agreement: float | None = None  # over the items decided or disputed in this sync
 
 
-def sync_reviews(ledger: Ledger, client: Collector, *, round_id: int | None, full: bool = False) -> SyncResult:
+class Adjudicator(Protocol):
+    def request_adjudication(self, task_id: int, *, reason: str) -> None: ...
+
+
+def sync_reviews(
+    ledger: Ledger,
+    client: Collector,
+    *,
+    round_id: int | None,
+    full: bool = False,
+    overlap: int = 1,
+    consensus: str = "majority",
+    min_agreement: float = 0.5,
+    classes: Sequence[str] | None = None,
+) -> SyncResult:
     """Pull answered tasks into the ledger as ``human`` labels; returns counts.
 
     Items unknown to the ledger (tasks created by hand in Label Studio) are ignored: they are
     not part of this campaign. ``round_id`` is recorded as the round in which a label arrived.
+
+    ``overlap > 1``: reviewers per task (as configured in Label Studio); ``consensus``:
+    ``"majority"`` or ``"dawid_skene"`` (needs ``classes``, default the client's);
+    ``min_agreement`` in [0, 1]: below it (or on a tie) a task goes back for adjudication
+    (``client.request_adjudication``, once per task). See the module docstring.
     """
+    if isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 1:
+        raise ValueError(f"overlap must be an int >= 1 (reviewers per task); got {overlap!r}")
+    if consensus not in METHODS:
+        raise ValueError(f"consensus {consensus!r} is not one of {list(METHODS)}")
+    if not 0.0 <= min_agreement <= 1.0:
+        raise ValueError(f"min_agreement must be in [0, 1]; got {min_agreement!r}")
     key = _LAST_SYNC.format(project=client.project_title)
     last = None if full else ledger.get_meta(key)
     started = datetime.now().astimezone()
@@ -57,6 +97,7 @@ def sync_reviews(ledger: Ledger, client: Collector, *, round_id: int | None, ful
             round=a.round if a.round is not None else round_id, reviewer=a.reviewer,
             model_version=a.model_version, created_at=a.created_at, weight=1.0,
             review_outcome=a.review_outcome, ls_task_id=a.ls_task_id, ls_annotation_id=a.ls_annotation_id,
+            empty_ok=a.empty_ok,
         ))
     # Keep only versions the ledger has not seen (the pull window overlaps the last one).
     seen = {(r.ls_annotation_id, r.created_at) for r in ledger.all_labels(source="human")
@@ -68,14 +109,151 @@ def sync_reviews(ledger: Ledger, client: Collector, *, round_id: int | None, ful
         ledger.set_task_state(client.project_title, a.item.id, state)
     ledger.set_meta(key, started.isoformat())
     outcomes = [a.review_outcome for a in mine]
+    n_cons, n_adj, agreements = 0, 0, []
+    if overlap > 1:
+        touched = {a.item.id for a in anns if a.item.id in known}
+        n_cons, n_adj, agreements = _apply_consensus(
+            ledger, client, touched, known, round_id=round_id, overlap=overlap, method=consensus,
+            min_agreement=min_agreement,
+            classes=classes if classes is not None else getattr(client, "classes", None),
+        )
     return SyncResult(
         pulled=len(anns), added=added, accepted=outcomes.count("accepted"),
         corrected=outcomes.count("corrected"), skipped=outcomes.count("skipped"),
+        consensus=n_cons, adjudications=n_adj,
+        mean_agreement=sum(agreements) / len(agreements) if agreements else None,
     )
 
 
+def pending_adjudications(ledger: Ledger, project: str) -> dict[str, int]:
+    """Item id -> Label Studio task id of the tasks waiting for an adjudicator's answer.
+
+    Their current label is still one reviewer's disputed answer: leave them out of training
+    until they are settled."""
+    pending = ledger.get_meta(_ADJUDICATIONS.format(project=project), {}) or {}
+    return {i: int(v["task_id"]) for i, v in pending.items() if not v.get("settled")}
+
+
+def _as_annotation(r: LabelRow, item: Item) -> Annotation:
+    return Annotation(
+        item=item, label=r.label, boxes=r.boxes, source="human", round=r.round, reviewer=r.reviewer,
+        model_version=r.model_version, created_at=parse_time(r.created_at), weight=r.weight,
+        review_outcome=r.review_outcome, ls_task_id=r.ls_task_id, ls_annotation_id=r.ls_annotation_id,
+        # A stored human answer without label or boxes that is not a skip is "no objects".
+        empty_ok=r.label is None and r.review_outcome != "skipped",
+    )
+
+
+def _same_answer(row: LabelRow, label: str | None, boxes: Sequence[Any]) -> bool:
+    return row.label == label and tuple(row.boxes) == tuple(boxes)
+
+
+def _adjudicated(votes: list[Annotation], new: list[Annotation]) -> Decision:
+    """The adjudicator's (latest new) answer decides; agreement is measured over all votes."""
+    final = max(new, key=lambda a: (a.created_at, a.ls_annotation_id or 0))
+    if final.label is not None:
+        share = sum(a.label == final.label for a in votes) / len(votes)
+    else:
+        others = [a for a in votes if a is not final]
+        share = sum(box_f1(final.boxes, a.boxes) for a in others) / len(others) if others else 1.0
+    return Decision(
+        label=final.label, agreement=share, n_votes=len(votes), needs_adjudication=False,
+        method="adjudicated", confidence=1.0, boxes=final.boxes,
+    )
+
+
+def _apply_consensus(
+    ledger: Ledger,
+    client: Collector,
+    touched: set[str],
+    known: dict[str, Item],
+    *,
+    round_id: int | None,
+    overlap: int,
+    method: str,
+    min_agreement: float,
+    classes: Sequence[str] | None,
+) -> tuple[int, int, list[float]]:
+    """Append consensus rows / request adjudications; returns (rows, adjudications, agreements)."""
+    project = client.project_title
+    adj_key, cons_key = _ADJUDICATIONS.format(project=project), _CONSENSUS.format(project=project)
+    adjudications: dict[str, dict[str, Any]] = ledger.get_meta(adj_key, {}) or {}
+    record: dict[str, dict[str, Any]] = ledger.get_meta(cons_key, {}) or {}
+    latest_version: dict[int, LabelRow] = {}
+    last_row: dict[str, LabelRow] = {}
+    for r in ledger.all_labels(source="human"):  # by row id: later versions overwrite
+        last_row[r.item_id] = r
+        if r.ls_annotation_id is not None and not (r.reviewer or "").startswith(CONSENSUS_PREFIX):
+            latest_version[r.ls_annotation_id] = r
+    answers: dict[str, list[LabelRow]] = {}
+    for r in latest_version.values():
+        if r.item_id in known:
+            answers.setdefault(r.item_id, []).append(r)
+    ready = {i: rows for i, rows in answers.items() if len(rows) >= overlap or i in adjudications}
+    votes = {i: [_as_annotation(r, known[i]) for r in rows] for i, rows in ready.items()}
+    # All ready items at once, so Dawid-Skene sees every reviewer's record.
+    decisions = decide_many(votes, method=method, classes=classes, min_agreement=min_agreement)  # type: ignore[arg-type]
+    new_rows: list[Annotation] = []
+    n_adj = 0
+    agreements: list[float] = []
+    open_ids = {i for i, v in adjudications.items() if not v.get("settled")}
+    for item_id in sorted((touched | open_ids) & set(ready)):
+        d = decisions.get(item_id)
+        if d is None:
+            continue  # every answer was a skip: nothing to decide
+        vs = [a for a in votes[item_id] if a.review_outcome != "skipped"]
+        task_id = ready[item_id][-1].ls_task_id
+        pending = adjudications.get(item_id)
+        if pending is not None:
+            if pending.get("settled") is None:
+                fresh = [a for a in vs if a.ls_annotation_id not in set(pending["seen"])]
+                if not fresh:
+                    continue  # still waiting for the adjudicator
+                d = _adjudicated(vs, fresh)
+                pending["settled"] = datetime.now().astimezone().isoformat()
+            else:
+                d = _adjudicated(vs, [a for a in vs if a.ls_annotation_id not in set(pending["seen"])] or vs)
+        elif d.needs_adjudication:
+            if task_id is None:
+                continue
+            reason = (f"{d.n_votes} reviewers disagree (agreement {d.agreement:.2f} < {min_agreement:.2f})"
+                      if d.label is not None or d.boxes else f"{d.n_votes} reviewers are split evenly")
+            client.request_adjudication(int(task_id), reason=reason)  # type: ignore[attr-defined]
+            adjudications[item_id] = {
+                "task_id": int(task_id), "reason": reason, "requested_at": datetime.now().astimezone().isoformat(),
+                "seen": [a.ls_annotation_id for a in votes[item_id]],
+            }
+            ledger.set_meta(adj_key, adjudications)  # at once: a crash must not ask twice
+            record[item_id] = {"label": None, "agreement": d.agreement, "n_votes": d.n_votes,
+                               "method": d.method, "needs_adjudication": True}
+            n_adj += 1
+            agreements.append(d.agreement)
+            continue
+        agreements.append(d.agreement)
+        record[item_id] = {"label": d.label, "agreement": d.agreement, "n_votes": d.n_votes,
+                           "method": d.method, "needs_adjudication": False}
+        last = last_row.get(item_id)
+        if last is not None and (last.reviewer or "").startswith(CONSENSUS_PREFIX) \
+                and _same_answer(last, d.label, d.boxes):
+            continue  # already the item's current label
+        backing = [a for a in vs if a.label == d.label and tuple(a.boxes) == tuple(d.boxes)]
+        new_rows.append(Annotation(
+            item=known[item_id], label=d.label, boxes=d.boxes, source="human",
+            round=round_id if round_id is not None else vs[-1].round,
+            reviewer=f"{CONSENSUS_PREFIX}{d.method}",
+            model_version=next((a.model_version for a in vs if a.model_version), None),
+            review_outcome="accepted" if any(a.review_outcome == "accepted" for a in backing) else "corrected",
+            ls_task_id=None if task_id is None else int(task_id), ls_annotation_id=None,
+            empty_ok=d.label is None and not d.boxes,
+        ))
+    added = ledger.add_labels(new_rows)
+    ledger.set_meta(adj_key, adjudications)
+    ledger.set_meta(cons_key, record)
+    return added, n_adj, agreements
+
+
 def summarise(results: Sequence[SyncResult]) -> dict[str, int]:
-    keys = ("pulled", "added", "accepted", "corrected", "skipped")
+    keys = ("pulled", "added", "accepted", "corrected", "skipped", "consensus", "adjudications")
     return {k: sum(getattr(r, k) for r in results) for k in keys}
 
 

@@ -9,6 +9,11 @@
   reliable, and a consistently wrong annotator (say, one who swaps two classes) becomes
   informative instead of noise.
 
+For reviews as :class:`~pseudolabel.types.Annotation` objects, :func:`decide` (one item) and
+:func:`decide_many` (a whole project, so Dawid-Skene can learn who is reliable) return a
+:class:`Decision`. Detection / segmentation answers are settled by picking the one answer
+that agrees best with the others (matched F1 at IoU 0.5), not by fusing boxes.
+
 Pure functions: no I/O. Labels are class-name strings.
 """
 
@@ -17,14 +22,20 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+
+from pseudolabel.types import Annotation, Box
 
 __all__ = [
     "ConsensusResult",
     "DawidSkeneResult",
+    "Decision",
+    "box_f1",
     "dawid_skene",
+    "decide",
+    "decide_many",
     "majority_vote",
     "needs_adjudication",
 ]
@@ -196,3 +207,225 @@ def dawid_skene(
         priors=priors,
         n_iter=n_iter,
     )
+
+
+# --------------------------------------------------------------------------- decisions on reviews
+
+Method = Literal["majority", "dawid_skene"]
+METHODS: tuple[str, ...] = ("majority", "dawid_skene")
+# Dawid-Skene estimates one confusion matrix per reviewer: with fewer items answered by
+# several reviewers than this, the estimates are noise and majority vote is used instead.
+DS_MIN_SHARED_ITEMS = 20
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The settled answer for one item.
+
+    Attributes:
+        label: the decided class (classification); ``None`` for a tie or for detection.
+        agreement: classification: share of the votes that chose ``label`` (for a tie,
+            the tied labels' share each); detection: mean matched F1 (IoU >= 0.5, same class) of the
+            chosen answer against every other answer. In [0, 1], higher = more agreement.
+        n_votes: answers that counted (skipped reviews do not vote).
+        needs_adjudication: True when a human should settle it: a tie, or ``confidence``
+            below ``min_agreement``.
+        method: ``"majority"``, ``"dawid_skene"`` or ``"boxes"`` (detection), i.e. what
+            actually decided (Dawid-Skene falls back to majority without enough overlap).
+        confidence: what ``min_agreement`` is compared with: ``agreement`` for majority and
+            boxes, the posterior probability of ``label`` for Dawid-Skene.
+        boxes: detection / segmentation: the chosen answer's boxes (pixels, xyxy).
+        chosen: detection: index (in the given annotations) of the answer taken.
+    """
+
+    label: str | None
+    agreement: float
+    n_votes: int
+    needs_adjudication: bool
+    method: str
+    confidence: float
+    boxes: tuple[Box, ...] = ()
+    chosen: int | None = None
+
+
+def _votes(annotations: Sequence[Annotation], where: str) -> tuple[list[Annotation], bool]:
+    """The annotations that vote, and whether they are detection answers."""
+    if isinstance(annotations, (str, bytes)) or not isinstance(annotations, Sequence):
+        raise ValueError(f"{where}: expected a sequence of Annotation objects; got {annotations!r}")
+    for pos, a in enumerate(annotations):
+        if not isinstance(a, Annotation):
+            raise ValueError(f"{where}: annotations[{pos}] is {type(a).__name__}, not an Annotation")
+    votes = [a for a in annotations if a.review_outcome != "skipped" and (a.label is not None or a.boxes or a.empty_ok)]
+    cls_votes = [a for a in votes if a.label is not None]
+    if cls_votes and len(cls_votes) != len(votes):
+        raise ValueError(
+            f"{where}: mixes class labels and box answers; give one task type per item"
+        )
+    return votes, bool(votes) and not cls_votes
+
+
+def _iou(a: Sequence[Box], b: Sequence[Box]) -> np.ndarray:
+    """(len(a), len(b)) IoU of pixel xyxy boxes; 0 where the class names differ."""
+    if not a or not b:
+        return np.zeros((len(a), len(b)))
+    pa = np.array([[x.x1, x.y1, x.x2, x.y2] for x in a], dtype=np.float64)
+    pb = np.array([[x.x1, x.y1, x.x2, x.y2] for x in b], dtype=np.float64)
+    lt = np.maximum(pa[:, None, :2], pb[None, :, :2])
+    rb = np.minimum(pa[:, None, 2:], pb[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(axis=2)
+    area = lambda p: (p[:, 2] - p[:, 0]) * (p[:, 3] - p[:, 1])  # noqa: E731
+    union = area(pa)[:, None] + area(pb)[None, :] - inter
+    iou = np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+    same = np.array([[x.label == y.label for y in b] for x in a])
+    return iou * same
+
+
+def _match(a: Sequence[Box], b: Sequence[Box], iou: float) -> tuple[float, float]:
+    """(F1, mean IoU of the matched pairs) under the max-IoU one-to-one matching."""
+    if not a and not b:
+        return 1.0, 1.0
+    if not a or not b:
+        return 0.0, 0.0
+    from scipy.optimize import linear_sum_assignment
+
+    m = _iou(a, b)
+    rows, cols = linear_sum_assignment(-m)
+    hits = m[rows, cols][m[rows, cols] >= iou]
+    return 2.0 * len(hits) / (len(a) + len(b)), float(hits.mean()) if len(hits) else 0.0
+
+
+def box_f1(a: Sequence[Box], b: Sequence[Box], *, iou: float = 0.5) -> float:
+    """F1 of two answers' boxes under a one-to-one matching (same class, IoU >= ``iou``).
+
+    Matching maximises total IoU (``scipy.optimize.linear_sum_assignment``). Two empty
+    answers agree fully (1.0); one empty and one not: 0.0. Symmetric, in [0, 1].
+    Polygons are compared through their ``xyxy`` boxes.
+    """
+    return _match(a, b, iou)[0]
+
+
+def _decide_boxes(votes: Sequence[Annotation], annotations: Sequence[Annotation], min_agreement: float) -> Decision:
+    n = len(votes)
+    f1, tight = np.eye(n), np.eye(n)
+    for i in range(n):
+        for j in range(i + 1, n):
+            f, t = _match(votes[i].boxes, votes[j].boxes, 0.5)
+            f1[i, j] = f1[j, i] = f
+            tight[i, j] = tight[j, i] = t
+    mean = (f1.sum(axis=1) - 1.0) / max(1, n - 1) if n > 1 else np.ones(1)
+    mean_iou = (tight.sum(axis=1) - 1.0) / max(1, n - 1) if n > 1 else np.ones(1)
+    # Highest mean F1; among equals, the tightest boxes (mean matched IoU); then the earliest.
+    best = max(range(n), key=lambda k: (round(float(mean[k]), 12), float(mean_iou[k]), -k))
+    agreement = float(mean[best])
+    return Decision(
+        label=None, agreement=agreement, n_votes=n, needs_adjudication=agreement < min_agreement,
+        method="boxes", confidence=agreement, boxes=votes[best].boxes,
+        chosen=next(k for k, a in enumerate(annotations) if a is votes[best]),
+    )
+
+
+def _check_options(method: str, min_agreement: float) -> None:
+    if method not in METHODS:
+        raise ValueError(f"consensus method {method!r} is not one of {list(METHODS)}")
+    if isinstance(min_agreement, bool) or not isinstance(min_agreement, (int, float)) or not 0.0 <= min_agreement <= 1.0:
+        raise ValueError(f"min_agreement must be a number in [0, 1]; got {min_agreement!r}")
+
+
+def _annotator(a: Annotation, k: int) -> str:
+    # A review without a known reviewer is its own annotator (it cannot share a confusion matrix).
+    return a.reviewer if a.reviewer else f"anonymous:{a.ls_annotation_id if a.ls_annotation_id is not None else k}"
+
+
+def decide_many(
+    by_item: Mapping[str, Sequence[Annotation]],
+    *,
+    method: Method = "majority",
+    classes: Sequence[str] | None = None,
+    min_agreement: float = 0.5,
+) -> dict[str, Decision]:
+    """A :class:`Decision` for every item of ``{item_id: [Annotation, ...]}`` that has a vote.
+
+    Skipped reviews (``review_outcome="skipped"``) do not vote; items with no vote are left
+    out of the result. Classification: ``method="majority"`` uses :func:`majority_vote`
+    (a tie has ``label=None`` and needs adjudication); ``"dawid_skene"`` runs
+    :func:`dawid_skene` over all items at once when at least ``DS_MIN_SHARED_ITEMS`` items have
+    two or more votes (else majority; ``Decision.method`` says which ran), needing
+    ``classes``. Detection / segmentation: the answer with the highest mean matched F1
+    against the others (see :func:`box_f1`) is taken whole.
+
+    ``needs_adjudication`` = no label (tie) or ``confidence < min_agreement``.
+    """
+    _check_options(method, min_agreement)
+    votes: dict[str, list[Annotation]] = {}
+    det: dict[str, bool] = {}
+    given: dict[str, Sequence[Annotation]] = {}
+    for item_id, anns in by_item.items():
+        v, is_det = _votes(anns, f"item {item_id!r}")
+        if v:
+            votes[item_id], det[item_id], given[item_id] = v, is_det, anns
+    out: dict[str, Decision] = {}
+    cls_items = [i for i in votes if not det[i]]
+    for i in votes:
+        if det[i]:
+            out[i] = _decide_boxes(votes[i], given[i], min_agreement)
+    if not cls_items:
+        return out
+    mv = majority_vote({i: [a.label for a in votes[i]] for i in cls_items})  # type: ignore[misc]
+    shared = sum(1 for i in cls_items if len(votes[i]) >= 2)
+    if method == "dawid_skene":
+        if classes is None:
+            raise ValueError("method='dawid_skene' needs classes (the class names, in any order)")
+        cls = list(classes)
+        bad = sorted({a.label for i in cls_items for a in votes[i]} - set(cls))  # type: ignore[type-var]
+        if bad:
+            raise ValueError(f"labels {bad!r} are not among classes {cls!r}")
+    if method == "dawid_skene" and shared >= DS_MIN_SHARED_ITEMS:
+        triples = [(i, _annotator(a, k), a.label) for i in cls_items for k, a in enumerate(votes[i])]
+        ds = dawid_skene(triples, cls)  # type: ignore[arg-type]
+        for i in cls_items:
+            post = ds.posteriors[i]
+            order = np.argsort(post)[::-1]
+            top = float(post[order[0]])
+            tie = len(post) > 1 and np.isclose(top, float(post[order[1]]), rtol=0, atol=1e-9)
+            label = None if tie else cls[int(order[0])]
+            n = len(votes[i])
+            share = mv[i].agreement if label is None else mv[i].votes.get(label, 0) / n
+            out[i] = Decision(
+                label=label, agreement=share, n_votes=n, needs_adjudication=tie or top < min_agreement,
+                method="dawid_skene", confidence=top,
+            )
+        return out
+    for i in cls_items:
+        r = mv[i]
+        out[i] = Decision(
+            label=r.label, agreement=r.agreement, n_votes=r.n,
+            needs_adjudication=needs_adjudication(r, min_agreement=min_agreement),
+            method="majority", confidence=0.0 if r.tie else r.agreement,
+        )
+    return out
+
+
+def decide(
+    annotations: Sequence[Annotation],
+    *,
+    method: Method = "majority",
+    classes: Sequence[str] | None = None,
+    min_agreement: float = 0.5,
+    context: Mapping[str, Sequence[Annotation]] | None = None,
+) -> Decision:
+    """The :class:`Decision` for one item's reviews (see :func:`decide_many` for the rules).
+
+    ``context``: other items' reviews (``{item_id: [...]}``), which Dawid-Skene needs to
+    learn each reviewer's reliability; without it Dawid-Skene falls back to majority.
+    Raises ``ValueError`` when no annotation votes (all skipped, or none given).
+    """
+    key = "\x00item"  # cannot clash with a sha256 item id
+    items: dict[str, Sequence[Annotation]] = dict(context or {})
+    items[key] = annotations
+    got = decide_many(items, method=method, classes=classes, min_agreement=min_agreement)
+    if key not in got:
+        raise ValueError(
+            f"no vote among {len(annotations)} annotation(s): all skipped or without a label; "
+            "decide needs at least one answer"
+        )
+    return got[key]

@@ -63,6 +63,19 @@ class PendingTask:
     predicted_boxes: tuple[Box, ...] = ()
 
 
+@dataclass(frozen=True)
+class TaskInfo:
+    """One task's review state: ``overlap`` = distinct reviewers it asks for;
+    ``is_labeled`` = Label Studio considers it done (no longer served)."""
+
+    task_id: int
+    data: dict[str, Any]
+    overlap: int
+    is_labeled: bool
+    total_annotations: int
+    cancelled_annotations: int
+
+
 def _parse_dt(value: Any) -> datetime:
     """Label Studio timestamps come back as datetimes or ISO strings (``...Z``)."""
     if isinstance(value, datetime):
@@ -95,7 +108,14 @@ class LabelStudioClient:
     - ``images_root``: every pushed image must lie under it; ``document_root``: the server's
       ``LOCAL_FILES_DOCUMENT_ROOT`` (default ``images_root``'s parent);
     - ``data_key``: the task data key of the image; ``item_id_key``: the key of our item id;
-    - ``page_size``: tasks per page when listing; ``import_chunk``: tasks per import call.
+    - ``page_size``: tasks per page when listing; ``import_chunk``: tasks per import call;
+    - ``overlap``: reviewers asked to answer each task (Label Studio's
+      ``maximum_annotations``, applied to every task); Label Studio counts *distinct* users,
+      so a task with overlap 3 needs three different reviewers;
+    - ``note_key``: task data key of the note shown above the image (a ``<Header>`` in the
+      label config of projects this adapter creates): empty for ordinary tasks, "Second
+      review: ..." for ``kind="relabel"``, "Adjudication: ..." for tasks sent back by
+      :meth:`request_adjudication`.
     """
 
     def __init__(
@@ -112,6 +132,8 @@ class LabelStudioClient:
         item_id_key: str = "pseudolabel_id",
         page_size: int = 1000,
         import_chunk: int = 500,
+        overlap: int = 1,
+        note_key: str = "note",
     ) -> None:
         self.url = url
         self.token = token
@@ -124,6 +146,8 @@ class LabelStudioClient:
         self.item_id_key = item_id_key
         self.page_size = page_size
         self.import_chunk = import_chunk
+        self.overlap = overlap
+        self.note_key = note_key
         self._sdk_: LabelStudio | None = None
         self._project_id_: int | None = None
         self._emails_: dict[int, str] = {}
@@ -149,7 +173,15 @@ class LabelStudioClient:
         return convert.validate_classes(self.classes)
 
     def _label_config(self) -> str:
-        return convert.label_config(self._classes(), task_type=self.task_type, data_key=self.data_key)
+        return convert.label_config(
+            self._classes(), task_type=self.task_type, data_key=self.data_key, note_key=self.note_key
+        )
+
+    def _overlap(self) -> int:
+        o = self.overlap
+        if isinstance(o, bool) or not isinstance(o, int) or not 1 <= o <= 100:
+            raise ValueError(f"overlap {o!r} must be an int from 1 to 100 (reviewers per task)")
+        return o
 
     def _iter_tasks(
         self,
@@ -187,6 +219,23 @@ class LabelStudioClient:
                     self._emails_[int(user.id)] = user.email
         return self._emails_.get(user_id, f"user:{user_id}")
 
+    def ensure_user(self, email: str) -> int:
+        """The id of the user with ``email``, created (without a password) if missing.
+
+        For simulated reviewers: :meth:`annotate` with ``completed_by=`` saves answers as them.
+        """
+        if not isinstance(email, str) or "@" not in email:
+            raise ValueError(f"email {email!r} is not an email address")
+        sdk = self._sdk()
+        for user in sdk.users.list():
+            if user.email == email and user.id is not None:
+                return int(user.id)
+        made = sdk.users.create(username=email, email=email)
+        if made.id is None:
+            raise LabelStudioError(f"creating user {email!r} returned no id")
+        self._emails_[int(made.id)] = email
+        return int(made.id)
+
     # ------------------------------------------------------------------ project
 
     def ensure_project(self) -> int:
@@ -195,12 +244,15 @@ class LabelStudioClient:
         A new project gets the label config generated from ``classes`` and "Uncertainty
         sampling"; an existing one must declare exactly the same classes (``ValueError``
         naming the difference otherwise) and is switched to uncertainty sampling if needed.
-        A local-files storage on ``images_root`` is created once.
+        A local-files storage on ``images_root`` is created once. The project asks for
+        ``overlap`` reviewers on every task (``maximum_annotations``, cohort 100 %); an existing
+        project with another setting is updated (Label Studio then resets every task's overlap).
         """
         title = self.project_title
         if not isinstance(title, str) or not 3 <= len(title) <= 50:
             raise ValueError(f"project_title {title!r} must be a string of 3 to 50 characters")
         classes = self._classes()
+        overlap = self._overlap()
         root = Path(self.images_root).resolve()
         if not root.is_dir():
             raise ValueError(f"images_root {str(self.images_root)!r} is not a directory")
@@ -225,9 +277,14 @@ class LabelStudioClient:
                 )
             if project.sampling != SAMPLING:
                 sdk.projects.update(pid, sampling=SAMPLING)
+            if (project.maximum_annotations or 1) != overlap or (
+                overlap > 1 and project.overlap_cohort_percentage != 100
+            ):
+                sdk.projects.update(pid, maximum_annotations=overlap, overlap_cohort_percentage=100)
         else:
             created = sdk.projects.create(
-                title=title, label_config=self._label_config(), sampling=SAMPLING
+                title=title, label_config=self._label_config(), sampling=SAMPLING,
+                maximum_annotations=overlap, overlap_cohort_percentage=100,
             )
             if created.id is None:
                 raise LabelStudioError(f"creating project {title!r} returned no id")
@@ -285,6 +342,7 @@ class LabelStudioClient:
                 self.item_id_key: cand.item.id,
                 "round": int(round_id),
                 "kind": cand.kind,
+                self.note_key: self._note(cand),
                 "strategy": cand.strategy,
                 "uncertainty": float(cand.score),
                 "width": int(cand.item.width),
@@ -292,6 +350,17 @@ class LabelStudioClient:
             },
             "predictions": self._prediction(cand, model_version),
         }
+
+    def _note(self, cand: Candidate) -> str:
+        """What the reviewer reads above the image: nothing for an ordinary task."""
+        if cand.kind != "relabel":
+            return ""
+        pred = cand.prediction
+        if self.task_type == "classify" and pred is not None and pred.label_index is not None \
+                and pred.label_index < len(self._classes()):
+            return (f"Second review: this image already has a label, but the model suggests "
+                    f"{self._classes()[pred.label_index]!r}. Please check it.")
+        return "Second review: the model doubts this image's current label. Please check it."
 
     def existing_tasks(self, item_ids: Sequence[str]) -> dict[str, int]:
         """Item id → task id for those of ``item_ids`` that already have a task.
@@ -354,6 +423,38 @@ class LabelStudioClient:
             mapping.update(made)
         return {i: mapping[i] for i in ids}
 
+    def submit_relabel(
+        self, candidates: Sequence[Candidate], *, round_id: int, model_version: str | None = None
+    ) -> dict[str, int]:
+        """Queue ``kind="relabel"`` candidates (labels sent back for a second look).
+
+        Items without a task are imported as by :meth:`submit`. An item that already has a
+        task (it was reviewed before) cannot be imported again, so that task is served again
+        instead: it gets the candidate's prediction (the current model's suggestion, pre-drawn
+        as the latest prediction), ``kind="relabel"``, the "Second review" note and the
+        round, and its overlap rises by one (:meth:`requeue_task`). Returns item id → task id.
+
+        Not idempotent for existing tasks: each call raises their overlap again; callers
+        record that they asked (the round's push stage runs once).
+        """
+        bad = [c.item.id for c in candidates if c.kind != "relabel"]
+        if bad:
+            raise ValueError(f"submit_relabel takes kind='relabel' candidates only; got other kinds for {bad[:5]!r}")
+        existing = self.existing_tasks([c.item.id for c in candidates])
+        fresh = [c for c in candidates if c.item.id not in existing]
+        again = [c for c in candidates if c.item.id in existing]
+        preds = {c.item.id: self._prediction(c, model_version) for c in again}  # validate first
+        mapping = self.submit(fresh, round_id=round_id, model_version=model_version) if fresh else {}
+        sdk = self._sdk()
+        for c in again:
+            tid = existing[c.item.id]
+            for p in preds[c.item.id]:
+                sdk.predictions.create(task=tid, result=p["result"], score=p["score"], model_version=p["model_version"])
+            self.requeue_task(tid, kind="relabel", note=self._note(c), round=int(round_id),
+                              strategy=c.strategy, uncertainty=float(c.score))
+            mapping[c.item.id] = tid
+        return {c.item.id: mapping[c.item.id] for c in candidates}
+
     # ------------------------------------------------------------------ pull
 
     def _item(self, data: Mapping[str, Any]) -> Item:
@@ -401,7 +502,8 @@ class LabelStudioClient:
         ``review_outcome`` = ``"accepted"`` when the result equals the pre-drawn prediction
         it was made from (``parent_prediction``, else the task's latest prediction),
         ``"corrected"`` otherwise (also when there was no prediction), ``"skipped"`` for a
-        cancelled/skipped annotation or an empty submission (``label`` None, no boxes);
+        cancelled/skipped annotation or an empty classification submission (for detection an
+        empty submission means "no objects": ``boxes=()``, ``empty_ok=True``);
         ``created_at`` = the annotation's last save time; ``reviewer`` = the annotator's
         email; ``model_version`` = the reviewed prediction's model version; ``round`` = the
         round the task was pushed in; ``item.width``/``height`` come from the task data
@@ -452,15 +554,19 @@ class LabelStudioClient:
             ls_annotation_id=int(_get(ann, "id")),
         )
         result = _get(ann, "result") or []
-        label, boxes = (None, ()) if _get(ann, "was_cancelled") else self._decode(result, item)
-        if label is None and not boxes:
+        cancelled = bool(_get(ann, "was_cancelled"))
+        label, boxes = (None, ()) if cancelled else self._decode(result, item)
+        # Detection: a submitted annotation with no region means "no objects here" (a real
+        # answer); classification: no choice means the reviewer gave no label.
+        empty_answer = not cancelled and self.task_type != "classify"
+        if label is None and not boxes and not empty_answer:
             return Annotation(review_outcome="skipped", **common)
         outcome = "corrected"
         if pred is not None:
             p_label, p_boxes = self._decode(_get(pred, "result") or [], item)
             same = label == p_label if self.task_type == "classify" else convert.same_boxes(boxes, p_boxes)
             outcome = "accepted" if same else "corrected"
-        return Annotation(label=label, boxes=boxes, review_outcome=outcome, **common)
+        return Annotation(label=label, boxes=boxes, review_outcome=outcome, empty_ok=empty_answer, **common)
 
     # ------------------------------------------------------------------ state
 
@@ -479,6 +585,48 @@ class LabelStudioClient:
             else:
                 states[str(iid)] = "queued"
         return states
+
+    def task_info(self, task_id: int) -> TaskInfo:
+        """The review state of one task (its data, overlap, answers, whether it is done)."""
+        task = self._sdk().tasks.get(str(int(task_id)))
+        return TaskInfo(
+            task_id=int(task_id),
+            data=dict(_get(task, "data") or {}),
+            overlap=int(_get(task, "overlap") or 1),
+            is_labeled=bool(_get(task, "is_labeled")),
+            total_annotations=int(_get(task, "total_annotations") or 0),
+            cancelled_annotations=int(_get(task, "cancelled_annotations") or 0),
+        )
+
+    def requeue_task(self, task_id: int, *, kind: str, note: str, **extra: Any) -> None:
+        """Serve an answered task again to one more reviewer.
+
+        The task's data gets ``kind``, the note shown above the image and ``extra`` keys
+        (every other data key stays, and so do its predictions and annotations); its
+        overlap rises by one above the answers it already has, and it is marked not done,
+        so Label Studio hands it to a reviewer who has not answered it yet.
+        """
+        info = self.task_info(task_id)
+        if self.item_id_key not in info.data:
+            raise ValueError(f"task {task_id} has no {self.item_id_key!r} in its data: not a pseudolabel task")
+        data = {**info.data, **extra, "kind": kind, self.note_key: note}
+        answered = info.total_annotations + info.cancelled_annotations
+        self._sdk().tasks.update(
+            str(int(task_id)), data=data, overlap=max(info.overlap, answered) + 1, is_labeled=False
+        )
+
+    def request_adjudication(self, task_id: int, *, reason: str) -> None:
+        """Send a task whose reviewers disagree back for one more (deciding) answer.
+
+        Data: ``kind="adjudicate"``, ``adjudication_reason=reason`` and the note
+        "Adjudication: <reason>"; overlap + 1 (see :meth:`requeue_task`). Calling it twice
+        raises the overlap twice: callers record that they asked (``loops.review`` does).
+        """
+        if not isinstance(reason, str) or not reason.strip():
+            raise ValueError(f"reason must be a non-empty string; got {reason!r}")
+        self.requeue_task(
+            task_id, kind="adjudicate", note=f"Adjudication: {reason}", adjudication_reason=reason
+        )
 
     def count_tasks(self) -> int:
         """Number of tasks in the project."""
@@ -524,8 +672,10 @@ class LabelStudioClient:
         height: int | None = None,
         parent_prediction: int | None = None,
         was_cancelled: bool = False,
+        completed_by: int | None = None,
     ) -> int:
-        """Save an annotation on ``task_id`` as the token's user; returns its id.
+        """Save an annotation on ``task_id`` as the token's user (or as user id
+        ``completed_by``, e.g. from :meth:`ensure_user`); returns its id.
 
         Classification: ``label`` (a class name). Detection/segmentation: pixel ``boxes``
         on a ``width`` x ``height`` image. ``was_cancelled=True`` records a skip (no result).
@@ -543,6 +693,8 @@ class LabelStudioClient:
         kwargs: dict[str, Any] = {"result": result, "was_cancelled": was_cancelled}
         if parent_prediction is not None:
             kwargs["parent_prediction"] = parent_prediction
+        if completed_by is not None:
+            kwargs["completed_by"] = int(completed_by)
         ann = self._sdk().annotations.create(id=task_id, **kwargs)
         if ann.id is None:
             raise LabelStudioError(f"annotating task {task_id} returned no annotation id")

@@ -62,11 +62,14 @@ def label_config(
     from_name: str = "label",
     to_name: str = "image",
     data_key: str = "image",
+    note_key: str | None = None,
 ) -> str:
     """Label Studio labelling config (XML) for ``task_type`` with one value per class.
 
     ``classify`` → ``<Choices choice="single">``; ``detect`` → ``<RectangleLabels>``;
-    ``segment`` → ``<PolygonLabels>``. Class names are XML-escaped.
+    ``segment`` → ``<PolygonLabels>``. Class names are XML-escaped. With ``note_key``, a
+    ``<Header value="$<note_key>"/>`` above the image shows the task's note to the reviewer
+    (e.g. "Second review: ..."; an empty note shows nothing).
     """
     names = validate_classes(classes)
     if task_type not in _CONTROL_TAGS:
@@ -75,8 +78,10 @@ def label_config(
     value_tag = _VALUE_TAGS[control]
     values = "\n".join(f"    <{value_tag} value={_attr(c)}/>" for c in names)
     extra = ' choice="single" showInline="true"' if control == "Choices" else ""
+    header = "" if note_key is None else f"  <Header value={_attr('$' + note_key)} size=\"4\"/>\n"
     return (
         "<View>\n"
+        f"{header}"
         f"  <Image name={_attr(to_name)} value={_attr('$' + data_key)}/>\n"
         f"  <{control} name={_attr(from_name)} toName={_attr(to_name)}{extra}>\n"
         f"{values}\n"
