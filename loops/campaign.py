@@ -55,9 +55,14 @@ def run_campaign(
                 "accuracy": res.metrics.get("accuracy"), "macro_f1": res.metrics.get("macro_f1"),
                 "queued": res.queued, "corrections": 0, "seconds": 0.0,
             }
+            if cfg.task != "classify":
+                row |= {k: res.metrics.get(k) for k in ("map50", "map50_95", "mask_map50", "mask_map50_95", "miou")
+                        if k in res.metrics}
             if res.stop_reason is None and answer is not None and res.queued:
                 stats = answer(res)
                 row["corrections"] = int(stats.get("corrections", 0))
+                if "edits_per_image" in stats:
+                    row["edits_per_image"] = float(stats["edits_per_image"])
                 ledger.update_round(res.round_id, info={"review": stats})
             row["seconds"] = round(time.perf_counter() - t_round, 1)
             out.rows.append(row)
@@ -75,16 +80,23 @@ def run_campaign(
 
 
 def rounds_table(rows: list[dict[str, Any]], *, title: str = "rounds") -> Table:
-    """labels = seed + human labels used for training; pseudo = pseudo-labels used; accuracy and
-    macro-F1 on the holdout; queued = tasks pushed; fixed = predictions the reviewer corrected."""
+    """labels = seed + human labels used for training; pseudo = pseudo-labels used; the holdout
+    metrics (accuracy and macro-F1, or mAP50 / mAP50-95 (+ mask mAP50, mIoU) for detection);
+    queued = tasks pushed; fixed = predictions the reviewer corrected; edits = box edits."""
+    det = any("map50" in r for r in rows)
+    metrics = [("map50", "mAP50"), ("map50_95", "mAP50-95")] if det else [("accuracy", "accuracy"),
+                                                                          ("macro_f1", "macro-F1")]
+    if any("mask_map50" in r for r in rows):
+        metrics += [("mask_map50", "mask mAP50"), ("miou", "mIoU")]
     t = Table(title=title, caption="labels: seed+human used in training; fixed: corrections by reviewers")
-    for name in ("round", "labels", "pseudo", "accuracy", "macro-F1", "queued", "fixed", "sec"):
+    cols = ["round", "labels", "pseudo", *[m[1] for m in metrics], "queued", "fixed"]
+    if det:
+        cols.append("edits/img")
+    for name in (*cols, "sec"):
         t.add_column(name, justify="right")
     for r in rows:
-        t.add_row(
-            str(r["round"]), str(r["labels"]), str(r.get("pseudo", 0)),
-            f"{r['accuracy']:.4f}" if r["accuracy"] is not None else "-",
-            f"{r['macro_f1']:.4f}" if r["macro_f1"] is not None else "-",
-            str(r["queued"]), str(r["corrections"]), f"{r['seconds']:.1f}",
-        )
+        vals = [f"{r[k]:.4f}" if r.get(k) is not None else "-" for k, _ in metrics]
+        extra = [f"{r['edits_per_image']:.2f}" if r.get("edits_per_image") is not None else "-"] if det else []
+        t.add_row(str(r["round"]), str(r["labels"]), str(r.get("pseudo", 0)), *vals,
+                  str(r["queued"]), str(r["corrections"]), *extra, f"{r['seconds']:.1f}")
     return t

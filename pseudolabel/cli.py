@@ -43,26 +43,38 @@ def _client(cfg):  # noqa: ANN001, ANN202
         raise typer.Exit(2)
     client = LabelStudioClient(url=cfg.label_studio.url, token=token,
                                project_title=cfg.label_studio.project_title or cfg.project,
-                               classes=cfg.classes, images_root=cfg.label_studio.images_root)
-    client.ensure_project()
+                               classes=cfg.classes, task_type=cfg.task, images_root=cfg.label_studio.images_root,
+                               overlap=cfg.review.overlap)
+    try:
+        client.ensure_project()
+    except ValueError as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(2) from None
     return client
 
 
 @app.command()
 def demo(
     workdir: Annotated[Path, typer.Option(help="where data, ledger and Label Studio's data go")] = Path("runs/demo"),
+    task: Annotated[str, typer.Option(help="classify (digits) | detect | segment (Fashion-MNIST scenes)")] = "classify",
     strategy: Annotated[str, typer.Option(help="strategy, or a comma-separated list to compare in one run")] = "hybrid",
     error_rate: Annotated[float, typer.Option(help="probability that the simulated reviewer answers wrongly")] = 0.0,
     seed: Annotated[int, typer.Option(help="data split seed")] = 0,
     set_: SetOpt = None,
     no_progress: Annotated[bool, typer.Option("--no-progress")] = False,
 ) -> None:
-    """Run a whole campaign on real digit images with a local Label Studio and a simulated reviewer."""
+    """Run a whole campaign on real images with a local Label Studio and a simulated reviewer:
+    digits for --task classify, scenes of Fashion-MNIST items for --task detect / segment."""
     from loops.demo import run_demo
     from pseudolabel.config import ConfigError
     from pseudolabel.strategies import STRATEGIES
 
+    if task not in ("classify", "detect", "segment"):
+        console.print(f"[red]error:[/] --task {task!r}: choose classify, detect or segment")
+        raise typer.Exit(2)
     names = [s.strip() for s in strategy.split(",") if s.strip()]
+    if task != "classify":
+        from loops.detection import DETECTION_STRATEGIES as STRATEGIES  # noqa: N811
     bad = [s for s in names if s not in STRATEGIES]
     if bad or not names:
         console.print(f"[red]error:[/] unknown strategy {bad or strategy!r}; choose from: {', '.join(STRATEGIES)}")
@@ -72,8 +84,8 @@ def demo(
         raise typer.Exit(2)
     try:
         run_demo(workdir, strategies=names, error_rate=error_rate, seed=seed, overrides=set_ or [],
-                 console=console, progress=not no_progress)
-    except (ConfigError, ValueError) as e:
+                 console=console, progress=not no_progress, task=task)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(2) from None
 
@@ -87,8 +99,10 @@ def round_(config: ConfigOpt, set_: SetOpt = None,
     cfg = _load(config, set_)
     client = None if offline else _client(cfg)
     res = run_round(cfg, client, log=console.print)
+    metric_keys = ("accuracy", "macro_f1") if cfg.task == "classify" else (
+        "map50", "map50_95") + (("mask_map50", "mask_map50_95", "miou") if cfg.task == "segment" else ())
     console.print(json.dumps({"round": res.round_id, "resumed": res.resumed, "labels_used": res.labels_used,
-                              "accuracy": res.metrics.get("accuracy"), "macro_f1": res.metrics.get("macro_f1"),
+                              **{k: res.metrics.get(k) for k in metric_keys},
                               "queued": res.queued, "stop": res.stop_reason, "seconds": round(res.seconds, 1)}))
 
 
@@ -121,7 +135,9 @@ def sync(config: ConfigOpt, set_: SetOpt = None,
     cfg = _load(config, set_)
     client = _client(cfg)
     with ledger_for(cfg) as ledger:
-        res = sync_reviews(ledger, client, round_id=None, full=full)
+        res = sync_reviews(ledger, client, round_id=None, full=full, overlap=cfg.review.overlap,
+                           consensus=cfg.review.consensus, min_agreement=cfg.review.min_agreement,
+                           classes=cfg.classes)
     console.print(json.dumps(res.__dict__))
 
 
@@ -141,8 +157,10 @@ def status(config: ConfigOpt, set_: SetOpt = None,
             "project": cfg.project, "workdir": str(cfg.workdir),
             "items": ledger.split_counts(), "labels_by_source": ledger.label_counts(),
             "review_tasks": ledger.task_counts(), "termination": ledger.get_meta("termination"),
+            "metric": cfg.stop.metric,
             "rounds": [{"round": r["id"], "status": r["status"], "stages": r["stages"],
                         "accuracy": r["metrics"].get("accuracy"), "macro_f1": r["metrics"].get("macro_f1"),
+                        cfg.stop.metric: r["metrics"].get(cfg.stop.metric),
                         "labels_used": r["metrics"].get("labels_used"), "model_version": r["model_version"]}
                        for r in ledger.rounds()],
         }
@@ -154,15 +172,46 @@ def status(config: ConfigOpt, set_: SetOpt = None,
     console.print("labels by source: " + ", ".join(f"{k} {v}" for k, v in info["labels_by_source"].items()))
     console.print("review tasks: " + ", ".join(f"{k} {v}" for k, v in info["review_tasks"].items()))
     t = Table(title="rounds")
-    for c in ("round", "status", "labels used", "accuracy", "macro-F1", "stages done"):
+    metric = cfg.stop.metric
+    for c in ("round", "status", "labels used", f"holdout {metric}", "stages done"):
         t.add_column(c)
     for r in info["rounds"]:
         t.add_row(str(r["round"]), r["status"], str(r["labels_used"] or "-"),
-                  f"{r['accuracy']:.4f}" if r["accuracy"] is not None else "-",
-                  f"{r['macro_f1']:.4f}" if r["macro_f1"] is not None else "-", ",".join(r["stages"]))
+                  f"{r[metric]:.4f}" if r.get(metric) is not None else "-", ",".join(r["stages"]))
     console.print(t)
     term = info["termination"]
     console.print(f"termination: {term['reason'] if term else 'not stopped yet'}")
+
+
+@app.command()
+def export(
+    config: ConfigOpt,
+    out: Annotated[Path, typer.Option("--out", "-o", help="new folder to write the dataset to")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="yolo | coco | voc (detect/segment); "
+                                                             "imagefolder | csv (classify)")] = "",
+    with_pseudo: Annotated[bool, typer.Option("--with-pseudo", help="add confident pseudo-labels of "
+                                                                    "images nobody labelled")] = False,
+    no_holdout: Annotated[bool, typer.Option("--no-holdout", help="do not write the holdout as a val split")] = False,
+    set_: SetOpt = None,
+) -> None:
+    """Export the current labels (seed + human, optionally pseudo) for training elsewhere."""
+    from loops.export import export_campaign, formats_for
+    from loops.round import ledger_for
+
+    cfg = _load(config, set_)
+    fmt = fmt or formats_for(cfg.task)[0]
+    if not (cfg.workdir / "ledger.sqlite").exists():
+        console.print(f"[red]error:[/] no campaign in {cfg.workdir} (no ledger.sqlite); run a round first")
+        raise typer.Exit(1)
+    try:
+        with ledger_for(cfg) as ledger:
+            res = export_campaign(cfg, ledger, out, fmt=fmt, include_pseudo=with_pseudo,
+                                  include_holdout=not no_holdout)
+    except ValueError as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(2) from None
+    console.print(json.dumps({"out": str(res.out_dir), "format": res.format, "train_labels_by_source": res.counts,
+                              "val_images": res.holdout, "entry": str(res.entry)}))
 
 
 _PASSTHROUGH = {"context_settings": {"allow_extra_args": True, "ignore_unknown_options": True,
@@ -185,6 +234,39 @@ def retrain(ctx: typer.Context) -> None:
     from loops.retrain import main as retrain_main
 
     raise typer.Exit(retrain_main(list(ctx.args)))
+
+
+@app.command("bench-infer")
+def bench_infer(
+    out: Annotated[Path, typer.Option(help="folder for the images and bench-infer.json")] = Path("runs/bench-infer"),
+    n_images: Annotated[int, typer.Option(help="scenes to pseudo-label")] = 200,
+    image_size: Annotated[int, typer.Option(help="model input side in pixels")] = 640,
+    batch_size: Annotated[int, typer.Option(help="images per forward pass")] = 16,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    workers: Annotated[Optional[int], typer.Option(help="decode workers (default: min(4, cpus - 1))")] = None,
+    model_yaml: Annotated[str, typer.Option(help="YOLO network YAML")] = "yolo11n.yaml",
+    repeats: Annotated[int, typer.Option(help="timed rounds per method (best is reported)")] = 1,
+    threads: Annotated[Optional[int], typer.Option(help="torch CPU threads")] = None,
+) -> None:
+    """Pseudo-labelling throughput: our engine vs Ultralytics predict vs a per-image loop vs the
+    model alone (the ceiling), on Fashion-MNIST scenes written as JPEG files."""
+    import torch
+
+    from loops.bench_infer import run_bench_infer
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    run_bench_infer(out, n_images=n_images, image_size=image_size, scene_size=image_size, batch_size=batch_size,
+                    device=device, workers=workers, model_yaml=model_yaml, repeats=repeats)
+
+
+@app.command("bench-select", **_PASSTHROUGH)
+def bench_select(ctx: typer.Context) -> None:
+    """Selection timings (top-k uncertainty, k-center, hybrid) at 10^4..10^6 items
+    (`pseudolabel bench-select --help` for the options)."""
+    from loops.bench_select import main as select_main
+
+    raise typer.Exit(select_main(list(ctx.args)))
 
 
 def main() -> None:

@@ -28,13 +28,22 @@ class _Section(BaseModel):
 
 
 class LabelSource(_Section):
-    """A labelled set: an ImageFolder tree (``root/<class>/<image>``) or a CSV (``path,label``)."""
+    """A labelled set.
 
-    format: Literal["imagefolder", "csv"] = "imagefolder"
+    Classification: an ImageFolder tree (``root/<class>/<image>``) or a CSV (``path,label``).
+    Detection / segmentation: ``yolo`` (``path`` = images folder, ``labels`` = the txt folder,
+    default: ``path`` with its last ``images`` component replaced by ``labels``), ``coco``
+    (``path`` = the instances JSON, ``image_root`` = where ``file_name`` resolves, default the
+    JSON's folder) or ``voc`` (``path`` = the XML folder, ``image_root`` = the images folder,
+    default ``<path>/../JPEGImages``).
+    """
+
+    format: Literal["imagefolder", "csv", "yolo", "coco", "voc"] = "imagefolder"
     path: Path
     image_root: Path | None = Field(
-        default=None, description="csv only: folder that relative paths resolve against (default: the CSV's folder)"
+        default=None, description="csv/coco/voc: folder that image paths resolve against"
     )
+    labels: Path | None = Field(default=None, description="yolo only: folder of the .txt label files")
 
 
 class PoolSource(_Section):
@@ -51,9 +60,20 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    arch: Literal["small_cnn", "resnet18"] = "small_cnn"
-    weights: Path | None = Field(default=None, description="local state_dict to start from; never downloaded")
-    image_size: int = Field(default=32, ge=8, le=1024)
+    """The model trained each round. Classification: a torchvision ``arch``; detection and
+    segmentation: Ultralytics YOLO built from ``yolo_yaml`` (or ``weights``, a local .pt)."""
+
+    arch: Literal["small_cnn", "resnet18", "yolo"] | None = Field(
+        default=None, description="null: small_cnn for classify, yolo for detect/segment")
+    weights: Path | None = Field(default=None, description="local weights to start from; never downloaded")
+    yolo_yaml: str | None = Field(default=None, description="YOLO network YAML, e.g. yolo11n.yaml "
+                                  "(default by task: yolo11n.yaml / yolo11n-seg.yaml)")
+    warm_start: bool = Field(default=False, description="YOLO: start each round from the previous round's "
+                             "model instead of from scratch / weights")
+    conf: float = Field(default=0.05, ge=0, le=1, description="YOLO: NMS confidence floor of kept boxes")
+    iou: float = Field(default=0.6, gt=0, le=1, description="YOLO: NMS IoU threshold")
+    train_args: dict[str, Any] = Field(default_factory=dict, description="YOLO: extra YOLO.train arguments")
+    image_size: int = Field(default=32, ge=8, le=2048)
     epochs: int = Field(default=30, ge=1, le=10_000)
     min_steps: int = Field(default=300, ge=0, description="at least this many optimiser steps, however few labels")
     batch_size: int = Field(default=64, ge=1, le=4096)
@@ -64,6 +84,12 @@ class ModelConfig(_Section):
 
 
 class SelectionConfig(_Section):
+    """How the round ranks the pool. Detection: each box gets ``uncertainty`` from its class
+    vector, the image score aggregates its boxes (``aggregate``; an image with no confident box
+    counts as uncertain) and, with ``localisation`` > 0, mixes in the box instability under
+    horizontal-flip test-time augmentation (a second forward pass). Detection strategies:
+    random, least_confidence / margin / entropy (the per-box score), kcenter, hybrid."""
+
     strategy: str = "hybrid"
     batch_size: int = Field(default=20, ge=1, description="tasks queued for review per round")
     uncertainty: Literal["entropy", "margin", "least_confidence"] = Field(
@@ -72,6 +98,12 @@ class SelectionConfig(_Section):
     hybrid_factor: int = Field(default=5, ge=1)
     class_balance: bool = False
     mc_samples: int = Field(default=10, ge=2, le=1000, description="bald: MC-dropout forward passes")
+    aggregate: Literal["max", "mean", "sum", "topk"] = Field(default="mean", description="detection: box -> image")
+    topk: int = Field(default=3, ge=1, description="detection: boxes averaged by aggregate=topk")
+    localisation: float = Field(default=0.0, ge=0, le=1, description="detection: weight (0..1) of the "
+                                "flip-TTA box instability in the image score; > 0 costs a second forward pass")
+    predraw_conf: float = Field(default=0.25, ge=0, le=1, description="detection: boxes at least this "
+                                "confident are pre-drawn in Label Studio")
     seed: int = 0
 
     @field_validator("strategy")
@@ -88,13 +120,60 @@ class PseudoConfig(_Section):
     """Self-training: confident pseudo-labels join the training set, weighted below humans."""
 
     enabled: bool = True
-    threshold: float = Field(default=0.98, gt=0, le=1, description="minimum max-probability")
+    mode: Literal["global", "flexmatch", "freematch"] = Field(
+        default="global", description="global threshold, or class-adaptive thresholds scaled by how well "
+        "each class is learned (FlexMatch / FreeMatch style)")
+    threshold: float = Field(default=0.98, gt=0, le=1, description="minimum max-probability (classification)")
+    box_threshold: float = Field(default=0.5, gt=0, le=1, description="detection: minimum box confidence")
+    class_thresholds: dict[str, float] = Field(
+        default_factory=dict, description="per-class overrides of threshold / box_threshold")
     weight: float = Field(default=0.5, ge=0, le=1, description="loss weight relative to human labels")
     max_per_class: int | None = Field(default=None, ge=1)
 
+    @field_validator("class_thresholds")
+    @classmethod
+    def _thresholds(cls, v: dict[str, float]) -> dict[str, float]:
+        for k, t in v.items():
+            if not 0 < float(t) <= 1:
+                raise ValueError(f"class_thresholds[{k!r}] = {t!r} must be in (0, 1]")
+        return v
+
+
+class ConsistencyConfig(_Section):
+    """FixMatch-style consistency training (classification): unlabelled pool images whose
+    weakly augmented view is predicted with confidence >= ``threshold`` train the model to give
+    the same class on a strongly augmented view, with loss weight ``weight``."""
+
+    enabled: bool = False
+    threshold: float = Field(default=0.95, gt=0, le=1)
+    weight: float = Field(default=1.0, ge=0, le=100)
+    unlabelled_ratio: int = Field(default=3, ge=1, le=64, description="unlabelled images per labelled one in a step")
+
+
+class QualityConfig(_Section):
+    """Label-quality check (confident learning): seed / human labels the model strongly
+    disagrees with are queued again for a second review, flagged ``relabel`` in Label Studio."""
+
+    enabled: bool = False
+    max_per_round: int = Field(default=10, ge=1, description="second-review tasks queued per round at most")
+    min_labels: int = Field(default=50, ge=10, description="run only once this many labels exist")
+    folds: int = Field(default=3, ge=2, le=10, description="cross-validation folds for out-of-sample probabilities")
+
+
+class ReviewConfig(_Section):
+    """Several reviewers per task: ``overlap`` annotations are asked for each task; the label
+    is decided by ``consensus``; tasks whose agreement is below ``min_agreement`` go back for
+    adjudication."""
+
+    overlap: int = Field(default=1, ge=1, le=10)
+    consensus: Literal["majority", "dawid_skene"] = "majority"
+    min_agreement: float = Field(default=0.5, gt=0, le=1)
+
 
 class StopConfig(_Section):
-    metric: Literal["accuracy", "macro_f1"] = "accuracy"
+    metric: Literal["accuracy", "macro_f1", "map50", "map50_95", "mask_map50", "mask_map50_95", "miou"] = Field(
+        default="accuracy", description="classification: accuracy / macro_f1; detection: map50 / map50_95; "
+        "segmentation: also mask_map50 / mask_map50_95 / miou")
     target: float = Field(default=0.95, gt=0, le=1)
     label_budget: int = Field(default=200, ge=1, description="max human labels (seed + reviewed)")
     max_rounds: int = Field(default=10, ge=1)
@@ -141,13 +220,16 @@ class Config(_Section):
     """The whole configuration of one labelling campaign."""
 
     project: str = Field(description="campaign name; also the default Label Studio project title")
-    task: Literal["classify"] = "classify"
+    task: Literal["classify", "detect", "segment"] = "classify"
     workdir: Path
-    classes: list[str] = Field(min_length=2)
+    classes: list[str] = Field(min_length=1)
     data: DataConfig
     model: ModelConfig = ModelConfig()
     selection: SelectionConfig = SelectionConfig()
     pseudo: PseudoConfig = PseudoConfig()
+    consistency: ConsistencyConfig = ConsistencyConfig()
+    quality: QualityConfig = QualityConfig()
+    review: ReviewConfig = ReviewConfig()
     stop: StopConfig = StopConfig()
     label_studio: LabelStudioConfig = LabelStudioConfig()
 
@@ -167,6 +249,41 @@ class Config(_Section):
     def _resolve(self) -> "Config":
         if self.label_studio.project_title is None:
             self.label_studio.project_title = self.project
+        det = self.task in ("detect", "segment")
+        if self.model.arch is None:
+            self.model.arch = "yolo" if det else "small_cnn"
+        if self.task == "classify" and len(self.classes) < 2:
+            raise ValueError(f"task classify needs at least 2 classes, got {self.classes!r}")
+        if self.consistency.enabled and det:
+            raise ValueError("consistency (FixMatch) training is for classification; for detect / segment use "
+                             "pseudo-labels (pseudo.enabled, pseudo.box_threshold)")
+        if self.model.warm_start and not det:
+            raise ValueError("model.warm_start is for YOLO (task detect / segment); classifiers retrain from scratch")
+        if det and self.model.arch != "yolo":
+            raise ValueError(f"task {self.task} trains YOLO: model.arch must be yolo (or null), got {self.model.arch!r}")
+        for name, src in (("seed", self.data.seed), ("holdout", self.data.holdout)):
+            fmts = ("yolo", "coco", "voc") if det else ("imagefolder", "csv")
+            if src.format not in fmts:
+                raise ValueError(f"data.{name}.format {src.format!r} does not fit task {self.task}; "
+                                 f"choose one of: {', '.join(fmts)}")
+        if det and self.stop.metric in ("accuracy", "macro_f1"):
+            if "metric" in self.stop.model_fields_set:
+                raise ValueError(f"stop.metric {self.stop.metric!r} is a classification metric; task {self.task} "
+                                 "reports map50, map50_95" + (", mask_map50, mask_map50_95, miou"
+                                                              if self.task == "segment" else ""))
+            self.stop.metric = "mask_map50" if self.task == "segment" else "map50"
+        if self.task == "detect" and self.stop.metric in ("mask_map50", "mask_map50_95", "miou"):
+            raise ValueError(f"stop.metric {self.stop.metric!r} needs task segment")
+        if not det and self.stop.metric not in ("accuracy", "macro_f1"):
+            raise ValueError(f"stop.metric {self.stop.metric!r} needs task detect/segment; classify reports "
+                             "accuracy, macro_f1")
+        det_strategies = ("random", "least_confidence", "margin", "entropy", "kcenter", "hybrid")
+        if det and self.selection.strategy not in det_strategies:
+            raise ValueError(f"selection.strategy {self.selection.strategy!r} is for classification; task "
+                             f"{self.task} accepts: {', '.join(det_strategies)}")
+        unknown = sorted(set(self.pseudo.class_thresholds) - set(self.classes))
+        if unknown:
+            raise ValueError(f"pseudo.class_thresholds names unknown classes {unknown!r}; classes are {self.classes!r}")
         return self
 
     def snapshot(self) -> dict[str, Any]:
@@ -285,6 +402,7 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
     for src in (cfg.data.seed, cfg.data.holdout):
         src.path = r(src.path)  # type: ignore[assignment]
         src.image_root = r(src.image_root)
+        src.labels = r(src.labels)
     cfg.data.pool.path = r(cfg.data.pool.path)  # type: ignore[assignment]
     cfg.model.weights = r(cfg.model.weights)
     cfg.label_studio.images_root = r(cfg.label_studio.images_root)

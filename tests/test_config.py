@@ -94,3 +94,49 @@ def test_token_from_env_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("LABEL_STUDIO_API_KEY", "t0k")
     assert cfg.label_studio.token() == "t0k"
     assert "t0k" not in str(cfg.snapshot())
+
+
+def det(tmp_path: Path, **over) -> dict:
+    d = base(tmp_path)
+    d["task"] = "detect"
+    d["classes"] = ["bag"]
+    d["data"]["seed"] = {"format": "yolo", "path": "s/images"}
+    d["data"]["holdout"] = {"format": "coco", "path": "h.json"}
+    d.update(over)
+    return d
+
+
+def test_detection_config_defaults(tmp_path: Path) -> None:
+    cfg = load_config(data=det(tmp_path), environ={})
+    assert cfg.model.arch == "yolo" and cfg.stop.metric == "map50"      # one class is fine for detection
+    seg = load_config(data=det(tmp_path, task="segment"), environ={})
+    assert seg.stop.metric == "mask_map50"
+    cls = load_config(data=base(tmp_path), environ={})
+    assert cls.model.arch == "small_cnn" and cls.stop.metric == "accuracy"
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"stop": {"metric": "accuracy"}}, "classification metric; task detect reports map50, map50_95"),
+    ({"stop": {"metric": "miou"}}, "needs task segment"),
+    ({"model": {"arch": "resnet18"}}, "model.arch must be yolo"),
+    ({"pseudo": {"class_thresholds": {"shoe": 0.5}}}, "unknown classes \\['shoe'\\]"),
+    ({"pseudo": {"class_thresholds": {"bag": 1.5}}}, "must be in \\(0, 1\\]"),
+])
+def test_detection_config_errors(tmp_path: Path, change: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(data=det(tmp_path, **change), environ={})
+
+
+def test_format_must_fit_task(tmp_path: Path) -> None:
+    d = det(tmp_path)
+    d["data"]["seed"] = {"format": "imagefolder", "path": "s"}
+    with pytest.raises(ConfigError, match="data.seed.format 'imagefolder' does not fit task detect; choose one of: yolo, coco, voc"):
+        load_config(data=d, environ={})
+    d = base(tmp_path)
+    d["data"]["holdout"] = {"format": "voc", "path": "h"}
+    with pytest.raises(ConfigError, match="does not fit task classify"):
+        load_config(data=d, environ={})
+    d = base(tmp_path)
+    d["classes"] = ["a"]
+    with pytest.raises(ConfigError, match="classify needs at least 2 classes"):
+        load_config(data=d, environ={})

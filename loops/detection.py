@@ -1,0 +1,209 @@
+"""The detection / segmentation parts of a round: what differs from classification.
+
+``loops/round.py`` runs the same stages for every task; for ``task: detect`` and
+``task: segment`` it calls the functions here to read the labelled sets (YOLO / COCO / VOC),
+build the YOLO model, evaluate it (COCO mAP; mask mAP, mIoU and pixel accuracy for
+segmentation), turn confident boxes into pseudo-labels (per-class thresholds; never on an
+image a human or the seed labelled), and score and select pool images.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from pseudolabel.config import Config
+from pseudolabel.data import detformats
+from pseudolabel.data.detformats import DetSet
+from pseudolabel.metrics_det import detection_map, segmentation_scores, semantic_mask
+from pseudolabel.strategies.detection import image_uncertainty
+from pseudolabel.strategies.diversity import kcenter_greedy
+from pseudolabel.strategies.selection import Selection, top_k
+from pseudolabel.types import Annotation, Box, Item, Prediction
+
+DETECTION_STRATEGIES = ("random", "least_confidence", "margin", "entropy", "kcenter", "hybrid")
+_AGG = {"max": "max", "mean": "mean", "sum": "sum", "topk": "topk_mean"}
+
+
+def check_strategy(cfg: Config) -> None:
+    if cfg.selection.strategy not in DETECTION_STRATEGIES:
+        raise ValueError(
+            f"selection.strategy {cfg.selection.strategy!r} is for classification; task {cfg.task} "
+            f"accepts: {', '.join(DETECTION_STRATEGIES)}"
+        )
+
+
+def read_labelled(cfg: Config, name: str, *, progress: bool = False) -> DetSet:
+    """Read ``data.<name>`` (seed or holdout) in its format; every class must be in ``classes``."""
+    src = getattr(cfg.data, name)
+    task = "segment" if cfg.task == "segment" else "detect"
+    path = Path(src.path)
+    if src.format == "yolo":
+        labels = src.labels
+        if labels is None:
+            parts = list(path.parts)
+            if "images" not in parts:
+                raise ValueError(
+                    f"data.{name}.labels is not set and {path} has no 'images' folder to replace by "
+                    "'labels' (the YOLO convention); set data.{name}.labels to the .txt folder"
+                )
+            i = len(parts) - 1 - parts[::-1].index("images")
+            labels = Path(*parts[:i], "labels", *parts[i + 1:])
+        return detformats.read_yolo(path, Path(labels), classes=cfg.classes, task=task, progress=progress)
+    if src.format == "coco":
+        root = src.image_root if src.image_root is not None else path.parent
+        return detformats.read_coco(path, image_root=Path(root), classes=cfg.classes, progress=progress)
+    if src.format == "voc":
+        root = src.image_root if src.image_root is not None else path.parent / "JPEGImages"
+        return detformats.read_voc(path, image_root=Path(root), classes=cfg.classes, progress=progress)
+    raise ValueError(f"data.{name}.format {src.format!r} is not a detection format (yolo, coco, voc)")
+
+
+def build_model(cfg: Config, *, n_train: int, progress: bool = False, previous: Path | None = None) -> Any:
+    """A YOLO model for ``cfg`` with ``epochs`` raised so that training makes at least
+    ``model.min_steps`` optimiser steps on ``n_train`` images (a 20-image seed set is trained).
+    ``previous``: the last round's checkpoint, the starting point with ``model.warm_start``."""
+    from pseudolabel.models.ultralytics_yolo import YoloModel
+
+    m = cfg.model
+    weights = previous if m.warm_start and previous is not None and previous.is_file() else m.weights
+    steps_per_epoch = max(1, math.ceil(max(n_train, 1) / m.batch_size))
+    epochs = max(m.epochs, math.ceil(m.min_steps / steps_per_epoch))
+    return YoloModel(
+        cfg.classes, task=cfg.task, model_yaml=m.yolo_yaml, weights=weights, image_size=m.image_size,
+        epochs=epochs, batch_size=m.batch_size, device=m.device, seed=m.seed, conf=m.conf, iou=m.iou,
+        workdir=cfg.workdir / "yolo", config_dir=cfg.workdir / "ultralytics",
+        train_args=dict(m.train_args),
+    )
+
+
+def load_model(cfg: Config, path: Path) -> Any:
+    from pseudolabel.models.ultralytics_yolo import YoloModel
+
+    return YoloModel.load(path, workdir=cfg.workdir / "yolo", config_dir=cfg.workdir / "ultralytics",
+                          device=cfg.model.device)
+
+
+def evaluate(cfg: Config, model: Any, holdout: Sequence[Item], truth: Mapping[str, Sequence[Box]]) -> dict[str, Any]:
+    """COCO mAP (boxes; masks too for segmentation) of ``model`` on the holdout.
+
+    Returns ``map50``, ``map50_95``, ``map75`` (+ ``mask_map50``, ``mask_map50_95``, ``miou``,
+    ``pixel_accuracy`` for segmentation), ``per_class_ap50`` and counts.
+    """
+    preds = {p.item_id: p.boxes for p in model.predict(holdout, batch_size=cfg.model.infer_batch_size)}
+    gt = {it.id: tuple(truth.get(it.id, ())) for it in holdout}
+    sizes = {it.id: (it.width, it.height) for it in holdout}
+    box = detection_map(gt, preds, classes=cfg.classes, image_sizes=sizes, iou_type="bbox")
+    out: dict[str, Any] = {
+        "map50": box["map50"], "map50_95": box["map50_95"], "map75": box["map75"],
+        "per_class_ap50": box["per_class_ap50"], "n_images": box["n_images"], "n_gt": box["n_gt"],
+        "n_pred": box["n_pred"],
+    }
+    if cfg.task == "segment":
+        with_poly = {k: tuple(b for b in v if b.polygon is not None) for k, v in preds.items()}
+        gt_poly = {k: tuple(b for b in v if b.polygon is not None) for k, v in gt.items()}
+        seg = detection_map(gt_poly, with_poly, classes=cfg.classes, image_sizes=sizes, iou_type="segm")
+        out |= {"mask_map50": seg["map50"], "mask_map50_95": seg["map50_95"]}
+        gm, pm = {}, {}
+        for it in holdout:
+            gm[it.id] = semantic_mask(gt[it.id], height=it.height, width=it.width, classes=cfg.classes)
+            pm[it.id] = semantic_mask(with_poly.get(it.id, ()), height=it.height, width=it.width, classes=cfg.classes)
+        sem = segmentation_scores(gm, pm, classes=cfg.classes)
+        out |= {"miou": sem["miou"], "pixel_accuracy": sem["pixel_accuracy"]}
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()}
+
+
+def class_threshold(cfg: Config, label: str) -> float:
+    return float(cfg.pseudo.class_thresholds.get(label, cfg.pseudo.box_threshold))
+
+
+def confident(cfg: Config, preds: Sequence[Prediction], items: Mapping[str, Item], human: set[str],
+              rid: int, model_version: str) -> list[Annotation]:
+    """Pseudo-labels from confident boxes (per-class thresholds, ``pseudo.class_thresholds`` over
+    ``pseudo.box_threshold``), for pool images without a seed or human label.
+
+    An image is pseudo-labelled only when it has at least one confident box and no *ambiguous*
+    box (score between half its class threshold and the threshold): leaving a half-believed
+    object out would teach the detector that it is background. ``pseudo.max_per_class`` caps
+    images per class of their most confident box. YOLO has no per-sample loss weight, so
+    ``pseudo.weight`` is recorded but the thresholds are what guard the training set.
+    """
+    per_class: dict[str, int] = {}
+    scored = []
+    for p in preds:
+        if p.item_id in human or p.item_id not in items or not p.boxes:
+            continue
+        keep, ambiguous = [], False
+        for b in p.boxes:
+            t = class_threshold(cfg, b.label)
+            s = float(b.score or 0.0)
+            if s >= t:
+                keep.append(Box(b.x1, b.y1, b.x2, b.y2, b.label, s, b.polygon))
+            elif s >= 0.5 * t:
+                ambiguous = True
+        if keep and not ambiguous:
+            scored.append((max(b.score or 0.0 for b in keep), p.item_id, tuple(keep)))
+    out: list[Annotation] = []
+    for conf, iid, keep in sorted(scored, key=lambda t: (-t[0], t[1])):
+        top = max(keep, key=lambda b: b.score or 0.0).label
+        if cfg.pseudo.max_per_class is not None and per_class.get(top, 0) >= cfg.pseudo.max_per_class:
+            continue
+        per_class[top] = per_class.get(top, 0) + 1
+        out.append(Annotation(item=items[iid], boxes=keep, source="pseudo", round=rid,
+                              model_version=model_version, weight=cfg.pseudo.weight))
+    return out
+
+
+def image_scores(cfg: Config, preds: Sequence[Prediction], items: Mapping[str, Item],
+                 flipped: Mapping[str, Prediction] | None = None) -> np.ndarray:
+    """``(N,)`` image uncertainty (higher = more uncertain) of each prediction: per-box
+    ``selection.uncertainty`` (or the strategy's own score for least_confidence / margin /
+    entropy) aggregated by ``selection.aggregate``; an image with no box scores 1.0; with
+    ``flipped`` predictions mixed with the flip-TTA instability at weight
+    ``selection.localisation``."""
+    s = cfg.selection
+    box_score = s.strategy if s.strategy in ("least_confidence", "margin", "entropy") else s.uncertainty
+    out = np.empty(len(preds), dtype=np.float64)
+    for i, p in enumerate(preds):
+        tta = None if flipped is None else flipped.get(p.item_id)
+        out[i] = image_uncertainty(p, tta, how=_AGG[s.aggregate], score=box_score, k=s.topk,
+                                   width=float(items[p.item_id].width), stability_weight=s.localisation)
+    return out
+
+
+def select(cfg: Config, *, k: int, scores: np.ndarray, embeddings: np.ndarray,
+           labelled_embeddings: np.ndarray | None, seed: int) -> Selection:
+    """Pick ``k`` images: random, top-k by ``scores`` (uncertainty strategies), k-center on
+    ``embeddings`` (``kcenter``) or top ``hybrid_factor * k`` by score then k-center (``hybrid``)."""
+    strategy = cfg.selection.strategy
+    n = len(scores)
+    k = min(k, n)
+    if k <= 0:
+        return Selection(np.zeros(0, dtype=np.int64), np.zeros(0), strategy)
+    if strategy == "random":
+        idx = np.random.default_rng(seed).permutation(n)[:k]
+    elif strategy in ("least_confidence", "margin", "entropy"):
+        idx = top_k(scores, k)
+    elif strategy == "kcenter":
+        idx = kcenter_greedy(embeddings, k, already_selected=labelled_embeddings, seed=seed)
+    elif strategy == "hybrid":
+        cand = top_k(scores, min(cfg.selection.hybrid_factor * k, n))
+        nothing = labelled_embeddings is None or len(labelled_embeddings) == 0
+        local = kcenter_greedy(embeddings[cand], k, already_selected=labelled_embeddings,
+                               start=0 if nothing else None, seed=seed)
+        idx = cand[local]
+    else:
+        raise ValueError(f"selection.strategy {strategy!r} is not one of {', '.join(DETECTION_STRATEGIES)}")
+    idx = np.asarray(idx, dtype=np.int64)
+    return Selection(idx, scores[idx], strategy)
+
+
+def predraw(pred: Prediction, conf: float) -> Prediction:
+    """``pred`` with only the boxes at least ``conf`` confident (what the reviewer sees)."""
+    keep = [i for i, b in enumerate(pred.boxes) if (b.score or 0.0) >= conf]
+    bp = None if pred.box_probs is None or not len(pred.boxes) else np.asarray(pred.box_probs)[keep]
+    return Prediction(item_id=pred.item_id, model_version=pred.model_version, embedding=pred.embedding,
+                      boxes=tuple(pred.boxes[i] for i in keep), box_probs=bp)
