@@ -67,3 +67,21 @@ def test_demo_refuses_to_delete_a_foreign_folder(tmp_path: Path) -> None:
     r = runner.invoke(app, ["demo", "--workdir", str(tmp_path)])
     assert r.exit_code == 2 and "not a demo workdir" in r.output
     assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_export_command(cfg_file: Path, tmp_path: Path) -> None:
+    r = runner.invoke(app, ["round", "-c", str(cfg_file), "--offline"])   # makes sure a ledger exists
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["export", "-c", str(cfg_file), "-o", str(tmp_path / "ds"), "--format", "csv"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert out["train_labels_by_source"] == {"seed": 20} and out["val_images"] == 200
+    r = runner.invoke(app, ["export", "-c", str(cfg_file), "-o", str(tmp_path / "ds2"), "--format", "coco"])
+    assert r.exit_code == 2 and "does not fit task classify" in r.output
+
+
+def test_demo_rejects_unknown_task() -> None:
+    r = runner.invoke(app, ["demo", "--task", "keypoints"])
+    assert r.exit_code == 2 and "choose classify, detect or segment" in r.output
+    r = runner.invoke(app, ["demo", "--task", "detect", "--strategy", "bald"])
+    assert r.exit_code == 2 and "unknown strategy" in r.output

@@ -14,7 +14,7 @@ def base(tmp_path: Path) -> dict:
     }
 
 
-@pytest.mark.parametrize("name", ["digits.yaml", "imagefolder.yaml"])
+@pytest.mark.parametrize("name", ["digits.yaml", "imagefolder.yaml", "detect.yaml"])
 def test_example_configs_load(name: str) -> None:
     cfg = load_config(REPO / "configs" / name, environ={})
     assert cfg.workdir.is_absolute()
