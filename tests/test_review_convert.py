@@ -213,3 +213,10 @@ def test_same_boxes_detects_changes() -> None:
     assert not C.same_boxes(a, a[:1])
     assert not C.same_boxes(a, [Box(1, 2, 3, 4, "b"), a[1]])
     assert not C.same_boxes(a, [Box(1, 2, 13, 4, "a"), a[1]])
+    # Segmentation: same bounding box, redrawn outline -> an edit; same outline within tol -> not.
+    tri = ((1.0, 2.0), (3.0, 2.0), (2.0, 4.0), (1.0, 4.0))
+    moved = ((1.0, 2.0), (3.0, 2.0), (3.0, 4.0), (1.0, 4.0))
+    p = [Box(1, 2, 3, 4, "a", polygon=tri)]
+    assert C.same_boxes(p, [Box(1, 2, 3, 4, "a", polygon=tuple((x + 0.2, y) for x, y in tri))])
+    assert not C.same_boxes(p, [Box(1, 2, 3, 4, "a", polygon=moved)])
+    assert not C.same_boxes(p, [Box(1, 2, 3, 4, "a")])

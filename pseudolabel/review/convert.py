@@ -374,7 +374,8 @@ def boxes_from_result(
 
 
 def same_boxes(a: Sequence[Box], b: Sequence[Box], *, tol: float = 0.5) -> bool:
-    """Whether two box sets match one-to-one by label and corners within ``tol`` pixels.
+    """Whether two box sets match one-to-one by label and corners within ``tol`` pixels (and,
+    where both have one, by polygon points within ``tol``).
 
     Used to decide whether a reviewer accepted a pre-drawn detection unchanged.
     """
@@ -386,4 +387,12 @@ def same_boxes(a: Sequence[Box], b: Sequence[Box], *, tol: float = 0.5) -> bool:
             return False
         if max(abs(p.x1 - q.x1), abs(p.y1 - q.y1), abs(p.x2 - q.x2), abs(p.y2 - q.y2)) > tol:
             return False
+        if (p.polygon is None) != (q.polygon is None):
+            return False
+        if p.polygon is not None and q.polygon is not None:
+            # A redrawn outline inside the same bounding box is still an edit.
+            if len(p.polygon) != len(q.polygon) or any(
+                abs(px - qx) > tol or abs(py - qy) > tol for (px, py), (qx, qy) in zip(p.polygon, q.polygon)
+            ):
+                return False
     return True
