@@ -19,21 +19,12 @@ from pseudolabel.config import Config
 from pseudolabel.data import detformats
 from pseudolabel.data.detformats import DetSet
 from pseudolabel.metrics_det import detection_map, segmentation_scores, semantic_mask
-from pseudolabel.strategies.detection import image_uncertainty
+from pseudolabel.strategies.detection import DETECTION_STRATEGIES, image_uncertainty
 from pseudolabel.strategies.diversity import kcenter_greedy
 from pseudolabel.strategies.selection import Selection, top_k
 from pseudolabel.types import Annotation, Box, Item, Prediction
 
-DETECTION_STRATEGIES = ("random", "least_confidence", "margin", "entropy", "kcenter", "hybrid")
 _AGG = {"max": "max", "mean": "mean", "sum": "sum", "topk": "topk_mean"}
-
-
-def check_strategy(cfg: Config) -> None:
-    if cfg.selection.strategy not in DETECTION_STRATEGIES:
-        raise ValueError(
-            f"selection.strategy {cfg.selection.strategy!r} is for classification; task {cfg.task} "
-            f"accepts: {', '.join(DETECTION_STRATEGIES)}"
-        )
 
 
 def read_labelled(cfg: Config, name: str, *, progress: bool = False) -> DetSet:

@@ -75,27 +75,34 @@ def ingest(cfg: Config, ledger: Ledger, *, progress: bool = False) -> dict[str, 
     """Scan seed, holdout and pool into the ledger; quarantine unusable files.
 
     Seed labels are added once (a re-run adds nothing); the pool is re-scanned every round so
-    newly dropped images join it. Returns counts of what was new.
+    newly dropped images join it (files known by path, size and mtime are not re-read).
+    Classification reads ImageFolder / CSV sets, detection and segmentation YOLO / COCO / VOC
+    (:func:`loops.detection.read_labelled`). Returns counts of what was new.
     """
     if is_detection(cfg):
-        return _ingest_detection(cfg, ledger, progress=progress)
-    seed = read_labels(cfg.data.seed.format, cfg.data.seed.path, classes=cfg.classes,
-                       image_root=cfg.data.seed.image_root)
-    holdout = read_labels(cfg.data.holdout.format, cfg.data.holdout.path, classes=cfg.classes,
-                          image_root=cfg.data.holdout.image_root)
+        seed_set = detection.read_labelled(cfg, "seed", progress=progress)
+        holdout_set = detection.read_labelled(cfg, "holdout", progress=progress)
+        seed_anns = (Annotation(item=it, boxes=tuple(seed_set.boxes[it.id]), source="seed", round=0, empty_ok=True)
+                     for it in seed_set.items)
+        truth = {it.id: boxes_to_json(holdout_set.boxes[it.id], empty=True) for it in holdout_set.items}
+    else:
+        seed_set = read_labels(cfg.data.seed.format, cfg.data.seed.path, classes=cfg.classes,
+                               image_root=cfg.data.seed.image_root)
+        holdout_set = read_labels(cfg.data.holdout.format, cfg.data.holdout.path, classes=cfg.classes,
+                                  image_root=cfg.data.holdout.image_root)
+        seed_anns = (Annotation(item=it, label=seed_set.labels[it.id], source="seed", round=0)
+                     for it in seed_set.items)
+        truth = {it.id: holdout_set.labels[it.id] for it in holdout_set.items}
     pool = _scan_pool(cfg, ledger, progress=progress)
     new = {
-        "holdout": ledger.add_items(holdout.items, split="holdout"),
-        "seed": ledger.add_items(seed.items, split="seed"),
+        "holdout": ledger.add_items(holdout_set.items, split="holdout"),
+        "seed": ledger.add_items(seed_set.items, split="seed"),
         "pool": ledger.add_items(pool.items, split="pool"),
     }
     have_seed = {r.item_id for r in ledger.all_labels(source="seed")}
-    ledger.add_labels(
-        Annotation(item=it, label=seed.labels[it.id], source="seed", round=0)
-        for it in seed.items if it.id not in have_seed
-    )
-    ledger.set_meta("holdout_truth", {it.id: holdout.labels[it.id] for it in holdout.items})
-    quarantined = [*seed.quarantined, *holdout.quarantined, *pool.quarantined]
+    ledger.add_labels(a for a in seed_anns if a.item.id not in have_seed)
+    ledger.set_meta("holdout_truth", truth)
+    quarantined = [*seed_set.quarantined, *holdout_set.quarantined, *pool.quarantined]
     if quarantined:
         write_quarantine_csv(cfg.workdir / "quarantine.csv", quarantined)
     new["quarantined"] = len(quarantined)
@@ -115,29 +122,6 @@ def _scan_pool(cfg: Config, ledger: Ledger, *, progress: bool) -> Any:
 
 def is_detection(cfg: Config) -> bool:
     return cfg.task in ("detect", "segment")
-
-
-def _ingest_detection(cfg: Config, ledger: Ledger, *, progress: bool) -> dict[str, int]:
-    """:func:`ingest` for detection / segmentation: seed and holdout in YOLO / COCO / VOC."""
-    seed = detection.read_labelled(cfg, "seed", progress=progress)
-    holdout = detection.read_labelled(cfg, "holdout", progress=progress)
-    pool = _scan_pool(cfg, ledger, progress=progress)
-    new = {
-        "holdout": ledger.add_items(holdout.items, split="holdout"),
-        "seed": ledger.add_items(seed.items, split="seed"),
-        "pool": ledger.add_items(pool.items, split="pool"),
-    }
-    have_seed = {r.item_id for r in ledger.all_labels(source="seed")}
-    ledger.add_labels(
-        Annotation(item=it, boxes=tuple(seed.boxes[it.id]), source="seed", round=0, empty_ok=True)
-        for it in seed.items if it.id not in have_seed
-    )
-    ledger.set_meta("holdout_truth", {it.id: boxes_to_json(holdout.boxes[it.id], empty=True) for it in holdout.items})
-    quarantined = [*seed.quarantined, *holdout.quarantined, *pool.quarantined]
-    if quarantined:
-        write_quarantine_csv(cfg.workdir / "quarantine.csv", quarantined)
-    new["quarantined"] = len(quarantined)
-    return new
 
 
 def holdout_truth(cfg: Config, ledger: Ledger) -> dict[str, Any]:
@@ -162,7 +146,7 @@ def _training_set(cfg: Config, ledger: Ledger) -> tuple[list[Annotation], int, i
     train: list[Annotation] = []
     n_human = n_pseudo = 0
     for item_id, row in ledger.current_labels().items():
-        if item_id in holdout or (row.label is None and not is_detection(cfg) ):
+        if item_id in holdout or (row.label is None and not is_detection(cfg)):
             continue
         if row.source == "pseudo":
             if not cfg.pseudo.enabled:
@@ -479,7 +463,6 @@ def _labelled_items(ledger: Ledger) -> list[Item]:
 
 def _select_detection(cfg: Config, ledger: Ledger, model: Any, pool: Sequence[Item], pred_dir: Path,
                       budget_left: int, rid: int) -> list[dict[str, Any]]:
-    detection.check_strategy(cfg)
     df, preds = load_box_predictions(pred_dir)
     by_id = {it.id: it for it in pool}
     keep = [i for i, iid in enumerate(df["item_id"]) if iid in by_id]

@@ -74,7 +74,7 @@ def demo(
         raise typer.Exit(2)
     names = [s.strip() for s in strategy.split(",") if s.strip()]
     if task != "classify":
-        from loops.detection import DETECTION_STRATEGIES as STRATEGIES  # noqa: N811
+        from pseudolabel.strategies.detection import DETECTION_STRATEGIES as STRATEGIES  # noqa: N811
     bad = [s for s in names if s not in STRATEGIES]
     if bad or not names:
         console.print(f"[red]error:[/] unknown strategy {bad or strategy!r}; choose from: {', '.join(STRATEGIES)}")

@@ -277,10 +277,11 @@ class Config(_Section):
         if not det and self.stop.metric not in ("accuracy", "macro_f1"):
             raise ValueError(f"stop.metric {self.stop.metric!r} needs task detect/segment; classify reports "
                              "accuracy, macro_f1")
-        det_strategies = ("random", "least_confidence", "margin", "entropy", "kcenter", "hybrid")
-        if det and self.selection.strategy not in det_strategies:
+        from pseudolabel.strategies.detection import DETECTION_STRATEGIES
+
+        if det and self.selection.strategy not in DETECTION_STRATEGIES:
             raise ValueError(f"selection.strategy {self.selection.strategy!r} is for classification; task "
-                             f"{self.task} accepts: {', '.join(det_strategies)}")
+                             f"{self.task} accepts: {', '.join(DETECTION_STRATEGIES)}")
         unknown = sorted(set(self.pseudo.class_thresholds) - set(self.classes))
         if unknown:
             raise ValueError(f"pseudo.class_thresholds names unknown classes {unknown!r}; classes are {self.classes!r}")

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from pseudolabel.inference import InferenceResult
+from pseudolabel.inference import InferenceResult, check_items, completed_shards, shard_paths, write_shard
 from pseudolabel.types import Box, Item, Prediction
 
 __all__ = ["init_ray", "load_model", "pseudo_label_ray", "ray_safe_env"]
@@ -161,33 +161,6 @@ def load_model(model_path: Path, *, device: str = "auto") -> Any:
 
 
 # --- shards: the engine's own writer and resume rule ---------------------------------------
-
-
-def _shard_writer() -> Any:
-    from pseudolabel import inference
-
-    # The public name once the engine exports it (with detection shards); the private one before.
-    return getattr(inference, "write_shard", None) or inference._write_shard
-
-
-def _completed(out_dir: Path, version: str) -> tuple[set[str], int]:
-    """Item ids in complete shards of ``version`` and the next free shard number; shards of
-    another version are deleted, exactly as :func:`pseudolabel.inference.pseudo_label` does."""
-    import pyarrow.parquet as pq
-
-    from pseudolabel.inference import _embedding_path, _shard_paths
-
-    done: set[str] = set()
-    next_index = 0
-    for index, shard in _shard_paths(out_dir):
-        meta = pq.read_table(shard, columns=["item_id", "model_version"])
-        if set(meta.column("model_version").to_pylist()) != {version}:
-            _embedding_path(shard).unlink(missing_ok=True)
-            shard.unlink()
-            continue
-        done.update(meta.column("item_id").to_pylist())
-        next_index = max(next_index, index + 1)
-    return done, next_index
 
 
 # --- the actor -------------------------------------------------------------------------------
@@ -334,16 +307,7 @@ def pseudo_label_ray(
     for name, value in (("num_gpus_per_actor", num_gpus_per_actor), ("num_cpus_per_actor", num_cpus_per_actor)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-    items = list(items)
-    seen: dict[str, Path] = {}
-    for i, item in enumerate(items):
-        if not isinstance(item, Item):
-            raise ValueError(f"items[{i}] is a {type(item).__name__}, expected an Item")
-        if item.id in seen:
-            raise ValueError(
-                f"duplicate item id {item.id!r}: {seen[item.id]} and {item.path} (items[{i}]); pass each item once"
-            )
-        seen[item.id] = item.path
+    items = check_items(items)
 
     # The driver reads version and classes from the checkpoint (on CPU) to apply the resume rule.
     model_path = Path(model_path).resolve()
@@ -352,7 +316,7 @@ def pseudo_label_ray(
     del local
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    done, next_index = _completed(out_dir, version)
+    done, next_index = completed_shards(out_dir, version)
     todo = [it for it in items if it.id not in done]
 
     if todo:
@@ -373,15 +337,13 @@ def pseudo_label_ray(
             if started:
                 ray.shutdown()
 
-    from pseudolabel.inference import _shard_paths
-
     return InferenceResult(
         out_dir=out_dir,
         model_version=version,
         n_items=len(items),
         n_scored=len(todo),
         n_skipped=len(items) - len(todo),
-        shards=[p for _, p in _shard_paths(out_dir)],
+        shards=shard_paths(out_dir),
         seconds=time.monotonic() - start,
     )
 
@@ -392,7 +354,6 @@ def _run(
 ) -> int:
     import ray
 
-    write_shard = _shard_writer()
     ctx = ray.data.DataContext.get_current()
     saved = (ctx.execution_options.preserve_order, ctx.enable_progress_bars)
     # Shards must hold items in input order, like the single-machine engine's.

@@ -194,6 +194,44 @@ def _classify_predictions(
         yield pred
 
 
+def check_items(items: Sequence[Item]) -> list[Item]:
+    """``items`` as a list, after checking each is an :class:`Item` and no id repeats."""
+    items = list(items)
+    seen: dict[str, Path] = {}
+    for i, item in enumerate(items):
+        if not isinstance(item, Item):
+            raise ValueError(f"items[{i}] is a {type(item).__name__}, expected an Item")
+        if item.id in seen:
+            raise ValueError(
+                f"duplicate item id {item.id!r}: {seen[item.id]} and {item.path} (items[{i}]); "
+                "ids are content hashes, pass each item once"
+            )
+        seen[item.id] = item.path
+    return items
+
+
+def completed_shards(out_dir: Path, version: str) -> tuple[set[str], int]:
+    """Item ids in complete shards of ``version`` under ``out_dir``, and the next free shard
+    number. Shards of another model version are stale: they are deleted so that the directory
+    never mixes models (the resume rule of every engine writing this format)."""
+    done: set[str] = set()
+    next_index = 0
+    for index, shard in _shard_paths(out_dir):
+        meta = pq.read_table(shard, columns=["item_id", "model_version"])
+        if set(meta.column("model_version").to_pylist()) != {version}:
+            _embedding_path(shard).unlink(missing_ok=True)
+            shard.unlink()
+            continue
+        done.update(meta.column("item_id").to_pylist())
+        next_index = max(next_index, index + 1)
+    return done, next_index
+
+
+def shard_paths(out_dir: Path) -> list[Path]:
+    """The complete parquet shards of ``out_dir``, in shard order."""
+    return [p for _, p in _shard_paths(Path(out_dir))]
+
+
 def pseudo_label(
     model: Any,
     items: Sequence[Item],
@@ -215,34 +253,12 @@ def pseudo_label(
     for name, value in (("batch_size", batch_size), ("shard_size", shard_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    items = list(items)
-    seen: dict[str, Path] = {}
-    for i, item in enumerate(items):
-        if not isinstance(item, Item):
-            raise ValueError(f"items[{i}] is a {type(item).__name__}, expected an Item")
-        if item.id in seen:
-            raise ValueError(
-                f"duplicate item id {item.id!r}: {seen[item.id]} and {item.path} (items[{i}]); "
-                "ids are content hashes, pass each item once"
-            )
-        seen[item.id] = item.path
+    items = check_items(items)
     version = str(model.model_version)
     classes = list(model.classes)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-
-    done: set[str] = set()
-    next_index = 0
-    for index, shard in _shard_paths(out_dir):
-        meta = pq.read_table(shard, columns=["item_id", "model_version"])
-        versions = set(meta.column("model_version").to_pylist())
-        if versions != {version}:
-            # Stale: made by another model. Remove it so the directory never mixes models.
-            _embedding_path(shard).unlink(missing_ok=True)
-            shard.unlink()
-            continue
-        done.update(meta.column("item_id").to_pylist())
-        next_index = max(next_index, index + 1)
+    done, next_index = completed_shards(out_dir, version)
     todo = [it for it in items if it.id not in done]
     n_skipped = len(items) - len(todo)
 
@@ -279,7 +295,7 @@ def pseudo_label(
         n_items=len(items),
         n_scored=len(todo),
         n_skipped=n_skipped,
-        shards=[p for _, p in _shard_paths(out_dir)],
+        shards=shard_paths(out_dir),
         seconds=time.monotonic() - start,
     )
 

@@ -37,13 +37,12 @@ from pseudolabel.distributed import (
     _boxes_json,
     _Predictor,
     _predictions,
-    _shard_writer,
     init_ray,
     load_model,
     pseudo_label_ray,
     ray_safe_env,
 )
-from pseudolabel.inference import load_box_predictions, load_predictions, pseudo_label
+from pseudolabel.inference import load_box_predictions, load_predictions, pseudo_label, write_shard
 from pseudolabel.models.torchvision_cls import TorchvisionClassifier
 from pseudolabel.types import Annotation, Box, Item, Prediction
 
@@ -273,7 +272,7 @@ def test_detection_batch_goes_through_the_engine_shard_writer(tmp_path: Path) ->
     assert out["probs"].shape == (4, 0) and out["embedding"].shape == (4, 4)
     preds = list(_predictions(out))
     assert [p.item_id for p in preds] == ids and preds[0].probs is None
-    _shard_writer()(tmp_path, 0, preds, _FakeDetector.classes)
+    write_shard(tmp_path, 0, preds, _FakeDetector.classes)
     frame, back = load_box_predictions(tmp_path)
     assert frame["item_id"].tolist() == ids
     assert [len(p.boxes) for p in back] == [2, 0, 2, 0]

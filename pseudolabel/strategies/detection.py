@@ -24,6 +24,10 @@ import numpy as np
 from pseudolabel.strategies.uncertainty import _KERNELS
 from pseudolabel.types import Prediction
 
+# Image-selection strategies a detection / segmentation round accepts (the others need class
+# probabilities per image).
+DETECTION_STRATEGIES: tuple[str, ...] = ("random", "least_confidence", "margin", "entropy", "kcenter", "hybrid")
+
 Aggregation = Literal["max", "mean", "sum", "topk_mean"]
 AGGREGATIONS: tuple[str, ...] = ("max", "mean", "sum", "topk_mean")
 BOX_SCORES: tuple[str, ...] = tuple(sorted(_KERNELS))
@@ -31,6 +35,7 @@ BOX_SCORES: tuple[str, ...] = tuple(sorted(_KERNELS))
 __all__ = [
     "AGGREGATIONS",
     "BOX_SCORES",
+    "DETECTION_STRATEGIES",
     "aggregate",
     "box_iou",
     "box_uncertainty",
