@@ -6,14 +6,19 @@ the model alone, on real JPEG files (Fashion-MNIST items composited on a canvas)
 (nc=10, built from YAML: nothing is downloaded) with the same ``imgsz``, ``conf``, ``iou``:
 
 - ``engine``: ``YoloModel.predict`` (pseudolabel.engine: decoding workers, letterbox on the
-  device, fused channels-last network, fp16 autocast on CUDA, NMS on the device, full
-  per-box class vectors + embeddings);
+  device, fused network, fp16 autocast on CUDA, NMS on the device, full per-box class
+  vectors + embeddings) on the ``runtime`` chosen (``auto``: ONNX Runtime on a CPU, PyTorch
+  on CUDA; see pseudolabel.runtime); when that is ONNX Runtime, ``engine_torch`` is the same
+  engine on PyTorch;
 - ``ultralytics``: ``YOLO.predict(source=paths, batch=batch_size, stream=True)`` on a copy of
-  the same network (``half=True`` on CUDA), results consumed;
+  the same network (``half=True`` on CUDA), results consumed; ``ultralytics_b1``: the same
+  with ``batch=1`` (on a CPU its fastest setting). ``x ultra`` divides by the **faster** of
+  the two, so the engine is compared with Ultralytics at its best;
 - ``naive``: one image at a time: PIL decode, Ultralytics' cv2 ``LetterBox``, forward of the
   plain (unfused) network, NMS;
-- ``model_alone``: forward of the engine's network on pre-decoded, pre-letterboxed batches
-  already on the device: the ceiling for any pipeline around this network.
+- ``model_alone``: forward of the engine's network, on the engine's runtime, on pre-decoded,
+  pre-letterboxed batches already on the device: the ceiling for any pipeline around this
+  network (``model_alone_torch``: the same on PyTorch, when the engine runs ONNX Runtime).
 
 Images/s = images / wall seconds (best of ``repeats`` rounds; each round runs every method
 once, in turn; one untimed warm-up batch first).
@@ -130,7 +135,7 @@ def run_bench_infer(
     n_images: int = 200,
     image_size: int = 640,
     scene_size: int = 640,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     device: str = "auto",
     workers: int | None = None,
     model_yaml: str = "yolo11n.yaml",
@@ -138,16 +143,21 @@ def run_bench_infer(
     jpeg: bool = True,
     conf: float = 0.25,
     iou: float = 0.7,
+    runtime: str = "auto",
 ) -> dict[str, Any]:
-    """Time the four methods (see the module docstring) on ``n_images`` scenes; write
-    ``out_dir/bench-infer.json``; print a table; return the dict written."""
-    from pseudolabel.engine import default_workers
+    """Time the methods (see the module docstring) on ``n_images`` scenes; write
+    ``out_dir/bench-infer.json``; print a table; return the dict written. ``batch_size``: for
+    every method (``None``: the engine's automatic choice for the device and image size)."""
+    from pseudolabel.engine import default_batch_size, default_workers
     from pseudolabel.models.base import resolve_device
     from pseudolabel.models.ultralytics_yolo import YoloModel
+    from pseudolabel.runtime import resolve_runtime
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
+    runtime = resolve_runtime(runtime, dev)
+    batch_size = default_batch_size(dev, image_size) if batch_size is None else batch_size
     threads = torch.get_num_threads()  # Ultralytics' device selection resets it: restored below
     workers = default_workers() if workers is None else workers
     items = make_scenes(out_dir / "images", n_images, scene_size=scene_size, jpeg=jpeg)
@@ -155,7 +165,7 @@ def run_bench_infer(
     torch.manual_seed(0)
     model = YoloModel.from_yaml([f"c{k}" for k in range(10)], task="detect", model_yaml=model_yaml,
                                 image_size=image_size, device=str(dev), conf=conf, iou=iou,
-                                workdir=out_dir / "work")
+                                workdir=out_dir / "work", runtime=runtime)
     ul = model._ultralytics()
     from ultralytics.data.augment import LetterBox
     from ultralytics.utils import nms
@@ -163,18 +173,25 @@ def run_bench_infer(
     results: dict[str, Any] = {}
     boxes_seen: dict[str, int] = {}
 
-    # (a) our engine
-    def engine() -> int:
-        n = 0
-        nb = 0
-        for pred in model.predict(items, batch_size=batch_size, workers=workers):
-            n += 1
-            nb += len(pred.boxes)
-        boxes_seen["engine"] = nb
-        return n
+    # (a) our engine (and, when it runs ONNX Runtime, the same engine on PyTorch)
+    def engine_on(m: YoloModel, name: str) -> Callable[[], int]:
+        def run() -> int:
+            n = 0
+            nb = 0
+            for pred in m.predict(items, batch_size=batch_size, workers=workers):
+                n += 1
+                nb += len(pred.boxes)
+            boxes_seen[name] = nb
+            return n
 
-    list(model.predict(items[:batch_size], batch_size=batch_size, workers=0))  # warm-up
-    methods: dict[str, Callable[[], int]] = {"engine": engine}
+        list(m.predict(items[:batch_size], batch_size=batch_size, workers=0))  # warm-up (exports for ONNX)
+        return run
+
+    methods: dict[str, Callable[[], int]] = {"engine": engine_on(model, "engine")}
+    if runtime == "onnx":
+        on_torch = copy.copy(model)
+        on_torch.runtime = "torch"
+        methods["engine_torch"] = engine_on(on_torch, "engine_torch")
 
     # (b) Ultralytics predict on a copy of the same network (it fuses its copy in place)
     yolo = ul.YOLO(model._yaml_name(), task="detect")
@@ -185,19 +202,26 @@ def run_bench_infer(
     if dev.type == "cuda":
         ul_args["half"] = True
 
-    def ultralytics() -> int:
-        n = 0
-        nb = 0
-        for res in yolo.predict(source=paths, **ul_args):
-            n += 1
-            nb += len(res.boxes)
-        boxes_seen["ultralytics"] = nb
-        return n
+    def ultralytics_at(batch: int, name: str) -> Callable[[], int]:
+        args = {**ul_args, "batch": batch}
+
+        def run() -> int:
+            n = 0
+            nb = 0
+            for res in yolo.predict(source=paths, **args):
+                n += 1
+                nb += len(res.boxes)
+            boxes_seen[name] = nb
+            return n
+
+        return run
 
     for _ in yolo.predict(source=paths[:batch_size], **ul_args):  # warm-up (builds the predictor)
         pass
     torch.set_num_threads(threads)
-    methods["ultralytics"] = ultralytics
+    methods["ultralytics"] = ultralytics_at(batch_size, "ultralytics")
+    if batch_size != 1:
+        methods["ultralytics_b1"] = ultralytics_at(1, "ultralytics_b1")
 
     # (c) naive per-image loop on the plain network
     lb = LetterBox((image_size, image_size), auto=False, stride=32)
@@ -225,16 +249,26 @@ def run_bench_infer(
     batches = []
     for start in range(0, len(items), batch_size):
         imgs = [torch.from_numpy(np.array(load_rgb(p))).permute(2, 0, 1).to(dev) for p in paths[start : start + batch_size]]
-        batches.append(letterbox(imgs, image_size, channels_last=True)[0])
+        batches.append(letterbox(imgs, image_size, channels_last=runtime == "torch")[0])
 
-    def model_alone() -> int:
+    def model_alone_torch() -> int:
         with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.float16, enabled=dev.type == "cuda"):
             for x in batches:
-                fast(x)
+                fast(x.contiguous(memory_format=torch.channels_last))
         return len(paths)
 
-    model_alone()  # warm-up
-    methods["model_alone"] = model_alone
+    def model_alone_onnx() -> int:
+        fwd = model._onnx_forward()
+        for x in batches:
+            fwd(x)
+        return len(paths)
+
+    alone = {"model_alone": model_alone_onnx if runtime == "onnx" else model_alone_torch}
+    if runtime == "onnx":
+        alone["model_alone_torch"] = model_alone_torch
+    for name, fn in alone.items():
+        fn()  # warm-up
+        methods[name] = fn
     # Rounds interleave the methods (best of ``repeats`` per method), so that a load change
     # on a shared machine does not favour whichever method ran first.
     for _round in range(repeats):
@@ -246,7 +280,7 @@ def run_bench_infer(
 
     for name, n in boxes_seen.items():
         results[name]["boxes"] = n
-    base = results["ultralytics"]["images_per_s"]
+    base = max(r["images_per_s"] for name, r in results.items() if name.startswith("ultralytics"))
     for name in results:
         results[name]["vs_ultralytics"] = round(results[name]["images_per_s"] / base, 3) if base else None
 
@@ -254,12 +288,12 @@ def run_bench_infer(
 
     report: dict[str, Any] = {
         "settings": dict(n_images=n_images, image_size=image_size, scene_size=scene_size, batch_size=batch_size,
-                         device=str(dev), workers=workers, model_yaml=model_yaml, repeats=repeats, jpeg=jpeg,
+                         device=str(dev), runtime=runtime, workers=workers, model_yaml=model_yaml, repeats=repeats, jpeg=jpeg,
                          conf=conf, iou=iou, torch_threads=torch.get_num_threads()),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine()),
         "cpu_count": os.cpu_count(),
         "versions": {"torch": torch.__version__, "ultralytics": ul_mod.__version__,
-                     "python": platform.python_version()},
+                     "onnxruntime": _version("onnxruntime"), "python": platform.python_version()},
         "results": results,
     }
     tmp = out_dir / ".bench-infer.json.tmp"
@@ -269,13 +303,23 @@ def run_bench_infer(
     return report
 
 
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
 def format_table(report: dict[str, Any]) -> str:
     """The results as a fixed-width text table."""
     s = report["settings"]
     lines = [f"bench-infer: {s['n_images']} images, imgsz {s['image_size']}, batch {s['batch_size']}, "
-             f"{report['device_name']} ({s['device']}), workers {s['workers']}, torch threads {s['torch_threads']}",
-             f"{'method':<13}{'img/s':>9}{'x ultra':>9}{'seconds':>9}{'peak RSS MiB':>14}{'peak CUDA MiB':>15}"]
+             f"{report['device_name']} ({s['device']}, engine runtime {s.get('runtime', 'torch')}), "
+             f"workers {s['workers']}, threads {s['torch_threads']}; x ultra = vs the faster Ultralytics setting",
+             f"{'method':<18}{'img/s':>9}{'x ultra':>9}{'seconds':>9}{'peak RSS MiB':>14}{'peak CUDA MiB':>15}"]
     for name, r in report["results"].items():
-        lines.append(f"{name:<13}{r['images_per_s']:>9.1f}{(r['vs_ultralytics'] or 0):>9.2f}{r['seconds']:>9.2f}"
+        lines.append(f"{name:<18}{r['images_per_s']:>9.1f}{(r['vs_ultralytics'] or 0):>9.2f}{r['seconds']:>9.2f}"
                      f"{r['peak_rss_mib']:>14.0f}{r.get('peak_cuda_mib', float('nan')):>15.0f}")
     return "\n".join(lines)

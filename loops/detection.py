@@ -67,7 +67,7 @@ def build_model(cfg: Config, *, n_train: int, progress: bool = False, previous: 
         cfg.classes, task=cfg.task, model_yaml=m.yolo_yaml, weights=weights, image_size=m.image_size,
         epochs=epochs, batch_size=m.batch_size, device=m.device, seed=m.seed, conf=m.conf, iou=m.iou,
         workdir=cfg.workdir / "yolo", config_dir=cfg.workdir / "ultralytics",
-        train_args=dict(m.train_args),
+        train_args=dict(m.train_args), runtime=m.runtime,
     )
 
 
@@ -75,7 +75,7 @@ def load_model(cfg: Config, path: Path) -> Any:
     from pseudolabel.models.ultralytics_yolo import YoloModel
 
     return YoloModel.load(path, workdir=cfg.workdir / "yolo", config_dir=cfg.workdir / "ultralytics",
-                          device=cfg.model.device)
+                          device=cfg.model.device, runtime=cfg.model.runtime)
 
 
 def evaluate(cfg: Config, model: Any, holdout: Sequence[Item], truth: Mapping[str, Sequence[Box]]) -> dict[str, Any]:

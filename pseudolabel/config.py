@@ -73,6 +73,9 @@ class ModelConfig(_Section):
     conf: float = Field(default=0.05, ge=0, le=1, description="YOLO: NMS confidence floor of kept boxes")
     iou: float = Field(default=0.6, gt=0, le=1, description="YOLO: NMS IoU threshold")
     train_args: dict[str, Any] = Field(default_factory=dict, description="YOLO: extra YOLO.train arguments")
+    runtime: Literal["auto", "torch", "onnx"] = Field(
+        default="auto", description="YOLO inference: auto = ONNX Runtime on a CPU (when installed), PyTorch on "
+        "CUDA; onnx is CPU only")
     image_size: int = Field(default=32, ge=8, le=2048)
     epochs: int = Field(default=30, ge=1, le=10_000)
     min_steps: int = Field(default=300, ge=0, description="at least this many optimiser steps, however few labels")
@@ -80,7 +83,9 @@ class ModelConfig(_Section):
     lr: float = Field(default=2e-3, gt=0, le=10)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
-    infer_batch_size: int = Field(default=256, ge=1, le=65_536)
+    infer_batch_size: int | None = Field(
+        default=None, ge=1, le=65_536, description="images per inference batch; null: automatic (YOLO: fitted "
+        "to free GPU memory, or the CPU default; classifiers: 256)")
 
 
 class SelectionConfig(_Section):

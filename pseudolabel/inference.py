@@ -179,7 +179,7 @@ _write_shard = write_shard  # the name used before it was public
 
 
 def _classify_predictions(
-    model: Any, items: Sequence[Item], batch_size: int
+    model: Any, items: Sequence[Item], batch_size: int | None
 ) -> Iterator[Prediction]:
     """``model.predict`` with a check that it answers every item, in order."""
     preds = model.predict(items, batch_size=batch_size)
@@ -237,7 +237,7 @@ def pseudo_label(
     items: Sequence[Item],
     out_dir: Path,
     *,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     shard_size: int = 10_000,
     progress: bool = True,
 ) -> InferenceResult:
@@ -247,10 +247,13 @@ def pseudo_label(
     ``model_version``). Items are streamed in order, ``shard_size`` per shard (and per
     ``model.predict`` call); items already in complete shards for the same model version are
     skipped, so calling this again after a crash only scores what is missing. Item ids must be
-    unique (ids are content hashes: ingest dedupes copies).
+    unique (ids are content hashes: ingest dedupes copies). ``batch_size``: images per forward
+    pass, passed to ``model.predict`` (``None``: the model's automatic choice).
     """
     start = time.monotonic()
     for name, value in (("batch_size", batch_size), ("shard_size", shard_size)):
+        if value is None and name == "batch_size":
+            continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     items = check_items(items)

@@ -53,7 +53,7 @@ def out_of_sample_probs(
     *,
     folds: int = 3,
     seed: int = 0,
-    batch_size: int = 256,
+    batch_size: int | None = None,
 ) -> np.ndarray:
     """K-fold cross-validated class probabilities for every labelled item.
 

@@ -43,8 +43,9 @@ class Model(Protocol):
         """Train from scratch (or from configured local weights) on ``train``; returns ``self``."""
         ...
 
-    def predict(self, images: Iterable[Item], *, batch_size: int) -> Iterator[Prediction]:
-        """Yield one :class:`Prediction` per item, in input order, streaming."""
+    def predict(self, images: Iterable[Item], *, batch_size: int | None = None) -> Iterator[Prediction]:
+        """Yield one :class:`Prediction` per item, in input order, streaming; ``batch_size``
+        ``None`` lets the model choose (fitted to the device)."""
         ...
 
     def save(self, path: Path) -> None:

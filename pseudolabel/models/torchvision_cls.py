@@ -646,15 +646,17 @@ class TorchvisionClassifier(AdapterBase):
         parts = [self._infer_batch(net, x[i : i + 256], device) for i in range(0, len(x), 256)]
         return np.concatenate([p for p, _ in parts]), np.concatenate([e for _, e in parts])
 
-    def predict(self, images: Iterable[Item], *, batch_size: int = 256) -> Iterator[Prediction]:
+    def predict(self, images: Iterable[Item], *, batch_size: int | None = None) -> Iterator[Prediction]:
         """Yield one :class:`Prediction` per item, in input order, streaming.
 
         ``probs``: ``(C,)`` float32 softmax over ``classes``; ``embedding``: ``(D,)`` float32
         penultimate features (D = 64 for small_cnn, 512 for resnet18). Items are consumed
         lazily in chunks, so a long iterable never sits in memory. An unreadable image raises
-        :class:`~pseudolabel.data.images.ImageError` naming the file.
+        :class:`~pseudolabel.data.images.ImageError` naming the file. ``batch_size``: images per
+        forward pass (``None``: 256).
         """
         self._check_fitted()
+        batch_size = 256 if batch_size is None else batch_size
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         return self._predict_iter(images, batch_size)
@@ -684,7 +686,9 @@ class TorchvisionClassifier(AdapterBase):
                     )
                 offset += len(xb)
 
-    def predict_proba_embed(self, images: Iterable[Item], *, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    def predict_proba_embed(
+        self, images: Iterable[Item], *, batch_size: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """All predictions at once: probabilities ``(N, C)`` and embeddings ``(N, D)``, float32,
         rows in input order."""
         preds = list(self.predict(images, batch_size=batch_size))

@@ -55,6 +55,7 @@ from typing_extensions import Self
 
 from pseudolabel.data.images import load_rgb
 from pseudolabel.models.base import AdapterBase, resolve_device, state_hash
+from pseudolabel.runtime import OnnxForward, resolve_runtime
 from pseudolabel.types import Annotation, Box, Item, Prediction, TaskType
 
 CHECKPOINT_FORMAT = "pseudolabel.ultralytics_yolo/1"
@@ -166,7 +167,10 @@ class YoloModel(AdapterBase):
     - ``workdir``: folder for Ultralytics runs (``runs/``) and the temporary training dataset;
       ``None``: a fresh temporary folder;
     - ``config_dir``: Ultralytics settings folder; ``None``: ``<workdir>/ultralytics``;
-    - ``train_args``: extra keyword arguments for ``YOLO.train`` (e.g. ``{"mosaic": 0.0}``).
+    - ``train_args``: extra keyword arguments for ``YOLO.train`` (e.g. ``{"mosaic": 0.0}``);
+    - ``runtime``: where detect / segment inference runs: ``"auto"`` (ONNX Runtime on a CPU
+      when installed, else PyTorch), ``"torch"`` or ``"onnx"`` (CPU only); see
+      :mod:`pseudolabel.runtime`. Training always uses PyTorch.
 
     Learned attributes (after :meth:`fit` or :meth:`load`): ``net_`` (the torch module),
     ``classes_``, ``model_version_``, ``device_``, ``yaml_`` (the network definition).
@@ -190,6 +194,7 @@ class YoloModel(AdapterBase):
         workdir: Path | str | None = None,
         config_dir: Path | str | None = None,
         train_args: Mapping[str, Any] | None = None,
+        runtime: str = "auto",
     ) -> None:
         self.classes = list(classes) if not isinstance(classes, str) else classes  # type: ignore[assignment]
         self.task = task
@@ -206,6 +211,7 @@ class YoloModel(AdapterBase):
         self.workdir = workdir
         self.config_dir = config_dir
         self.train_args = train_args
+        self.runtime = runtime
 
     # ---- parameters -------------------------------------------------------------------
 
@@ -239,7 +245,7 @@ class YoloModel(AdapterBase):
                 "YoloModel.save or a trusted Ultralytics .pt) or weights=None to train from scratch. "
                 "Model names such as 'yolo11n.pt' are never downloaded"
             )
-        resolve_device(self.device)
+        resolve_runtime(self.runtime, resolve_device(self.device))
 
     def _yaml_name(self) -> str:
         return self.model_yaml or _DEFAULT_YAML[self.task]
@@ -407,11 +413,12 @@ class YoloModel(AdapterBase):
         Detect / segment run through :mod:`pseudolabel.engine`: files decoded in ``workers``
         processes (``None``: ``min(4, cpus - 1)``; 0: in this process), or plain JPEGs on the
         GPU (``gpu_decode``; ``None``: on CUDA), letterboxed on the device, one forward pass
-        per batch (Conv+BN fused, channels-last; fp16 autocast on CUDA), NMS on the device.
+        per batch (Conv+BN fused; on CUDA channels-last PyTorch with fp16 autocast, on a CPU
+        ONNX Runtime by default: see ``runtime``), NMS on the device.
         Items are consumed lazily: memory stays flat however many are streamed.
 
-        ``batch_size``: images per forward pass; ``None``: fitted to free CUDA memory, or 16 on
-        CPU (:func:`pseudolabel.engine.default_batch_size`); classification: 32.
+        ``batch_size``: images per forward pass; ``None``: fitted to free CUDA memory, or on a
+        CPU to the image size (2 at 640 px) (:func:`pseudolabel.engine.default_batch_size`); classification: 32.
 
         ``hflip=True`` predicts on horizontally mirrored images and reports boxes in the
         **mirrored** image's pixel coordinates (test-time augmentation for
@@ -446,21 +453,14 @@ class YoloModel(AdapterBase):
 
     def _forward_embed(
         self, x: torch.Tensor, net: torch.nn.Module | None = None, *, half: bool = False
-    ) -> tuple[Any, torch.Tensor]:
-        """One forward pass of ``net`` (default ``net_``): the raw head output, and the
-        ``(N, D)`` float32 image embedding (the embedding layer's output averaged over space,
-        on the device), hooked from the same pass. ``half``: fp16 autocast (CUDA only)."""
+    ) -> tuple[torch.Tensor, ...]:
+        """One PyTorch forward pass of ``net`` (default ``net_``): :class:`_HeadAndEmbedding`'s
+        outputs. ``half``: fp16 autocast (CUDA only)."""
         net = self.net_ if net is None else net
-        feats: list[torch.Tensor] = []
-        hook = self._embedding_layer(net).register_forward_hook(lambda m, i, o: feats.append(o))
-        try:
-            with torch.inference_mode(), torch.autocast(
-                x.device.type, dtype=torch.float16, enabled=half and x.device.type == "cuda"
-            ):
-                out = net(x)
-        finally:
-            hook.remove()
-        return out, feats[0].float().mean(dim=(2, 3))
+        with torch.inference_mode(), torch.autocast(
+            x.device.type, dtype=torch.float16, enabled=half and x.device.type == "cuda"
+        ):
+            return _HeadAndEmbedding(net, self._embedding_layer(net))(x)
 
     def _inference_net(self) -> torch.nn.Module:
         """A copy of ``net_`` for inference only: Conv+BN fused (as Ultralytics' predictor
@@ -477,6 +477,25 @@ class YoloModel(AdapterBase):
         self._inference_cache = (self.net_, net)
         return net
 
+    def _onnx_forward(self) -> OnnxForward:
+        """The fused inference network exported to ONNX Runtime (rebuilt when ``net_`` is
+        replaced, or when the torch thread count changed since the session was made)."""
+        cached = getattr(self, "_onnx_cache", None)
+        if cached is not None and cached[0] is self.net_ and cached[1].threads == torch.get_num_threads():
+            return cached[1]
+        net = self._inference_net()
+        names = ["head", "protos", "embedding"] if self.task == "segment" else ["head", "embedding"]
+        size = int(self.image_size)
+        fwd = OnnxForward(_HeadAndEmbedding(net, self._embedding_layer(net)), torch.zeros(1, 3, size, size), names)
+        self._onnx_cache = (self.net_, fwd)
+        return fwd
+
+    def _engine_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The detect / segment forward pass on a letterboxed batch, on the resolved runtime."""
+        if resolve_runtime(self.runtime, x.device) == "onnx":
+            return tuple(self._onnx_forward()(x))
+        return self._forward_embed(x, self._inference_net(), half=True)
+
     def _predict_batch(self, items: Sequence[Item], images: Sequence[torch.Tensor]) -> list[Prediction]:
         """Predictions for ``items`` from their decoded images (``(3, H, W)`` uint8 RGB tensors on
         ``device_``, already mirrored for hflip): letterbox, forward, NMS, all on the device;
@@ -486,12 +505,12 @@ class YoloModel(AdapterBase):
         from pseudolabel.engine import letterbox
 
         size = int(self.image_size)
-        x, infos = letterbox(images, size, channels_last=True)
-        out, emb_t = self._forward_embed(x, self._inference_net(), half=True)
-        head = out[0] if isinstance(out, (tuple, list)) else out
-        protos = None
-        if self.task == "segment":
-            head, protos = head  # (N, 4 + C + 32, A), (N, 32, S/4, S/4)
+        onnx = resolve_runtime(self.runtime, self.device_) == "onnx"
+        x, infos = letterbox(images, size, channels_last=not onnx)
+        # detect: (N, 4 + C, A) head, (N, D) embedding; segment: head (N, 4 + C + 32, A),
+        # protos (N, 32, S/4, S/4), embedding.
+        *outs, emb_t = self._engine_forward(x)
+        head, protos = (outs[0], outs[1]) if self.task == "segment" else (outs[0], None)
         head = head.float()
         nc = len(self.classes_)
         kept, keep_idx = nms.non_max_suppression(
@@ -555,9 +574,9 @@ class YoloModel(AdapterBase):
 
         tf = classify_transforms(size=int(self.image_size))
         x = torch.stack([tf(Image.fromarray(a)) for a in arrays]).to(self.device_)
-        out, emb_t = self._forward_embed(x)
+        probs_t, emb_t = self._forward_embed(x)
         emb = emb_t.cpu().numpy().astype(np.float32)
-        probs = (out[0] if isinstance(out, (tuple, list)) else out).float().cpu().numpy()
+        probs = probs_t.float().cpu().numpy()
         return [
             Prediction(item_id=item.id, model_version=self.model_version, probs=probs[n].astype(np.float64), embedding=emb[n])
             for n, item in enumerate(items)
@@ -614,6 +633,30 @@ class YoloModel(AdapterBase):
         net = _build_net(model.task, yolo.model.yaml, len(model.classes))
         model._set_net(net, yolo.model.yaml)
         return model
+
+
+class _HeadAndEmbedding(torch.nn.Module):
+    """``net`` returning, from one forward pass, a flat tuple of its head output's tensors
+    (detect: the head; segment: head and mask protos; classify: the probabilities) followed by
+    the ``(N, D)`` float32 image embedding: ``layer``'s output averaged over space, taken with
+    a forward hook. The same module is what :class:`~pseudolabel.runtime.OnnxForward`
+    exports, so both runtimes compute the same outputs."""
+
+    def __init__(self, net: torch.nn.Module, layer: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        feats: list[torch.Tensor] = []
+        hook = self.layer.register_forward_hook(lambda m, i, o: feats.append(o))
+        try:
+            out = self.net(x)
+        finally:
+            hook.remove()
+        head = out[0] if isinstance(out, (tuple, list)) else out
+        emb = feats[0].float().mean(dim=(2, 3))
+        return (*head, emb) if isinstance(head, (tuple, list)) else (head, emb)
 
 
 def _build_net(task: str, yaml: Mapping[str, Any], nc: int) -> torch.nn.Module:

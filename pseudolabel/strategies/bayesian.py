@@ -174,7 +174,7 @@ def mc_dropout_probs(
     items: Sequence[Item],
     *,
     T: int = 10,
-    batch_size: int = 64,
+    batch_size: int | None = 64,
     seed: int | None = 0,
 ) -> np.ndarray:
     """Run a fitted classifier ``T`` times with dropout on: (T, N, C) float32 probabilities.
@@ -190,7 +190,7 @@ def mc_dropout_probs(
         model: fitted classifier with ``net_``, ``device_``, ``image_size``, ``mean``, ``std``.
         items: N pool items, in the order of the output's second axis.
         T: number of stochastic passes, >= 1 (Gal et al. use 10-100).
-        batch_size: images per forward pass, >= 1.
+        batch_size: images per forward pass, >= 1 (``None``: 64).
         seed: torch seed for the dropout masks (global torch RNG state is restored after);
             ``None`` leaves the RNG alone.
 
@@ -209,6 +209,7 @@ def mc_dropout_probs(
     from pseudolabel.data.images import load_rgb
     from pseudolabel.types import Item
 
+    batch_size = 64 if batch_size is None else batch_size
     for name, value in (("T", T), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name} must be an int >= 1; got {value!r}")
