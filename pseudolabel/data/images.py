@@ -1,13 +1,16 @@
 """Reading image files robustly: EXIF orientation, grayscale/RGBA/16-bit/CMYK/palette modes.
 
-Every loader in the project goes through :func:`load_rgb` so that training, inference and
-ingest see the same pixels.
+Every loader in the project goes through :func:`load_rgb` (or :func:`rgb_from_bytes` for bytes
+read from an object store: the same decoder) so that training, inference and ingest see the
+same pixels.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -51,6 +54,18 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # L, P, CMYK, YCbCr, 1, ...
 
 
+def rgb_from_bytes(data: bytes, *, name: str | Path) -> Image.Image:
+    """Decode the bytes of an image file exactly as :func:`load_rgb` decodes the file: fully
+    decoded 8-bit RGB, EXIF orientation applied. For bytes that never sat in a local file
+    (an object-store read); ``name`` (the file's path or URI) starts every error message.
+
+    Raises :class:`ImageError` for zero bytes, non-image, truncated or corrupt data.
+    """
+    if not data:
+        raise ImageError(f"{name}: zero-byte file")
+    return _decode(io.BytesIO(data), name)
+
+
 def load_rgb(path: Path | str) -> Image.Image:
     """Open ``path`` fully decoded as 8-bit RGB with EXIF orientation applied.
 
@@ -64,19 +79,24 @@ def load_rgb(path: Path | str) -> Image.Image:
         raise ImageError(f"{path}: cannot read file ({e.strerror or e})") from e
     if size == 0:
         raise ImageError(f"{path}: zero-byte file")
+    return _decode(path, path)
+
+
+def _decode(src: Path | BinaryIO, name: str | Path) -> Image.Image:
+    """The one decoder behind :func:`load_rgb` and :func:`rgb_from_bytes`; errors start with ``name``."""
     try:
-        with Image.open(path) as img:
+        with Image.open(src) as img:
             img.load()  # force a full decode: truncated files fail here, not later
             img = ImageOps.exif_transpose(img) or img
             return _to_rgb(img)
     except ImageError:
         raise
     except Image.DecompressionBombError as e:
-        raise ImageError(f"{path}: image too large ({e})") from e
+        raise ImageError(f"{name}: image too large ({e})") from e
     except (OSError, SyntaxError, ValueError) as e:
         msg = str(e) or type(e).__name__
         if "truncated" in msg.lower():
-            raise ImageError(f"{path}: truncated image file ({msg})") from e
+            raise ImageError(f"{name}: truncated image file ({msg})") from e
         if "cannot identify image file" in msg:
-            raise ImageError(f"{path}: not an image (cannot identify format)") from e
-        raise ImageError(f"{path}: corrupt or unreadable image ({msg})") from e
+            raise ImageError(f"{name}: not an image (cannot identify format)") from e
+        raise ImageError(f"{name}: corrupt or unreadable image ({msg})") from e
