@@ -236,17 +236,50 @@ def retrain(ctx: typer.Context) -> None:
     raise typer.Exit(retrain_main(list(ctx.args)))
 
 
+@app.command("label-source")
+def label_source(
+    model: Annotated[Path, typer.Option("--model", "-m", help="a round's model.pt (any adapter checkpoint)")],
+    source: Annotated[str, typer.Option(help="folder, or s3:// / gs:// / hdfs:// prefix pyarrow can open")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="shard folder (resumable: rerun to continue)")],
+    address: Annotated[Optional[str], typer.Option(
+        help="Ray cluster: auto | ray://host:10001 (default: a local Ray started for this run)")] = None,
+    actors: Annotated[int, typer.Option(help="model actors (one model copy each)")] = 1,
+    gpus_per_actor: Annotated[float, typer.Option(help="GPUs per actor (> 0 runs the model on CUDA)")] = 0.0,
+    cpus_per_actor: Annotated[float, typer.Option(help="CPUs reserved per actor")] = 0.5,
+    batch_size: Annotated[int, typer.Option(help="images per actor call")] = 64,
+    shard_size: Annotated[int, typer.Option(help="items per parquet shard")] = 10_000,
+) -> None:
+    """Pseudo-label every image under a folder or object-store prefix on Ray Data, into the
+    engine's shard format (see docs/ray.md). No ledger is needed or touched."""
+    from pseudolabel.distributed import pseudo_label_ray_source
+
+    try:
+        res = pseudo_label_ray_source(model, source, out, address=address, num_actors=actors,
+                                      num_gpus_per_actor=gpus_per_actor, num_cpus_per_actor=cpus_per_actor,
+                                      batch_size=batch_size, shard_size=shard_size)
+    except ValueError as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(2) from None
+    console.print(f"{res.n_items} image files: {res.n_scored} scored, {res.n_skipped} already scored, "
+                  f"{len(res.quarantined)} quarantined, {len(res.duplicates)} duplicates; "
+                  f"{len(res.shards)} shards in {res.out_dir} ({res.seconds:.1f} s)")
+    for q in res.quarantined:
+        console.print(f"  quarantined {q.path}: {q.reason}")
+
+
 @app.command("bench-infer")
 def bench_infer(
     out: Annotated[Path, typer.Option(help="folder for the images and bench-infer.json")] = Path("runs/bench-infer"),
     n_images: Annotated[int, typer.Option(help="scenes to pseudo-label")] = 200,
     image_size: Annotated[int, typer.Option(help="model input side in pixels")] = 640,
-    batch_size: Annotated[int, typer.Option(help="images per forward pass")] = 16,
+    batch_size: Annotated[Optional[int], typer.Option(
+        help="images per forward pass, every method (default: the engine's automatic choice)")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
     workers: Annotated[Optional[int], typer.Option(help="decode workers (default: min(4, cpus - 1))")] = None,
     model_yaml: Annotated[str, typer.Option(help="YOLO network YAML")] = "yolo11n.yaml",
     repeats: Annotated[int, typer.Option(help="timed rounds per method (best is reported)")] = 1,
-    threads: Annotated[Optional[int], typer.Option(help="torch CPU threads")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="torch / ONNX Runtime CPU threads")] = None,
+    runtime: Annotated[str, typer.Option(help="engine runtime: auto (ONNX Runtime on CPU) | torch | onnx")] = "auto",
 ) -> None:
     """Pseudo-labelling throughput: our engine vs Ultralytics predict vs a per-image loop vs the
     model alone (the ceiling), on Fashion-MNIST scenes written as JPEG files."""
@@ -257,7 +290,34 @@ def bench_infer(
     if threads is not None:
         torch.set_num_threads(threads)
     run_bench_infer(out, n_images=n_images, image_size=image_size, scene_size=image_size, batch_size=batch_size,
-                    device=device, workers=workers, model_yaml=model_yaml, repeats=repeats)
+                    device=device, workers=workers, model_yaml=model_yaml, repeats=repeats, runtime=runtime)
+
+
+@app.command("bench-memory")
+def bench_memory(
+    out: Annotated[Path, typer.Option(help="folder for the image pool, the shards and bench-memory.json")] = Path(
+        "runs/bench-memory"),
+    sizes: Annotated[Optional[list[int]], typer.Option("--size", help="pool size to run (repeat; default 10000 and "
+                                                       "100000)")] = None,
+    image_size: Annotated[int, typer.Option(help="model input side in pixels")] = 64,
+    scene_size: Annotated[int, typer.Option(help="side of the JPEG scenes in pixels")] = 96,
+    batch_size: Annotated[int, typer.Option(help="images per forward pass")] = 16,
+    shard_size: Annotated[int, typer.Option(help="predictions per parquet shard")] = 10_000,
+    threads: Annotated[int, typer.Option(help="torch / OpenMP threads of each run")] = 1,
+    pool: Annotated[Optional[Path], typer.Option(help="image pool folder, written once and reused "
+                                                 "(default: OUT/pool)")] = None,
+) -> None:
+    """Pseudo-labelling memory at pool scale: peak RSS, RSS along the run and its slope per 10k
+    items, for each pool size in a fresh process (real JPEG files, untrained yolo11n, CPU)."""
+    from loops.bench_memory import run_bench_memory
+
+    try:
+        run_bench_memory(out, sizes=tuple(sizes or (10_000, 100_000)), image_size=image_size,
+                         scene_size=scene_size, batch_size=batch_size, shard_size=shard_size, threads=threads,
+                         pool_dir=pool)
+    except ValueError as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(2) from None
 
 
 @app.command("bench-select", **_PASSTHROUGH)
