@@ -152,7 +152,8 @@ def image_scores(cfg: Config, preds: Sequence[Prediction], items: Mapping[str, I
                  flipped: Mapping[str, Prediction] | None = None) -> np.ndarray:
     """``(N,)`` image uncertainty (higher = more uncertain) of each prediction: per-box
     ``selection.uncertainty`` (or the strategy's own score for least_confidence / margin /
-    entropy) aggregated by ``selection.aggregate``; an image with no box scores 1.0; with
+    entropy) of the boxes at least ``selection.min_box_score`` confident, aggregated by
+    ``selection.aggregate``; an image with no such box scores 1.0; with
     ``flipped`` predictions mixed with the flip-TTA instability at weight
     ``selection.localisation``."""
     s = cfg.selection
@@ -161,7 +162,8 @@ def image_scores(cfg: Config, preds: Sequence[Prediction], items: Mapping[str, I
     for i, p in enumerate(preds):
         tta = None if flipped is None else flipped.get(p.item_id)
         out[i] = image_uncertainty(p, tta, how=_AGG[s.aggregate], score=box_score, k=s.topk,
-                                   width=float(items[p.item_id].width), stability_weight=s.localisation)
+                                   width=float(items[p.item_id].width), stability_weight=s.localisation,
+                                   min_box_score=s.min_box_score)
     return out
 
 

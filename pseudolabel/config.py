@@ -105,6 +105,8 @@ class SelectionConfig(_Section):
     mc_samples: int = Field(default=10, ge=2, le=1000, description="bald: MC-dropout forward passes")
     aggregate: Literal["max", "mean", "sum", "topk"] = Field(default="mean", description="detection: box -> image")
     topk: int = Field(default=3, ge=1, description="detection: boxes averaged by aggregate=topk")
+    min_box_score: float = Field(default=0.0, ge=0, le=1, description="detection: boxes less confident than "
+                                 "this are left out of the image score (background let through by model.conf)")
     localisation: float = Field(default=0.0, ge=0, le=1, description="detection: weight (0..1) of the "
                                 "flip-TTA box instability in the image score; > 0 costs a second forward pass")
     predraw_conf: float = Field(default=0.25, ge=0, le=1, description="detection: boxes at least this "

@@ -53,8 +53,15 @@ import pyarrow.parquet as pq
 
 from pseudolabel.data.images import IMAGE_SUFFIXES, ImageError, rgb_from_bytes
 from pseudolabel.data.ingest import Quarantined
-from pseudolabel.inference import InferenceResult, check_items, completed_shards, shard_paths, write_shard
+from pseudolabel.inference import (
+    InferenceResult,
+    check_items,
+    completed_shards,
+    shard_paths,
+    write_shard,
+)
 from pseudolabel.types import Box, Item, Prediction
+from pseudolabel.utils import atomic_write
 
 __all__ = ["SourceResult", "init_ray", "load_model", "pseudo_label_ray", "pseudo_label_ray_source", "ray_safe_env"]
 
@@ -200,13 +207,7 @@ def _write_sources(out_dir: Path, index: int, files: Sequence[tuple[_File, str]]
         "mtime_ns": pa.array([f.mtime_ns for f, _ in files], type=pa.int64()),
         "item_id": pa.array([i for _, i in files], type=pa.string()),
     })
-    path = out_dir / f"sources-{index:05d}.parquet"
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(out_dir / f"sources-{index:05d}.parquet", lambda tmp: pq.write_table(table, tmp))
 
 
 def _known_sources(out_dir: Path, done: set[str]) -> dict[str, tuple[int | None, int | None]]:

@@ -21,7 +21,6 @@ re-scored (a mixed directory would pair probabilities from two models).
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from collections.abc import Iterator, Sequence
@@ -36,6 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pseudolabel.types import Box, Item, Prediction
+from pseudolabel.utils import atomic_write
 
 _SHARD_RE = re.compile(r"^predictions-(\d{5,})\.parquet$")
 _COLUMNS = ["item_id", "model_version", "label", "confidence"]
@@ -70,15 +70,6 @@ def _shard_paths(out_dir: Path) -> list[tuple[int, Path]]:
 
 def _embedding_path(shard: Path) -> Path:
     return shard.with_name(shard.name.replace("predictions-", "embeddings-").replace(".parquet", ".npy"))
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _boxes_json(pred: Prediction, classes: Sequence[str]) -> str:
@@ -170,8 +161,8 @@ def write_shard(out_dir: Path, index: int, preds: Sequence[Prediction], classes:
         with open(tmp, "wb") as f:
             np.save(f, emb)
 
-    _atomic_write(_embedding_path(shard), _save_npy)
-    _atomic_write(shard, lambda tmp: pq.write_table(table, tmp))
+    atomic_write(_embedding_path(shard), _save_npy)
+    atomic_write(shard, lambda tmp: pq.write_table(table, tmp))
     return shard
 
 

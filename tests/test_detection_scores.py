@@ -72,6 +72,24 @@ def test_low_confidence_box_is_uncertain_even_with_peaked_class_vector() -> None
     assert image_uncertainty(weak) > image_uncertainty(strong)
 
 
+def test_min_box_score_ignores_background_boxes() -> None:
+    """Near-empty boxes (below the floor) no longer drag every image's mean towards 1: an image
+    with one confident box plus background ranks below one with a half-believed box."""
+    background = [(50, 50, 60, 60, 0.02), (70, 70, 80, 80, 0.03), (20, 20, 30, 30, 0.02)]
+    sure = _pred([(0, 0, 10, 10, 0.95), *background], [[0.95, 0.01]] + [[0.02, 0.01]] * 3)
+    unsure = _pred([(0, 0, 10, 10, 0.5)], [[0.5, 0.4]])
+    # With every box counted the confident image looks as uncertain as the unsure one.
+    assert image_uncertainty(sure, how="mean") > 0.7
+    assert image_uncertainty(sure, how="mean", min_box_score=0.1) < 0.2
+    assert image_uncertainty(unsure, how="mean", min_box_score=0.1) > image_uncertainty(
+        sure, how="mean", min_box_score=0.1)
+    # Only background left: the image scores like an empty one.
+    only_bg = _pred(background, [[0.02, 0.01]] * 3)
+    assert image_uncertainty(only_bg, min_box_score=0.1, empty_score=0.7) == 0.7
+    with pytest.raises(ValueError, match="min_box_score"):
+        image_uncertainty(sure, min_box_score=1.5)
+
+
 def test_box_that_moves_under_flip_is_less_stable() -> None:
     width = 100.0
     boxes = np.array([[10.0, 10.0, 30.0, 40.0]])

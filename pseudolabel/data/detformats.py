@@ -32,9 +32,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import tempfile
 import warnings
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
@@ -46,6 +44,7 @@ import numpy as np
 
 from pseudolabel.data.ingest import Quarantined, list_image_files, scan_files
 from pseudolabel.types import Box, Item, validate_classes
+from pseudolabel.utils import atomic_write_text
 
 PIXEL_TOL = 1.0
 """Pixels a coordinate may lie outside the image before it is an error (then clipped)."""
@@ -144,19 +143,6 @@ def _pairs(flat: Sequence[float], *, where: str) -> list[tuple[float, float]]:
             f"{where}: polygon has {len(flat) // 2} point(s); at least 3 (6 numbers) are needed"
         )
     return [(float(flat[i]), float(flat[i + 1])) for i in range(0, len(flat), 2)]
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file + rename (readers never see half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _check_write(
@@ -441,7 +427,7 @@ def write_yolo(
             lines = yolo_lines(boxes[it.id], classes=names, width=it.width, height=it.height, task=task)
         except ValueError as e:
             raise ValueError(f"{it.path}: {e}") from None
-        _atomic_write_text(path, "".join(line + "\n" for line in lines))
+        atomic_write_text(path, "".join(line + "\n" for line in lines))
         out[it.id] = path
     return out
 
@@ -612,7 +598,7 @@ def write_coco(
 ) -> Path:
     """Write :func:`coco_dict` to ``json_path`` (atomically); returns the path."""
     data = coco_dict(items, boxes, classes=classes, image_root=image_root)
-    _atomic_write_text(Path(json_path), json.dumps(data))
+    atomic_write_text(Path(json_path), json.dumps(data))
     return Path(json_path)
 
 
@@ -760,7 +746,7 @@ def write_voc(
     out = {}
     for it in items:
         path = Path(annotations_dir) / Path(rel[it.id]).with_suffix(".xml")
-        _atomic_write_text(path, voc_xml(it, boxes[it.id], filename=Path(rel[it.id]).name))
+        atomic_write_text(path, voc_xml(it, boxes[it.id], filename=Path(rel[it.id]).name))
         out[it.id] = path
     return out
 
@@ -817,7 +803,7 @@ def export_labels(
         lines.append("names:")
         lines += [f"  {i}: {json.dumps(c)}" for i, c in enumerate(names)]
         path = out_dir / "data.yaml"
-        _atomic_write_text(path, "\n".join(lines) + "\n")
+        atomic_write_text(path, "\n".join(lines) + "\n")
         return path
     if fmt == "coco":
         img_dir = out_dir / "images" / split
@@ -830,7 +816,7 @@ def export_labels(
     copied = [Item(it.id, img_dir / rel[it.id], it.width, it.height) for it in items]
     write_voc(out_dir / "Annotations", copied, boxes, classes=names, image_root=img_dir)
     path = out_dir / "ImageSets" / "Main" / f"{split}.txt"
-    _atomic_write_text(path, "".join(Path(rel[it.id]).stem + "\n" for it in items))
+    atomic_write_text(path, "".join(Path(rel[it.id]).stem + "\n" for it in items))
     return path
 
 

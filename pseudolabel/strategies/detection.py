@@ -198,6 +198,7 @@ def image_uncertainty(
     empty_score: float = 1.0,
     width: float | None = None,
     stability_weight: float = 0.5,
+    min_box_score: float = 0.0,
 ) -> float:
     """One uncertainty score for a detection prediction; higher = more uncertain.
 
@@ -206,6 +207,10 @@ def image_uncertainty(
     ``score`` (its top raw class score): a box the detector barely believes in is uncertain
     even if its class vector is peaked. Boxes are reduced with :func:`aggregate` (``how``,
     ``k``, ``empty_score``), so the base score lies in [0, 1] except for ``how="sum"``.
+
+    ``min_box_score``: boxes whose confidence is below it are left out (background the NMS
+    floor let through: with a low ``conf`` every image carries many such boxes, each scoring
+    ~1, which flattens the ranking); an image left with no box gets ``empty_score``.
 
     With ``tta_prediction`` (the prediction on the horizontally mirrored image, boxes in its
     coordinates) the result is ``(1 - w) * base + w * localisation_stability`` with
@@ -220,15 +225,19 @@ def image_uncertainty(
             f"prediction for item {prediction.item_id} has {len(prediction.boxes)} boxes but box_probs "
             f"of shape {probs.shape}; expected (B, C) with B = number of boxes"
         )
-    if len(prediction.boxes) == 0:
+    if not 0.0 <= min_box_score <= 1.0:
+        raise ValueError(f"min_box_score must be in [0, 1], got {min_box_score!r}")
+    conf = np.array(
+        [b.score if b.score is not None else (probs[i].max() if probs.shape[1] else 1.0)
+         for i, b in enumerate(prediction.boxes)],
+        dtype=np.float64,
+    ).reshape(-1)
+    keep = conf >= min_box_score
+    if not keep.any():
         per_box = np.zeros(0)
     else:
-        cls_unc = box_uncertainty(probs, score=score) if probs.shape[1] else np.zeros(len(prediction.boxes))
-        conf = np.array(
-            [b.score if b.score is not None else (probs[i].max() if probs.shape[1] else 1.0)
-             for i, b in enumerate(prediction.boxes)],
-            dtype=np.float64,
-        )
+        probs, conf = probs[keep], conf[keep]
+        cls_unc = box_uncertainty(probs, score=score) if probs.shape[1] else np.zeros(len(conf))
         per_box = np.maximum(cls_unc, 1.0 - np.clip(conf, 0.0, 1.0))
     base = aggregate(per_box, how=how, k=k, empty_score=empty_score)
     if tta_prediction is None:
