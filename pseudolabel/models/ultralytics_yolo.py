@@ -418,7 +418,8 @@ class YoloModel(AdapterBase):
         Items are consumed lazily: memory stays flat however many are streamed.
 
         ``batch_size``: images per forward pass; ``None``: fitted to free CUDA memory, or on a
-        CPU to the image size (2 at 640 px) (:func:`pseudolabel.engine.default_batch_size`); classification: 32.
+        CPU to the image size, 2 at 640 px (:func:`pseudolabel.engine.default_batch_size`);
+        classification: 32.
 
         ``hflip=True`` predicts on horizontally mirrored images and reports boxes in the
         **mirrored** image's pixel coordinates (test-time augmentation for
@@ -490,9 +491,10 @@ class YoloModel(AdapterBase):
         self._onnx_cache = (self.net_, fwd)
         return fwd
 
-    def _engine_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The detect / segment forward pass on a letterboxed batch, on the resolved runtime."""
-        if resolve_runtime(self.runtime, x.device) == "onnx":
+    def _engine_forward(self, x: torch.Tensor, *, onnx: bool) -> tuple[torch.Tensor, ...]:
+        """The detect / segment forward pass on a letterboxed batch: ONNX Runtime, or the fused
+        channels-last network on PyTorch (fp16 autocast on CUDA)."""
+        if onnx:
             return tuple(self._onnx_forward()(x))
         return self._forward_embed(x, self._inference_net(), half=True)
 
@@ -509,7 +511,7 @@ class YoloModel(AdapterBase):
         x, infos = letterbox(images, size, channels_last=not onnx)
         # detect: (N, 4 + C, A) head, (N, D) embedding; segment: head (N, 4 + C + 32, A),
         # protos (N, 32, S/4, S/4), embedding.
-        *outs, emb_t = self._engine_forward(x)
+        *outs, emb_t = self._engine_forward(x, onnx=onnx)
         head, protos = (outs[0], outs[1]) if self.task == "segment" else (outs[0], None)
         head = head.float()
         nc = len(self.classes_)
