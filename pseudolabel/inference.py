@@ -242,9 +242,8 @@ def pseudo_label(
     pass, passed to ``model.predict`` (``None``: the model's automatic choice).
     """
     start = time.monotonic()
-    for name, value in (("batch_size", batch_size), ("shard_size", shard_size)):
-        if value is None and name == "batch_size":
-            continue
+    checked = ([] if batch_size is None else [("batch_size", batch_size)]) + [("shard_size", shard_size)]
+    for name, value in checked:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     items = check_items(items)

@@ -17,6 +17,7 @@ Ultralytics' ``predict``).
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.util
 import io
 import warnings
@@ -33,8 +34,10 @@ Runtime = Literal["auto", "torch", "onnx"]
 _OPSET = 17
 
 
+@functools.cache
 def onnx_available() -> bool:
-    """ONNX Runtime and the ``onnx`` package (needed by the exporter) are importable."""
+    """ONNX Runtime and the ``onnx`` package (needed by the exporter) are importable (looked
+    up once per process: the engine asks on every batch)."""
     return importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
 
 
