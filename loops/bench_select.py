@@ -12,9 +12,7 @@ increasing order, so each row is that size's peak); ``data_mb`` is probs (float6
 
 from __future__ import annotations
 
-import argparse
 import resource
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -77,23 +75,3 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     lines = ["  ".join(c.rjust(w) for c, w in zip(cols, widths))]
     lines += ["  ".join(str(r[c]).rjust(w) for c, w in zip(cols, widths)) for r in rows]
     return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
-    ap.add_argument("--dim", type=int, default=128)
-    ap.add_argument("--k", type=int, default=100)
-    ap.add_argument("--device", default="auto", help="auto | cpu | torch-cpu | cuda[:N]")
-    ap.add_argument("--threads", type=int, default=1, help="torch / BLAS threads (shared machines: 1)")
-    args = ap.parse_args(argv)
-    import torch
-
-    torch.set_num_threads(args.threads)
-    rows = run_bench_select(args.sizes, args.dim, args.k, args.device)
-    print(format_table(rows))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -36,11 +36,16 @@ def run_campaign(
     console: Console | None = None,
     progress: bool = True,
     max_rounds: int | None = None,
+    force: bool = False,
 ) -> CampaignResult:
-    """Run rounds until the config's stop rule fires; returns one row per round.
+    """Run rounds until a stop rule fires, nothing is left to do, or (``answer`` None) after
+    one round; returns one row per round.
 
-    ``answer(result) -> {"corrections": n, ...}`` is called after every round that queued
-    tasks. The termination condition is recorded in the ledger (``meta.termination``).
+    ``answer(result) -> {"corrections": n, ...}`` is called after every round that did not
+    stop: the demo answers through a simulated reviewer, ``pseudolabel run --wait M`` waits
+    for people. Without ``answer`` a single round runs (the next scheduled run continues).
+    A round that finds nothing new to learn from ends the loop (no retraining on unchanged
+    labels). The termination condition is recorded in the ledger (``meta.termination``).
     """
     console = console or Console()
     out = CampaignResult()
@@ -49,7 +54,10 @@ def run_campaign(
     with ledger_for(cfg) as ledger:
         for _ in range(limit):
             t_round = time.perf_counter()
-            res = run_round(cfg, reviewer, ledger=ledger, progress=progress, log=console.print)
+            res = run_round(cfg, reviewer, ledger=ledger, progress=progress, log=console.print, force=force)
+            if res.idle is not None:
+                out.termination = res.idle
+                break
             row: dict[str, Any] = {
                 "round": res.round_id, "labels": res.labels_used, "pseudo": res.pseudo_used,
                 "accuracy": res.metrics.get("accuracy"), "macro_f1": res.metrics.get("macro_f1"),
@@ -58,7 +66,7 @@ def run_campaign(
             if cfg.task != "classify":
                 row |= {k: res.metrics.get(k) for k in ("map50", "map50_95", "mask_map50", "mask_map50_95", "miou")
                         if k in res.metrics}
-            if res.stop_reason is None and answer is not None and res.queued:
+            if res.stop_reason is None and answer is not None:
                 stats = answer(res)
                 row["corrections"] = int(stats.get("corrections", 0))
                 if "edits_per_image" in stats:
@@ -69,8 +77,10 @@ def run_campaign(
             if res.stop_reason is not None:
                 out.termination = res.stop_reason
                 break
-            if res.queued == 0 and answer is None:
-                out.termination = "waiting_for_reviews: tasks are queued in Label Studio; run again later"
+            if answer is None:
+                waiting = len(ledger.review_tasks(state="queued"))
+                out.termination = (f"waiting for reviewers: {waiting} tasks queued in Label Studio; "
+                                   "the next run continues")
                 break
         else:
             out.termination = f"max_rounds: stopped after {limit} rounds"

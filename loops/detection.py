@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -112,7 +112,7 @@ def class_threshold(cfg: Config, label: str) -> float:
 
 
 def confident(cfg: Config, preds: Sequence[Prediction], items: Mapping[str, Item], human: set[str],
-              rid: int, model_version: str) -> list[Annotation]:
+              rid: int, model_version: str, *, skip_classes: Collection[str] = ()) -> list[Annotation]:
     """Pseudo-labels from confident boxes (per-class thresholds, ``pseudo.class_thresholds`` over
     ``pseudo.box_threshold``), for pool images without a seed or human label.
 
@@ -120,7 +120,9 @@ def confident(cfg: Config, preds: Sequence[Prediction], items: Mapping[str, Item
     box (score between half its class threshold and the threshold): leaving a half-believed
     object out would teach the detector that it is background. ``pseudo.max_per_class`` caps
     images per class of their most confident box. YOLO has no per-sample loss weight, so
-    ``pseudo.weight`` is recorded but the thresholds are what guard the training set.
+    ``pseudo.weight`` is recorded but the thresholds are what guard the training set. An
+    image with a box of a class in ``skip_classes`` (a class the model is not good enough at)
+    is not pseudo-labelled: its box cannot be trusted, and leaving it out would teach background.
     """
     per_class: dict[str, int] = {}
     scored = []
@@ -131,6 +133,9 @@ def confident(cfg: Config, preds: Sequence[Prediction], items: Mapping[str, Item
         for b in p.boxes:
             t = class_threshold(cfg, b.label)
             s = float(b.score or 0.0)
+            if b.label in skip_classes and s >= 0.5 * t:
+                ambiguous = True
+                continue
             if s >= t:
                 keep.append(Box(b.x1, b.y1, b.x2, b.y2, b.label, s, b.polygon))
             elif s >= 0.5 * t:
@@ -194,9 +199,23 @@ def select(cfg: Config, *, k: int, scores: np.ndarray, embeddings: np.ndarray,
     return Selection(idx, scores[idx], strategy)
 
 
-def predraw(pred: Prediction, conf: float) -> Prediction:
-    """``pred`` with only the boxes at least ``conf`` confident (what the reviewer sees)."""
-    keep = [i for i, b in enumerate(pred.boxes) if (b.score or 0.0) >= conf]
+def predraw(pred: Prediction, conf: float, *, fallback: int = 0) -> tuple[Prediction, str]:
+    """What the reviewer sees of ``pred``, and a note for them.
+
+    The boxes at least ``conf`` confident. When there is none (a young model, whose boxes
+    all score low), the ``fallback`` best boxes instead, with a note saying they are
+    low-confidence guesses — a reviewer corrects a rough box faster than drawing one, and an
+    empty image looks like "no objects" when it is "no idea".
+    """
+    order = sorted(range(len(pred.boxes)), key=lambda i: -(pred.boxes[i].score or 0.0))
+    keep = [i for i in order if (pred.boxes[i].score or 0.0) >= conf]
+    note = ""
+    if not keep and fallback > 0 and pred.boxes:
+        keep = order[:fallback]
+        best = pred.boxes[keep[0]].score or 0.0
+        note = (f"Low-confidence guesses: the model's best box scores {best:.2f} (< {conf:g}). "
+                "Check every box: fix, delete or add.")
+    keep.sort()
     bp = None if pred.box_probs is None or not len(pred.boxes) else np.asarray(pred.box_probs)[keep]
     return Prediction(item_id=pred.item_id, model_version=pred.model_version, embedding=pred.embedding,
-                      boxes=tuple(pred.boxes[i] for i in keep), box_probs=bp)
+                      boxes=tuple(pred.boxes[i] for i in keep), box_probs=bp), note

@@ -16,7 +16,6 @@ per run.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -187,32 +186,3 @@ def _publish(cfg: Config, candidate_dir: Path, metrics: dict[str, Any]) -> Path:
         "version": f"v{n}", "path": str(dst), "model_version": metrics.get("model_version"),
         "metrics": metrics, "candidate_dir": str(candidate_dir), "published_at": utcnow().isoformat()}, indent=2))
     return dst
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m loops.retrain --config c.yaml [--mode flexmatch] [--teacher model.pt]``."""
-    from pseudolabel.config import ConfigError, load_config
-
-    p = argparse.ArgumentParser(prog="pseudolabel retrain", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", "-c", type=Path, required=True)
-    p.add_argument("--set", dest="overrides", action="append", default=[])
-    p.add_argument("--mode", choices=["global", "flexmatch", "freematch"], default="global")
-    p.add_argument("--teacher", type=Path, default=None)
-    p.add_argument("--min-gain", type=float, default=0.0)
-    args = p.parse_args(argv)
-    try:
-        cfg = load_config(args.config, overrides=args.overrides)
-    except ConfigError as e:
-        print(f"error: {e}")
-        return 2
-    with Ledger(cfg.workdir / "ledger.sqlite") as ledger:
-        stamp = utcnow().strftime("%Y%m%dT%H%M%S")
-        res = retrain(cfg, ledger, candidate_dir=cfg.workdir / "retrain" / stamp, teacher=args.teacher,
-                      mode=args.mode, min_gain=args.min_gain)
-    print(("published " + str(res.published)) if res.accepted else "not published", "-", res.reason,
-          "- trained on", res.counts_by_source)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -16,13 +16,15 @@ under ``consensus:<project>``, open adjudications under ``adjudications:<project
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol, Sequence
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
 
 from pseudolabel.consensus import METHODS, Decision, box_f1, decide_many
 from pseudolabel.data.ledger import Ledger, LabelRow, parse_time
 from pseudolabel.types import Annotation, Item
+from pseudolabel.utils import merge_csv
 
 _LAST_SYNC = "last_sync:{project}"
 # Clock skew between us and the server, and annotations saved while we were pulling.
@@ -30,12 +32,20 @@ _MARGIN = timedelta(minutes=5)
 _CONSENSUS = "consensus:{project}"
 _ADJUDICATIONS = "adjudications:{project}"
 CONSENSUS_PREFIX = "consensus:"
+# Answers that could not be used, beside quarantine.csv (files that could not be used).
+ANSWERS_CSV = "answers_quarantine.csv"
+ANSWER_COLUMNS = ("task_id", "annotation_id", "item_id", "saved_at", "action", "reason", "time")
+FLAG_PREFIX = "Could not use this answer:"
 
 
 class Collector(Protocol):
+    """What a sync needs from a reviewer back end (the Label Studio client, the oracle)."""
+
     project_title: str
 
-    def collect(self, *, since: datetime | None = None) -> list[Annotation]: ...
+    def pull(self, *, since: datetime | None = None) -> Any: ...
+
+    def listing(self) -> list[Any]: ...
 
 
 @dataclass(frozen=True)
@@ -48,10 +58,78 @@ class SyncResult:
     consensus: int = 0                   # consensus rows appended (overlap > 1)
     adjudications: int = 0               # tasks sent back for adjudication in this sync
     mean_agreement: float | None = None  # over the items decided or disputed in this sync
+    rejected: int = 0                    # answers that could not be used (answers_quarantine.csv)
+    repaired: int = 0                    # answers used after a repair (e.g. rotated box -> enclosing box)
+    adopted: int = 0                     # tasks found in Label Studio that the ledger did not know
+    states_fixed: int = 0                # ledger task states brought in line with Label Studio
+    duplicates: int = 0                  # items with more than one task in the project
+
+
+@dataclass
+class Reconciled:
+    """What :func:`reconcile` found: tasks adopted into the ledger, states corrected,
+    ``duplicates`` (item id → task ids, several tasks for one item), ledger tasks that
+    Label Studio no longer has, and the server's state counts."""
+
+    adopted: int = 0
+    states_fixed: int = 0
+    duplicates: dict[str, list[int]] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
 
 
 class Adjudicator(Protocol):
     def request_adjudication(self, task_id: int, *, reason: str) -> None: ...
+
+
+def reconcile(ledger: Ledger, client: Collector) -> Reconciled:
+    """Make the ledger agree with Label Studio, from one listing of the project's tasks.
+
+    - a task carrying our item id that the ledger does not know (an import whose response
+      was lost, a push by an older version) is adopted: recorded with its round and state,
+      so the item is never imported again;
+    - every known task's state follows the server (answered / skipped / queued);
+    - items with several tasks (duplicates made in the past or by hand) are reported;
+    - ledger tasks the project no longer has are reported (``missing``).
+    Items unknown to the ledger (tasks made by hand for other images) are left alone.
+    """
+    project = client.project_title
+    known_items = {it.id for it in ledger.items()}
+    rows = {r["item_id"]: r for r in ledger.review_tasks(project)}
+    by_item: dict[str, list[Any]] = {}
+    for t in client.listing():
+        by_item.setdefault(t.item_id, []).append(t)
+    out = Reconciled()
+    for iid, tasks in by_item.items():
+        tasks.sort(key=lambda t: t.task_id)
+        if len(tasks) > 1:
+            out.duplicates[iid] = [t.task_id for t in tasks]
+        if iid not in known_items:
+            continue
+        # The task the ledger records, else the one with answers, else the oldest.
+        row = rows.get(iid)
+        main = next((t for t in tasks if row is not None and t.task_id == row["task_id"]), None) \
+            or next((t for t in tasks if t.total_annotations or t.cancelled_annotations), tasks[0])
+        state = _state(tasks)
+        out.counts[state] = out.counts.get(state, 0) + 1
+        if row is None:
+            rnd = main.data.get("round")
+            ledger.record_tasks(project, int(rnd) if isinstance(rnd, int) else 0, {iid: main.task_id},
+                                kind=str(main.data.get("kind") or "uncertain"),
+                                scores={iid: float(main.data["uncertainty"])} if isinstance(
+                                    main.data.get("uncertainty"), (int, float)) else None)
+            out.adopted += 1
+            row = {"state": "queued"}
+        if row["state"] != state:
+            ledger.set_task_state(project, iid, state)
+            out.states_fixed += 1
+    out.missing = sorted(set(rows) - set(by_item))
+    return out
+
+
+def _state(tasks: Sequence[Any]) -> str:
+    states = {t.state for t in tasks}
+    return "answered" if "answered" in states else ("skipped" if "skipped" in states else "queued")
 
 
 def sync_reviews(
@@ -64,11 +142,16 @@ def sync_reviews(
     consensus: str = "majority",
     min_agreement: float = 0.5,
     classes: Sequence[str] | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> SyncResult:
-    """Pull answered tasks into the ledger as ``human`` labels; returns counts.
+    """Pull answered tasks into the ledger as ``human`` labels, then :func:`reconcile`.
 
     Items unknown to the ledger (tasks created by hand in Label Studio) are ignored: they are
     not part of this campaign. ``round_id`` is recorded as the round in which a label arrived.
+    An answer that cannot be used (two choices, a class not in the config, bad geometry, bad
+    types) is written to ``answers_quarantine.csv`` beside the ledger with its reason, and its
+    task is flagged in Label Studio (a note above the image) for the reviewer to fix; every
+    other answer is pulled. A fixed answer has a new save time and is pulled by a later sync.
 
     ``overlap > 1``: reviewers per task (as configured in Label Studio); ``consensus``:
     ``"majority"`` or ``"dawid_skene"`` (needs ``classes``, default the client's);
@@ -85,7 +168,8 @@ def sync_reviews(
     last = None if full else ledger.get_meta(key)
     started = datetime.now().astimezone()
     since = None if last is None else datetime.fromisoformat(last) - _MARGIN
-    anns = client.collect(since=since)
+    pulled = client.pull(since=since)
+    anns = pulled.annotations
     known = {it.id: it for it in ledger.items()}
     mine: list[Annotation] = []
     for a in anns:
@@ -104,9 +188,20 @@ def sync_reviews(
             if r.ls_annotation_id is not None}
     mine = [a for a in mine if (a.ls_annotation_id, a.created_at.isoformat()) not in seen]
     added = ledger.add_labels(mine)
-    for a in mine:
-        state = "skipped" if a.review_outcome == "skipped" else "answered"
-        ledger.set_task_state(client.project_title, a.item.id, state)
+    rejected = [r for r in pulled.rejected if r.item_id in known or r.item_id is None]
+    new_rejected = _record_rejected(ledger.path.parent / ANSWERS_CSV, rejected)
+    for r in new_rejected:
+        if r.action == "ignored" and r.task_id is not None:
+            client.flag_task(r.task_id, f"{FLAG_PREFIX} {r.reason}. Please fix it and submit again.")  # type: ignore[attr-defined]
+            if log is not None:
+                log(f"  sync: answer {r.annotation_id} on task {r.task_id} not used: {r.reason} (flagged in Label Studio)")
+    fixed = {a.ls_task_id for a in mine} - {r.task_id for r in rejected if r.action == "ignored"}
+    for tid in sorted(t for t in fixed if t is not None and str(pulled.notes.get(t, "")).startswith(FLAG_PREFIX)):
+        client.flag_task(tid, "")  # type: ignore[attr-defined]
+    rec = reconcile(ledger, client)
+    if log is not None and (rec.adopted or rec.duplicates or rec.missing):
+        log(f"  sync: {rec.adopted} tasks adopted from Label Studio, {len(rec.duplicates)} items with duplicate "
+            f"tasks (`pseudolabel repair` removes them), {len(rec.missing)} tasks missing in Label Studio")
     ledger.set_meta(key, started.isoformat())
     outcomes = [a.review_outcome for a in mine]
     n_cons, n_adj, agreements = 0, 0, []
@@ -122,7 +217,23 @@ def sync_reviews(
         corrected=outcomes.count("corrected"), skipped=outcomes.count("skipped"),
         consensus=n_cons, adjudications=n_adj,
         mean_agreement=sum(agreements) / len(agreements) if agreements else None,
+        rejected=sum(r.action == "ignored" for r in rejected), repaired=sum(r.action == "used" for r in rejected),
+        adopted=rec.adopted, states_fixed=rec.states_fixed, duplicates=len(rec.duplicates),
     )
+
+
+def _record_rejected(path: Path, rejected: Sequence[Any]) -> list[Any]:
+    """Append ``rejected`` answers to the CSV at ``path``; returns those not recorded before."""
+    if not rejected:
+        return []
+    now = datetime.now().astimezone().isoformat()
+    rows: list[dict[str, object]] = [
+        {"task_id": r.task_id, "annotation_id": r.annotation_id, "item_id": r.item_id,
+         "saved_at": r.saved_at.isoformat() if r.saved_at else "", "action": r.action, "reason": r.reason,
+         "time": now} for r in rejected]
+    keys = ("task_id", "annotation_id", "saved_at", "reason")
+    new = {tuple(row[k] for k in keys) for row in merge_csv(path, rows, columns=ANSWER_COLUMNS, key=keys)}
+    return [r for r, row in zip(rejected, rows) if tuple("" if row[k] is None else str(row[k]) for k in keys) in new]
 
 
 def pending_adjudications(ledger: Ledger, project: str) -> dict[str, int]:

@@ -12,10 +12,13 @@ before importing).
 from __future__ import annotations
 
 import json
+import math
+import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Collection, Mapping, Protocol, Sequence
 
 import numpy as np
 import pandas as pd
@@ -30,7 +33,7 @@ from pseudolabel.inference import load_box_predictions, load_predictions, pseudo
 from pseudolabel.metrics import classification_metrics
 from pseudolabel.models.torchvision_cls import TorchvisionClassifier
 from pseudolabel.stopping import StoppingRules, check_all
-from pseudolabel.strategies import entropy, select, uses_labelled_embeddings
+from pseudolabel.strategies import SCORE_FUNCTIONS, entropy, select, uses_labelled_embeddings
 from pseudolabel.types import Annotation, Candidate, Item, Prediction
 from pseudolabel.utils import atomic_write_text
 
@@ -38,15 +41,21 @@ STAGES = ("sync", "train", "evaluate", "stop_check", "pseudo_label", "select", "
 
 
 class Reviewer(Protocol):
+    """What a round needs from the review back end (the Label Studio client; the in-process
+    oracle of the benchmarks)."""
+
     project_title: str
 
-    def submit(self, candidates: Sequence[Candidate], *, round_id: int, model_version: str) -> dict[str, int]: ...
+    def push(self, candidates: Sequence[Candidate], *, round_id: int, model_version: str,
+             refresh: Sequence[Candidate] = ()) -> dict[str, int]: ...
 
-    def collect(self, *, since: Any = None) -> list[Annotation]: ...
+    def pull(self, *, since: Any = None) -> Any: ...
 
+    def listing(self) -> list[Any]: ...
 
-class StopRound(Exception):
-    """Raised by a test hook to simulate a crash after a given stage."""
+    def flag_task(self, task_id: int, note: str) -> None: ...
+
+    def check_image(self, path: Path) -> None: ...
 
 
 @dataclass
@@ -61,6 +70,8 @@ class RoundResult:
     seconds: float
     stop_reason: str | None = None     # set when the campaign should stop
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    idle: str | None = None            # set when no round ran: why (campaign stopped, nothing new)
+    pseudo_per_class: dict[str, int] = field(default_factory=dict)
 
 
 def round_dir(cfg: Config, round_id: int) -> Path:
@@ -235,183 +246,388 @@ def run_round(
     *,
     ledger: Ledger | None = None,
     progress: bool = True,
-    crash_after: str | None = None,
+    force: bool = False,
     log: Callable[[str], None] = lambda s: None,
 ) -> RoundResult:
     """Run (or resume) one round. ``reviewer`` None skips sync and push (offline dry run).
 
-    ``crash_after`` names a stage after which :class:`StopRound` is raised — for testing
-    resumption.
+    Before a *new* round opens, answers are pulled and the ledger reconciled with Label
+    Studio; then nothing is trained when there is nothing to do: after the campaign's stop
+    rule fired (unless ``force``), or when no label changed since the last model and the
+    review queue is full (:func:`why_idle`). Such a call returns a result with ``idle`` set
+    and ``round_id`` the last round. ``force`` also ignores the stop rules in this round.
     """
     own = ledger is None
     led = ledger_for(cfg) if ledger is None else ledger
     try:
-        return _run_round(cfg, reviewer, led, progress=progress, crash_after=crash_after, log=log)
+        return _run_round(cfg, reviewer, led, progress=progress, force=force, log=log)
     finally:
         if own:
             led.close()
 
 
-def _run_round(cfg: Config, reviewer: Reviewer | None, ledger: Ledger, *, progress: bool,
-               crash_after: str | None, log: Callable[[str], None]) -> RoundResult:
+@dataclass
+class _Round:
+    """What the stages of one round share."""
+
+    cfg: Config
+    reviewer: Reviewer | None
+    ledger: Ledger
+    rid: int
+    resumed: bool
+    log: Callable[[str], None]
+    progress: bool
+    force: bool
+    timings: dict[str, float] = field(default_factory=dict)
+    model: Any = None
+
+    @property
+    def dir(self) -> Path:
+        return round_dir(self.cfg, self.rid)
+
+    def stage(self, name: str, run: Callable[[], dict[str, Any] | None], *,
+              redo: Callable[[], bool] = lambda: False) -> dict[str, Any]:
+        """Run stage ``name`` unless the ledger records it done (and ``redo()`` is false);
+        record it with the info ``run`` returns. The one place resume is decided."""
+        if self.ledger.stage_done(self.rid, name) and not redo():
+            return self.ledger.stage_info(self.rid, name) or {}
+        t = time.perf_counter()
+        info = run() or {}
+        self.ledger.mark_stage(self.rid, name, info)
+        self.timings[name] = time.perf_counter() - t
+        return info
+
+
+def _run_round(cfg: Config, reviewer: Reviewer | None, ledger: Ledger, *, progress: bool, force: bool,
+               log: Callable[[str], None]) -> RoundResult:
     t0 = time.perf_counter()
     cfg.workdir.mkdir(parents=True, exist_ok=True)
-    rid, resumed = ledger.open_round(config=cfg.snapshot())
-    rdir = round_dir(cfg, rid)
-    rdir.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, rdir / "config.yaml")
-    log(f"round {rid}" + (" (resuming)" if resumed else ""))
-    timings: dict[str, float] = {}
-
-    def done(stage: str, info: dict[str, Any] | None = None) -> None:
-        ledger.mark_stage(rid, stage, info)
-        if crash_after == stage:
-            raise StopRound(f"simulated crash after stage {stage!r} of round {rid}")
-
-    # -- ingest + sync -----------------------------------------------------------------------
     ingest(cfg, ledger, progress=progress)
-    sync: dict[str, int] = {}
-    if not ledger.stage_done(rid, "sync"):
-        s = time.perf_counter()
-        if reviewer is not None:
-            res = sync_reviews(ledger, reviewer, round_id=rid, overlap=cfg.review.overlap,
-                               consensus=cfg.review.consensus, min_agreement=cfg.review.min_agreement,
-                               classes=cfg.classes)
-            sync = res.__dict__.copy()
-            log(f"  sync: {res.added} new labels ({res.corrected} corrected, {res.accepted} accepted, {res.skipped} skipped)")
-        done("sync", sync)
-        timings["sync"] = time.perf_counter() - s
-    else:
-        sync = ledger.stage_info(rid, "sync") or {}
+    sync = _sync(cfg, ledger, reviewer, log)
+    rid = ledger.running_round()
+    if rid is None:
+        idle = why_idle(cfg, ledger, force=force)
+        if idle is not None:
+            log(f"  {idle}")
+            last = ledger.rounds()[-1] if ledger.rounds() else {"id": 0, "metrics": {}}
+            return RoundResult(int(last["id"]), False, labels_used(ledger), 0, last["metrics"] or {}, 0, sync,
+                               time.perf_counter() - t0, idle=idle)
+    rid, resumed = ledger.open_round(config=cfg.snapshot())
+    r = _Round(cfg, reviewer, ledger, rid, resumed, log, progress, force)
+    r.dir.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, r.dir / "config.yaml")
+    log(f"round {rid}" + (" (resuming)" if resumed else ""))
+    r.stage("sync", lambda: sync)
 
-    # -- train ---------------------------------------------------------------------------------
-    weights = rdir / "model.pt"
-    if not ledger.stage_done(rid, "train") or not weights.exists():
-        s = time.perf_counter()
-        train, n_human, n_pseudo = _training_set(cfg, ledger)
-        classes_present = {a.label for a in train if a.source != "pseudo"} | {
-            b.label for a in train if a.source != "pseudo" for b in a.boxes} - {None}
-        log(f"  train: {n_human} human/seed + {n_pseudo} pseudo labels, {len(classes_present)} classes")
-        previous = round_dir(cfg, rid - 1) / "model.pt" if rid > 1 else None
-        model = _build_model(cfg, progress=progress, n_train=len(train), previous=previous)
-        if cfg.consistency.enabled and not is_detection(cfg):
-            # FixMatch-style: unlabelled pool images train through weak/strong consistency.
-            labelled = {a.item.id for a in train}
-            unlabelled = [it for it in ledger.items("pool") if it.id not in labelled]
-            model.fit(train, unlabelled=unlabelled)
-        else:
-            model.fit(train)
-        model.save(weights)
-        ledger.update_round(rid, model_version=model.model_version,
-                            info={"train_counts": {"human_or_seed": n_human, "pseudo": n_pseudo}})
-        done("train", {"human_or_seed": n_human, "pseudo": n_pseudo, "model_version": model.model_version})
-        timings["train"] = time.perf_counter() - s
-    elif is_detection(cfg):
-        model = detection.load_model(cfg, weights)
-    else:
-        model = TorchvisionClassifier.load(weights)
-    train_info = ledger.stage_info(rid, "train") or {}
+    train_info = r.stage("train", lambda: _train(r), redo=lambda: not (r.dir / "model.pt").exists())
+    if r.model is None:
+        r.model = _load_model(cfg, r.dir / "model.pt")
+    r.stage("evaluate", lambda: _evaluate(r, train_info))
+    metrics = ledger.round(rid)["metrics"]
+    log("  holdout: " + _metrics_line(cfg, metrics))
+    if metrics.get("per_class_f1") or metrics.get("per_class_ap50"):
+        log("  per class: " + _per_class_line(cfg, metrics))
 
-    # -- evaluate on the holdout ---------------------------------------------------------------
-    if not ledger.stage_done(rid, "evaluate"):
-        s = time.perf_counter()
+    blocked = ledger.human_labelled_ids()
+    scored = [it for it in ledger.items("pool") if it.id not in blocked]        # queued items included
+    queued = ledger.queued_item_ids()
+    selectable = [it for it in scored if it.id not in queued]
+    reason = None if force else stop_reason(cfg, ledger, rid, metrics, len(selectable))
+    r.stage("stop_check", lambda: {"stop": reason, "forced": force})
+    if reason is not None:
+        return _stopped(r, reason, metrics, train_info, sync, t0)
+
+    pl = r.stage("pseudo_label", lambda: _pseudo_label(r, scored, metrics, train_info))
+    if pl.get("stop") is not None and not force:
+        return _stopped(r, pl["stop"], metrics, train_info, sync, t0)
+    sel_csv = r.dir / "selection.csv"
+    r.stage("select", lambda: _select(r, selectable), redo=lambda: not sel_csv.exists())
+    push = r.stage("push", lambda: _push(r, scored))
+    ledger.finish_round(rid)
+    return RoundResult(rid, resumed, metrics["labels_used"], train_info.get("pseudo", 0), metrics,
+                       int(push.get("queued", 0)), sync, time.perf_counter() - t0, None, r.timings,
+                       pseudo_per_class=pl.get("per_class", {}))
+
+
+def _sync(cfg: Config, ledger: Ledger, reviewer: Reviewer | None, log: Callable[[str], None]) -> dict[str, Any]:
+    """Pull reviewers' answers and reconcile the ledger with Label Studio (every call)."""
+    if reviewer is None:
+        return {}
+    res = sync_reviews(ledger, reviewer, round_id=ledger.running_round(), overlap=cfg.review.overlap,
+                       consensus=cfg.review.consensus, min_agreement=cfg.review.min_agreement,
+                       classes=cfg.classes, log=log)
+    log(f"  sync: {res.added} new labels ({res.corrected} corrected, {res.accepted} accepted, {res.skipped} skipped)"
+        + (f", {res.rejected} answers not usable (answers_quarantine.csv)" if res.rejected else ""))
+    return res.__dict__.copy()
+
+
+def training_signature(cfg: Config, ledger: Ledger) -> str:
+    """A hash of what a model learns from: the seed and human labels of the training set and
+    the model / self-training settings. Equal signatures train the same model."""
+    import hashlib
+
+    holdout = {it.id for it in ledger.items("holdout")}
+    rows = sorted((iid, row.source, row.label or "", boxes_to_json(row.boxes) or "")
+                  for iid, row in ledger.current_labels().items()
+                  if row.source != "pseudo" and iid not in holdout)
+    settings = {k: cfg.snapshot()[k] for k in ("task", "classes", "model", "pseudo", "consistency")}
+    h = hashlib.sha256(json.dumps([rows, settings], sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def _last_trained(ledger: Ledger) -> dict[str, Any] | None:
+    """The train info (with ``round``) of the latest round that has a model."""
+    for rnd in reversed(ledger.rounds()):
+        info = ledger.stage_info(rnd["id"], "train")
+        if info is not None and info.get("signature"):
+            return {**info, "round": rnd["id"]}
+    return None
+
+
+def why_idle(cfg: Config, ledger: Ledger, *, force: bool = False) -> str | None:
+    """Why no new round should start now, or None.
+
+    - the campaign stopped (the last round ended with a stop rule), unless ``force``;
+    - nothing new to learn from: the labels are those of the last model, no new pool image
+      arrived since, and the review queue is full (``selection.max_queued`` tasks waiting).
+    """
+    rounds = ledger.rounds()
+    if not rounds:
+        return None
+    last = rounds[-1]
+    if last["status"] == "stopped" and not force:
+        why = (last.get("info") or {}).get("stop") or "a stop rule fired"
+        return (f"the campaign stopped at round {last['id']} ({why}); nothing to do. Raise the limit in the "
+                "config, or run with --force to go on anyway")
+    prev = _last_trained(ledger)
+    if prev is None or prev["signature"] != training_signature(cfg, ledger):
+        return None
+    waiting = len(ledger.review_tasks(state="queued"))
+    cap = cfg.selection.max_queued or cfg.selection.batch_size
+    blocked = ledger.human_labelled_ids() | ledger.queued_item_ids()
+    selectable = sum(1 for it in ledger.items("pool") if it.id not in blocked)
+    new_pool = selectable - int((ledger.stage_info(prev["round"], "pseudo_label") or {}).get("selectable", -1))
+    if waiting >= cap and new_pool <= 0:
+        return (f"nothing new to learn from: no new answers since round {prev['round']}'s model and "
+                f"{waiting} tasks are still waiting for reviewers; not training")
+    return None
+
+
+def _train(r: _Round) -> dict[str, Any]:
+    cfg, ledger = r.cfg, r.ledger
+    weights = r.dir / "model.pt"
+    signature = training_signature(cfg, ledger)
+    prev = _last_trained(ledger)
+    train, n_human, n_pseudo = _training_set(cfg, ledger)
+    if prev is not None and prev["signature"] == signature and prev["round"] != r.rid \
+            and (round_dir(cfg, prev["round"]) / "model.pt").exists():
+        shutil.copyfile(round_dir(cfg, prev["round"]) / "model.pt", weights)
+        r.model = _load_model(cfg, weights)
+        r.log(f"  train: skipped: the labels are those of round {prev['round']}'s model (no new answers); "
+              f"reusing model {r.model.model_version}")
+        ledger.update_round(r.rid, model_version=r.model.model_version, info={"train_counts": {
+            "human_or_seed": prev.get("human_or_seed", n_human), "pseudo": prev.get("pseudo", 0)}})
+        return {**{k: v for k, v in prev.items() if k != "round"}, "reused_from": prev["round"]}
+    classes_present = {a.label for a in train if a.source != "pseudo"} | {
+        b.label for a in train if a.source != "pseudo" for b in a.boxes} - {None}
+    previous = round_dir(cfg, r.rid - 1) / "model.pt" if r.rid > 1 else None
+    model = _build_model(cfg, progress=r.progress, n_train=len(train), previous=previous)
+    plan = training_plan(cfg, len(train))
+    r.log(f"  train: {n_human} human/seed + {n_pseudo} pseudo labels, {len(classes_present)} classes; "
+          f"{plan['epochs']} epochs x {plan['steps_per_epoch']} steps = {plan['steps']} steps"
+          + (f" (model.min_steps {cfg.model.min_steps} raised model.epochs {cfg.model.epochs})"
+             if plan["epochs"] > cfg.model.epochs else ""))
+    if cfg.consistency.enabled and not is_detection(cfg):
+        # FixMatch-style: unlabelled pool images train through weak/strong consistency.
+        labelled = {a.item.id for a in train}
+        model.fit(train, unlabelled=[it for it in ledger.items("pool") if it.id not in labelled])
+    else:
+        model.fit(train)
+    model.save(weights)
+    r.model = model
+    ledger.update_round(r.rid, model_version=model.model_version,
+                        info={"train_counts": {"human_or_seed": n_human, "pseudo": n_pseudo}})
+    return {"human_or_seed": n_human, "pseudo": n_pseudo, "model_version": model.model_version,
+            "signature": signature, **plan}
+
+
+def training_plan(cfg: Config, n_train: int) -> dict[str, int]:
+    """Epochs and optimiser steps the round's training will run: ``model.epochs``, raised so
+    that at least ``model.min_steps`` steps run on ``n_train`` images at ``model.batch_size``."""
+    steps_per_epoch = max(1, math.ceil(max(n_train, 1) / cfg.model.batch_size))
+    epochs = max(cfg.model.epochs, math.ceil(cfg.model.min_steps / steps_per_epoch)) if cfg.model.min_steps \
+        else cfg.model.epochs
+    return {"epochs": int(epochs), "steps_per_epoch": int(steps_per_epoch), "steps": int(epochs * steps_per_epoch)}
+
+
+def _load_model(cfg: Config, path: Path) -> Any:
+    if is_detection(cfg):
+        return detection.load_model(cfg, path)
+    return TorchvisionClassifier.load(path)
+
+
+def _evaluate(r: _Round, train_info: Mapping[str, Any]) -> dict[str, Any]:
+    cfg, ledger = r.cfg, r.ledger
+    reused = train_info.get("reused_from")
+    if reused is not None and ledger.round(int(reused))["metrics"]:
+        metrics = dict(ledger.round(int(reused))["metrics"])
+        metrics["labels_used"] = labels_used(ledger)
+    else:
         holdout = ledger.items("holdout")
         truth = holdout_truth(cfg, ledger)
         if is_detection(cfg):
-            metrics = detection.evaluate(cfg, model, holdout, truth)
+            metrics = detection.evaluate(cfg, r.model, holdout, truth)
         else:
-            probs, _ = model.predict_proba_embed(holdout, batch_size=cfg.model.infer_batch_size)
+            probs, _ = r.model.predict_proba_embed(holdout, batch_size=cfg.model.infer_batch_size)
             pred = [cfg.classes[i] for i in probs.argmax(1)]
             metrics = classification_metrics([truth[it.id] for it in holdout], pred, classes=cfg.classes)
         metrics |= {"labels_used": labels_used(ledger), "pseudo_used": train_info.get("pseudo", 0),
-                    "model_version": model.model_version}
-        atomic_write_text(rdir / "metrics.json", json.dumps(metrics, indent=2))
-        ledger.update_round(rid, metrics=metrics)
-        done("evaluate")
-        timings["evaluate"] = time.perf_counter() - s
-    metrics = ledger.round(rid)["metrics"]
-    log("  holdout: " + _metrics_line(cfg, metrics))
+                    "model_version": r.model.model_version}
+    atomic_write_text(r.dir / "metrics.json", json.dumps(metrics, indent=2))
+    ledger.update_round(r.rid, metrics=metrics)
+    return {}
 
-    # -- stop check ----------------------------------------------------------------------------
-    blocked = ledger.human_labelled_ids() | ledger.queued_item_ids()
-    pool = [it for it in ledger.items("pool") if it.id not in blocked]
-    reason = stop_reason(cfg, ledger, rid, metrics, len(pool))
-    if not ledger.stage_done(rid, "stop_check"):
-        done("stop_check", {"stop": reason})
 
-    def stopped(why: str) -> RoundResult:
-        ledger.update_round(rid, info={"stop": why})
-        ledger.set_meta("termination", {"round": rid, "reason": why})
-        ledger.finish_round(rid, status="stopped")
-        log(f"  stop: {why}")
-        return RoundResult(rid, resumed, metrics["labels_used"], train_info.get("pseudo", 0), metrics,
-                           0, sync, time.perf_counter() - t0, why, timings)
+def _stopped(r: _Round, why: str, metrics: Mapping[str, Any], train_info: Mapping[str, Any],
+             sync: dict[str, Any], t0: float) -> RoundResult:
+    r.ledger.update_round(r.rid, info={"stop": why})
+    r.ledger.set_meta("termination", {"round": r.rid, "reason": why})
+    r.ledger.finish_round(r.rid, status="stopped")
+    r.log(f"  stop: {why}")
+    return RoundResult(r.rid, r.resumed, metrics["labels_used"], train_info.get("pseudo", 0), dict(metrics),
+                       0, sync, time.perf_counter() - t0, why, r.timings)
 
-    if reason is not None:
-        return stopped(reason)
 
-    # -- pseudo-label the pool -----------------------------------------------------------------
-    pred_dir = rdir / "predictions"
-    if not ledger.stage_done(rid, "pseudo_label"):
-        s = time.perf_counter()
-        pseudo_label(model, pool, pred_dir, batch_size=cfg.model.infer_batch_size, progress=progress)
-        n_pseudo = 0
-        if is_detection(cfg):
-            df, preds = load_box_predictions(pred_dir)
-            if cfg.pseudo.enabled:
-                n_pseudo = ledger.add_labels(detection.confident(
-                    cfg, preds, {it.id: it for it in ledger.items("pool")}, ledger.human_labelled_ids(), rid,
-                    model.model_version))
-            scores = detection.image_scores(cfg, preds, {it.id: it for it in pool})
-            late_stop = pool_stop_reason(cfg, rid, df, None, scores=scores)
-        else:
-            df, probs, _ = load_predictions(pred_dir)
-            if cfg.pseudo.enabled:
-                n_pseudo = ledger.add_labels(_confident(cfg, ledger, df, probs, rid, model.model_version))
-            late_stop = pool_stop_reason(cfg, rid, df, probs)
-        done("pseudo_label", {"scored": len(df), "pseudo_labels": n_pseudo, "stop": late_stop})
-        timings["pseudo_label"] = time.perf_counter() - s
-        log(f"  pseudo-label: {len(df)} pool items scored, {n_pseudo} confident pseudo-labels kept")
-    late_stop = (ledger.stage_info(rid, "pseudo_label") or {}).get("stop")
-    if late_stop is not None:
-        return stopped(late_stop)
+def class_gate(cfg: Config, metrics: Mapping[str, Any]) -> dict[str, float | None]:
+    """Classes that get no pseudo-labels: their holdout F1 (classification) or AP50
+    (detection) is below ``pseudo.min_class_score``. Returns class → its score."""
+    per = metrics.get("per_class_f1") if cfg.task == "classify" else metrics.get("per_class_ap50")
+    floor = cfg.pseudo.min_class_score
+    if not per or floor <= 0:
+        return {}
+    return {c: v for c, v in per.items() if v is None or float(v) < floor}
 
-    # -- select --------------------------------------------------------------------------------
-    sel_csv = rdir / "selection.csv"
-    if not ledger.stage_done(rid, "select") or not sel_csv.exists():
-        s = time.perf_counter()
-        budget_left = cfg.stop.label_budget - labels_used(ledger) - len(ledger.review_tasks(state="queued"))
-        if is_detection(cfg):
-            rows = _select_detection(cfg, ledger, model, pool, pred_dir, budget_left, rid)
-        else:
-            rows = _select_classification(cfg, ledger, model, pool, pred_dir, budget_left, rid)
-        out = pd.DataFrame(rows, columns=["rank", "item_id", "score", "predicted", "confidence", "row"])
-        atomic_write_text(sel_csv, out.to_csv(index=False))
-        done("select", {"selected": len(out), "strategy": cfg.selection.strategy})
-        timings["select"] = time.perf_counter() - s
 
-    # -- push to Label Studio ------------------------------------------------------------------
-    queued = 0
-    if not ledger.stage_done(rid, "push"):
-        s = time.perf_counter()
-        sel_df = pd.read_csv(sel_csv)
-        if reviewer is not None and len(sel_df):
-            cands = _candidates(cfg, ledger, model, pred_dir, sel_df)
-            tasks = reviewer.submit(cands, round_id=rid, model_version=model.model_version)
-            queued = ledger.record_tasks(reviewer.project_title, rid, tasks,
-                                         scores={c.item.id: c.score for c in cands})
-            log(f"  push: {len(tasks)} tasks in Label Studio ({queued} new)")
-        relabel = 0
-        if reviewer is not None and cfg.quality.enabled and not is_detection(cfg):
-            relabel = _push_relabel(cfg, ledger, reviewer, model, rid, log=log)
-        done("push", {"queued": queued, "relabel": relabel})
-        timings["push"] = time.perf_counter() - s
+def _pseudo_label(r: _Round, scored: Sequence[Item], metrics: Mapping[str, Any],
+                  train_info: Mapping[str, Any]) -> dict[str, Any]:
+    cfg, ledger, model = r.cfg, r.ledger, r.model
+    pred_dir = r.dir / "predictions"
+    reused = train_info.get("reused_from")
+    if reused is not None:
+        _link_predictions(round_dir(cfg, int(reused)) / "predictions", pred_dir)
+    pseudo_label(model, scored, pred_dir, batch_size=cfg.model.infer_batch_size, progress=r.progress)
+    gated = class_gate(cfg, metrics)
+    new: list[Annotation] = []
+    if is_detection(cfg):
+        df, preds = load_box_predictions(pred_dir)
+        if cfg.pseudo.enabled:
+            new = detection.confident(cfg, preds, {it.id: it for it in ledger.items("pool")},
+                                      ledger.human_labelled_ids(), r.rid, model.model_version, skip_classes=set(gated))
+        scores = detection.image_scores(cfg, preds, {it.id: it for it in scored})
+        late_stop = pool_stop_reason(cfg, r.rid, df, None, scores=scores)
     else:
-        queued = (ledger.stage_info(rid, "push") or {}).get("queued", 0)
+        df, probs, _ = load_predictions(pred_dir)
+        if cfg.pseudo.enabled:
+            new = _confident(cfg, ledger, df, probs, r.rid, model.model_version, skip_classes=set(gated))
+        late_stop = pool_stop_reason(cfg, r.rid, df, probs)
+    n_pseudo = ledger.add_labels(new)
+    per_class: dict[str, int] = {c: 0 for c in cfg.classes}
+    for a in new:
+        for name in ([a.label] if a.label is not None else sorted({b.label for b in a.boxes})):
+            per_class[name] = per_class.get(name, 0) + 1
+    if gated:
+        r.log("  pseudo-label: no pseudo-labels for " + ", ".join(
+            f"{c} (holdout {'F1' if cfg.task == 'classify' else 'AP50'} "
+            f"{'n/a' if v is None else f'{v:.2f}'})" for c, v in gated.items())
+              + f": below pseudo.min_class_score {cfg.pseudo.min_class_score}")
+    r.log(f"  pseudo-label: {len(df)} pool items scored, {n_pseudo} confident pseudo-labels kept"
+          + (" (" + ", ".join(f"{c} {n}" for c, n in per_class.items() if n) + ")" if n_pseudo else ""))
+    blocked = ledger.human_labelled_ids() | ledger.queued_item_ids()
+    selectable = sum(1 for iid in df["item_id"] if iid not in blocked)
+    return {"scored": len(df), "pseudo_labels": n_pseudo, "per_class": per_class, "gated": sorted(gated),
+            "stop": late_stop, "selectable": selectable}
 
-    ledger.finish_round(rid)
-    return RoundResult(rid, resumed, metrics["labels_used"], train_info.get("pseudo", 0), metrics,
-                       queued, sync, time.perf_counter() - t0, None, timings)
+
+def _link_predictions(src: Path, dst: Path) -> None:
+    """Hard-link (or copy) a reused model's prediction shards into this round's folder, so
+    only images new since then are scored again."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in src.glob("*") if src.is_dir() else []:
+        target = dst / f.name
+        if target.exists() or not f.is_file():
+            continue
+        try:
+            os.link(f, target)
+        except OSError:
+            shutil.copyfile(f, target)
+
+
+def _select(r: _Round, selectable: Sequence[Item]) -> dict[str, Any]:
+    cfg, ledger = r.cfg, r.ledger
+    pred_dir = r.dir / "predictions"
+    waiting = len(ledger.review_tasks(state="queued"))
+    cap = cfg.selection.max_queued or cfg.selection.batch_size
+    budget_left = cfg.stop.label_budget - labels_used(ledger) - waiting
+    room = max(0, min(budget_left, cap - waiting))
+    if is_detection(cfg):
+        rows = _select_detection(cfg, ledger, r.model, selectable, pred_dir, room, r.rid)
+    else:
+        rows = _select_classification(cfg, ledger, r.model, selectable, pred_dir, room, r.rid)
+    out = pd.DataFrame(rows, columns=["rank", "item_id", "score", "uncertainty", "predicted", "confidence", "row"])
+    atomic_write_text(r.dir / "selection.csv", out.to_csv(index=False))
+    if room < cfg.selection.batch_size:
+        r.log(f"  select: {len(out)} new tasks ({waiting} still waiting for reviewers; the queue holds "
+              f"selection.max_queued {cap}" + (f", label budget left {budget_left}" if budget_left < cap else "") + ")")
+    return {"selected": len(out), "strategy": cfg.selection.strategy, "waiting": waiting}
+
+
+def _push(r: _Round, scored: Sequence[Item]) -> dict[str, Any]:
+    cfg, ledger, reviewer, model = r.cfg, r.ledger, r.reviewer, r.model
+    sel_df = pd.read_csv(r.dir / "selection.csv")
+    if reviewer is None:
+        return {"queued": 0}
+    gone = _vanished(ledger, [ledger.item(i) for i in sel_df["item_id"]])
+    if gone:
+        write_quarantine_csv(cfg.workdir / "quarantine.csv", gone)
+        r.log(f"  push: {len(gone)} selected files changed or vanished since they were scanned: not pushed "
+              "(quarantine.csv)")
+        sel_df = sel_df[~sel_df["item_id"].isin({q.item_id for q in gone})]
+    cands = _candidates(cfg, ledger, model, r.dir / "predictions", sel_df)
+    waiting = {t["item_id"] for t in ledger.review_tasks(reviewer.project_title, state="queued")}
+    again = _queued_candidates(cfg, ledger, model, r.dir / "predictions", waiting)
+    if cands:
+        reviewer.check_image(cands[0].item.path)
+    tasks = reviewer.push(cands, round_id=r.rid, model_version=model.model_version, refresh=again)
+    # Tasks an interrupted push left in Label Studio were adopted by the sync; recorded here
+    # they are not new rows, but they are this round's tasks all the same.
+    new_rows = ledger.record_tasks(reviewer.project_title, r.rid, tasks, scores={c.item.id: c.score for c in cands})
+    queued = len(tasks)
+    r.log(f"  push: {queued} tasks in Label Studio ({new_rows} new in the ledger); {len(again)} queued tasks of "
+          f"earlier rounds re-ranked with model {model.model_version}")
+    relabel = 0
+    if cfg.quality.enabled and not is_detection(cfg):
+        relabel = _push_relabel(cfg, ledger, reviewer, model, r.rid, log=r.log)
+    return {"queued": queued, "relabel": relabel, "refreshed": len(again)}
+
+
+@dataclass(frozen=True)
+class _Gone:
+    path: Path
+    reason: str
+    item_id: str
+
+
+def _vanished(ledger: Ledger, items: Sequence[Item]) -> list[_Gone]:
+    """Selected items whose file no longer holds the scanned bytes (deleted or rewritten)."""
+    from pseudolabel.data.images import sha256_file
+
+    out = []
+    for it in items:
+        if not Path(it.path).is_file():
+            out.append(_Gone(Path(it.path), "file deleted since it was scanned; not pushed", it.id))
+        elif sha256_file(Path(it.path)) != it.id:
+            out.append(_Gone(Path(it.path), "file changed since it was scanned; not pushed", it.id))
+    return out
 
 
 def _push_relabel(cfg: Config, ledger: Ledger, reviewer: Any, model: Any, rid: int, *,
@@ -461,6 +677,13 @@ def _labelled_items(ledger: Ledger) -> list[Item]:
     return [it for it in ledger.items() if it.id in labelled]
 
 
+def uncertainty_of(cfg: Config, probs: np.ndarray) -> np.ndarray:
+    """``(N,)`` review-order uncertainty of ``(N, C)`` probabilities: ``selection.uncertainty``
+    (entropy, margin or least confidence), higher = more uncertain. Every queued task's Label
+    Studio score comes from it, so tasks of every round and strategy share one order."""
+    return SCORE_FUNCTIONS[cfg.selection.uncertainty](probs) if len(probs) else np.zeros(0)
+
+
 def _select_detection(cfg: Config, ledger: Ledger, model: Any, pool: Sequence[Item], pred_dir: Path,
                       budget_left: int, rid: int) -> list[dict[str, Any]]:
     df, preds = load_box_predictions(pred_dir)
@@ -484,8 +707,8 @@ def _select_detection(cfg: Config, ledger: Ledger, model: Any, pool: Sequence[It
             if lab else None
     sel = detection.select(cfg, k=k, scores=scores, embeddings=emb, labelled_embeddings=lab_emb,
                            seed=cfg.selection.seed + rid)
-    return [{"rank": rank, "item_id": df.at[i, "item_id"], "score": float(sc), "predicted": df.at[i, "label"],
-             "confidence": float(df.at[i, "confidence"]), "row": int(i)}
+    return [{"rank": rank, "item_id": df.at[i, "item_id"], "score": float(sc), "uncertainty": float(scores[i]),
+             "predicted": df.at[i, "label"], "confidence": float(df.at[i, "confidence"]), "row": int(i)}
             for rank, (i, sc) in enumerate(zip(sel.indices.tolist(), sel.scores.tolist()))]
 
 
@@ -512,36 +735,68 @@ def _select_classification(cfg: Config, ledger: Ledger, model: Any, pool: Sequen
                      labelled_embeddings=lab_emb, class_balance=cfg.selection.class_balance,
                      hybrid_factor=cfg.selection.hybrid_factor, uncertainty=cfg.selection.uncertainty,
                      seed=cfg.selection.seed + rid)
+        u = uncertainty_of(cfg, probs)
         for rank, (i, sc) in enumerate(zip(sel.indices.tolist(), sel.scores.tolist())):
             rows.append({"rank": rank, "item_id": df.at[i, "item_id"], "score": float(sc),
-                         "predicted": df.at[i, "label"], "confidence": float(df.at[i, "confidence"]),
-                         "row": int(i)})
+                         "uncertainty": float(u[i]), "predicted": df.at[i, "label"],
+                         "confidence": float(df.at[i, "confidence"]), "row": int(i)})
     return rows
 
 
 def _candidates(cfg: Config, ledger: Ledger, model: Any, pred_dir: Path, sel_df: pd.DataFrame) -> list[Candidate]:
-    """The selected items as review candidates, each with the prediction to pre-draw."""
-    cands = []
+    """The selected items as review candidates, each with the prediction to pre-draw and its
+    uncertainty as the score (the review order)."""
+    preds = _review_predictions(cfg, model, pred_dir, set(sel_df["item_id"]))
+    return [Candidate(item=ledger.item(r.item_id), score=float(r.uncertainty), prediction=preds[r.item_id][0],
+                      strategy=cfg.selection.strategy, note=preds[r.item_id][1])
+            for r in sel_df.itertuples()]
+
+
+def _queued_candidates(cfg: Config, ledger: Ledger, model: Any, pred_dir: Path, waiting: set[str]) -> list[Candidate]:
+    """Tasks of earlier rounds still waiting for a reviewer, with this round's prediction and
+    uncertainty (they were scored with the pool), so Label Studio re-ranks and redraws them."""
+    if not waiting:
+        return []
+    preds = _review_predictions(cfg, model, pred_dir, waiting)
     if is_detection(cfg):
-        df, preds = load_box_predictions(pred_dir)
-        by_id = {p.item_id: p for p in preds}
-        for r in sel_df.itertuples():
-            pred = detection.predraw(by_id[r.item_id], cfg.selection.predraw_conf)
-            cands.append(Candidate(item=ledger.item(r.item_id), score=float(r.score), prediction=pred,
-                                   strategy=cfg.selection.strategy))
-        return cands
+        _, all_preds = load_box_predictions(pred_dir)
+        items = {it.id: it for it in ledger.items("pool") if it.id in preds}
+        scored = [p for p in all_preds if p.item_id in items]
+        u = dict(zip([p.item_id for p in scored], detection.image_scores(cfg, scored, items)))
+    else:
+        df, probs, _ = load_predictions(pred_dir)
+        u = dict(zip(df["item_id"], uncertainty_of(cfg, probs)))
+    return [Candidate(item=ledger.item(iid), score=float(u[iid]), prediction=preds[iid][0],
+                      strategy=cfg.selection.strategy, note=preds[iid][1])
+            for iid in sorted(preds) if iid in u]
+
+
+def _review_predictions(cfg: Config, model: Any, pred_dir: Path, ids: set[str]) -> dict[str, tuple[Prediction, str]]:
+    """Item id → (the prediction a reviewer sees, the note shown with it) for ``ids`` that
+    have a prediction in ``pred_dir``. Detection: the boxes at least ``predraw_conf``
+    confident, else the best guesses below it, with a note saying so."""
+    out: dict[str, tuple[Prediction, str]] = {}
+    if is_detection(cfg):
+        _, preds = load_box_predictions(pred_dir)
+        for p in preds:
+            if p.item_id in ids:
+                out[p.item_id] = detection.predraw(p, cfg.selection.predraw_conf, fallback=cfg.selection.predraw_fallback)
+        return out
     df, probs, emb = load_predictions(pred_dir)
-    pos = {iid: j for j, iid in enumerate(df["item_id"])}
-    for r in sel_df.itertuples():
-        j = pos[r.item_id]
-        pred = Prediction(item_id=r.item_id, model_version=model.model_version, probs=probs[j], embedding=emb[j])
-        cands.append(Candidate(item=ledger.item(r.item_id), score=float(r.score), prediction=pred,
-                               strategy=cfg.selection.strategy))
-    return cands
+    for j, iid in enumerate(df["item_id"]):
+        if iid in ids:
+            out[iid] = (Prediction(item_id=iid, model_version=model.model_version, probs=probs[j], embedding=emb[j]), "")
+    return out
+
+
+def _per_class_line(cfg: Config, m: Mapping[str, Any]) -> str:
+    per = m.get("per_class_f1") if cfg.task == "classify" else m.get("per_class_ap50")
+    name = "F1" if cfg.task == "classify" else "AP50"
+    return f"{name} " + ", ".join(f"{c} {'n/a' if v is None else f'{v:.2f}'}" for c, v in (per or {}).items())
 
 
 def _confident(cfg: Config, ledger: Ledger, df: pd.DataFrame, probs: np.ndarray, rid: int,
-               model_version: str) -> list[Annotation]:
+               model_version: str, *, skip_classes: Collection[str] = ()) -> list[Annotation]:
     """Confident predictions as pseudo-labels (never for items a human or the seed labelled).
 
     Thresholds per class: ``pseudo.mode`` ``global`` uses ``pseudo.threshold`` for every
@@ -549,6 +804,8 @@ def _confident(cfg: Config, ledger: Ledger, df: pd.DataFrame, probs: np.ndarray,
     (see :mod:`pseudolabel.selftrain`; FreeMatch's EMA state is kept in the ledger across
     rounds); ``pseudo.class_thresholds`` overrides single classes. ``pseudo.max_per_class``
     keeps the most confident per class, so one easy class cannot flood the training set.
+    Classes in ``skip_classes`` (the model is not good enough at them, :func:`class_gate`)
+    get none.
     """
     from pseudolabel.selftrain import FreeMatchState, class_thresholds
 
@@ -576,6 +833,8 @@ def _confident(cfg: Config, ledger: Ledger, df: pd.DataFrame, probs: np.ndarray,
     for j in keep[np.argsort(-conf[keep], kind="stable")]:
         iid = df.at[int(j), "item_id"]
         label = cfg.classes[int(pred[j])]
+        if label in skip_classes:
+            continue
         if cfg.pseudo.max_per_class is not None and per_class.get(label, 0) >= cfg.pseudo.max_per_class:
             continue
         per_class[label] = per_class.get(label, 0) + 1

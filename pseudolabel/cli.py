@@ -1,59 +1,160 @@
-"""``pseudolabel`` command line: a thin layer that parses options and calls ``loops/``."""
+"""``pseudolabel`` command line: a thin layer that parses options and calls ``loops/``.
+
+Every command is a typer command. Errors a user can cause (config, data, Label Studio,
+a busy workdir) end in one or two lines and a non-zero exit, never a traceback (``--debug``
+shows it); Ctrl-C says where the round stopped. Exit codes: 0 done (also: nothing to do),
+1 failed, 2 bad config or input, 3 the workdir is in use by another command, 4 Label
+Studio unreachable or failing, 130 interrupted.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Semi-automatic image labelling with active learning, reviewed in Label Studio.")
 console = Console()
+err_console = Console(stderr=True)
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="campaign YAML (see configs/)")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a config key: section.key=value")]
+WaitLockOpt = Annotated[float, typer.Option("--wait-lock", help="seconds to wait when another command holds "
+                                            "the workdir (default: exit at once, code 3)")]
+
+_state: dict[str, Any] = {"debug": False, "cfg": None}
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _load(config: Path, overrides: list[str] | None):  # noqa: ANN202
-    from pseudolabel.config import ConfigError, load_config
-
-    try:
-        return load_config(config, overrides=overrides or [])
-    except ConfigError as e:
-        console.print(f"[red]error:[/] {e}")
-        raise typer.Exit(2) from None
+@app.callback()
+def _main(debug: Annotated[bool, typer.Option("--debug", help="show tracebacks of errors")] = False) -> None:
+    """Semi-automatic image labelling with active learning, reviewed in Label Studio."""
+    _state["debug"] = debug
 
 
-def _client(cfg):  # noqa: ANN001, ANN202
-    from pseudolabel.config import ConfigError
+def _fail(msg: str, code: int) -> typer.Exit:
+    err_console.print(f"[red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _where_stopped() -> str:
+    """'round 3 stopped before stage train' from the ledger of the command's campaign."""
+    cfg = _state.get("cfg")
+    if cfg is None or not (cfg.workdir / "ledger.sqlite").exists():
+        return "interrupted"
+    from pseudolabel.data.ledger import Ledger
+
+    with Ledger(cfg.workdir / "ledger.sqlite") as ledger:
+        rid = ledger.running_round()
+        if rid is None:
+            return "interrupted between rounds"
+        from loops.round import STAGES
+
+        done = set(ledger.round(rid)["stages"])
+        nxt = next((s for s in STAGES if s not in done), "finish")
+        return f"interrupted: round {rid} stopped in stage {nxt} (completed: {', '.join(s for s in STAGES if s in done) or 'none'})"
+
+
+def handles_errors(fn: F) -> F:
+    """Turn the errors a user can cause into one line and an exit code (see the module doc)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from pseudolabel.config import ConfigError
+        from pseudolabel.lock import WorkdirLocked
+        from pseudolabel.review.server import LabelStudioNotFound, LabelStudioStartError
+        from pseudolabel.review.transport import LabelStudioError, LabelStudioUnavailable
+
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except KeyboardInterrupt:
+            if _state["debug"]:
+                raise
+            raise _fail(f"{_where_stopped()}; run the same command again to resume (completed stages are kept, "
+                        "nothing is lost)", 130) from None
+        except Exception as exc:  # noqa: BLE001 - translated to one line below, re-raised with --debug
+            if _state["debug"]:
+                raise
+            if isinstance(exc, WorkdirLocked):
+                raise _fail(str(exc), 3) from None
+            if isinstance(exc, LabelStudioUnavailable):
+                raise _fail(str(exc), 4) from None
+            if isinstance(exc, LabelStudioError):
+                raise _fail(str(exc), 4) from None
+            if isinstance(exc, (ConfigError, ValueError, FileNotFoundError, LabelStudioNotFound,
+                                LabelStudioStartError, UnicodeDecodeError)):
+                msg = str(exc) if not isinstance(exc, UnicodeDecodeError) else \
+                    f"a file is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8"
+                raise _fail(msg, 2) from None
+            raise _fail(f"{type(exc).__name__}: {exc} (run with --debug for the traceback)", 1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _load(config: Path, overrides: list[str] | None) -> Any:
+    from pseudolabel.config import load_config
+
+    cfg = load_config(config, overrides=overrides or [])
+    _state["cfg"] = cfg
+    return cfg
+
+
+def _instructions(cfg: Any) -> str:
+    """Labelling instructions written from the config (``label_studio.instructions`` overrides)."""
+    if cfg.label_studio.instructions:
+        return str(cfg.label_studio.instructions)
+    from pseudolabel.review.convert import hotkeys
+
+    keys = hotkeys(cfg.classes)
+    classes = ", ".join(f"<b>{c}</b>" + (f" (key {keys[c]})" if c in keys else "") for c in cfg.classes)
+    order = ("<p>Images come most uncertain first: the model's guess is already there. Accept it when it is "
+             "right, fix it when it is wrong; that is the whole job.</p>")
+    if cfg.task == "classify":
+        what = f"<p>Choose the class of each image: {classes}. Skip an image only when no class fits.</p>"
+    else:
+        shape = "a box" if cfg.task == "detect" else "an outline (polygon)"
+        what = (f"<p>Draw {shape} around every object of these classes: {classes}. Pre-drawn shapes are the "
+                "model's: fix, relabel or delete them, and add the ones it missed. Submit with no shapes when the "
+                "image has no such object. A note above the image marks low-confidence guesses.</p>")
+    return what + order + "<p>A note above the image says when a task came back for a second look.</p>"
+
+
+def _client(cfg: Any) -> Any:
     from pseudolabel.review.client import LabelStudioClient
+    from pseudolabel.review.transport import RetryPolicy
 
-    try:
-        token = cfg.label_studio.token()
-    except ConfigError as e:
-        console.print(f"[red]error:[/] {e}")
-        raise typer.Exit(2) from None
+    token = cfg.label_studio.token()
     if cfg.label_studio.images_root is None:
-        console.print("[red]error:[/] label_studio.images_root is not set: it must be the folder Label Studio "
-                      "serves local files from (LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT), with your images under it")
-        raise typer.Exit(2)
-    client = LabelStudioClient(url=cfg.label_studio.url, token=token,
-                               project_title=cfg.label_studio.project_title or cfg.project,
-                               classes=cfg.classes, task_type=cfg.task, images_root=cfg.label_studio.images_root,
-                               overlap=cfg.review.overlap)
-    try:
-        client.ensure_project()
-    except ValueError as e:
-        console.print(f"[red]error:[/] {e}")
-        raise typer.Exit(2) from None
+        raise ValueError("label_studio.images_root is not set: the folder (inside Label Studio's "
+                         "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT) that holds the images tasks show")
+    ls = cfg.label_studio
+    client = LabelStudioClient(
+        url=ls.url, token=token, project_title=ls.project_title or cfg.project, classes=cfg.classes,
+        task_type=cfg.task, images_root=ls.images_root, document_root=ls.effective_document_root(),
+        overlap=cfg.review.overlap, instructions=_instructions(cfg), token_env=ls.token_env,
+        retry=RetryPolicy(timeout=ls.timeout, retry_seconds=ls.retry_seconds),
+        log=lambda m: console.print(f"  [dim]{m}[/]", highlight=False),
+    )
+    client.ensure_project()
     return client
 
 
+def _lock(cfg: Any, wait: float) -> Any:
+    from pseudolabel.lock import workdir_lock
+
+    return workdir_lock(cfg.workdir, wait=wait)
+
+
 @app.command()
+@handles_errors
 def demo(
     workdir: Annotated[Path, typer.Option(help="where data, ledger and Label Studio's data go")] = Path("runs/demo"),
     task: Annotated[str, typer.Option(help="classify (digits) | detect | segment (Fashion-MNIST scenes)")] = "classify",
@@ -66,124 +167,130 @@ def demo(
     """Run a whole campaign on real images with a local Label Studio and a simulated reviewer:
     digits for --task classify, scenes of Fashion-MNIST items for --task detect / segment."""
     from loops.demo import run_demo
-    from pseudolabel.config import ConfigError
     from pseudolabel.strategies import STRATEGIES
 
     if task not in ("classify", "detect", "segment"):
-        console.print(f"[red]error:[/] --task {task!r}: choose classify, detect or segment")
-        raise typer.Exit(2)
+        raise _fail(f"--task {task!r}: choose classify, detect or segment", 2)
     names = [s.strip() for s in strategy.split(",") if s.strip()]
     if task != "classify":
         from pseudolabel.strategies.detection import DETECTION_STRATEGIES as STRATEGIES  # noqa: N811
     bad = [s for s in names if s not in STRATEGIES]
     if bad or not names:
-        console.print(f"[red]error:[/] unknown strategy {bad or strategy!r}; choose from: {', '.join(STRATEGIES)}")
-        raise typer.Exit(2)
+        raise _fail(f"unknown strategy {bad or strategy!r}; choose from: {', '.join(STRATEGIES)}", 2)
     if not 0.0 <= error_rate <= 1.0:
-        console.print(f"[red]error:[/] --error-rate must be between 0 and 1, got {error_rate}")
-        raise typer.Exit(2)
-    try:
-        run_demo(workdir, strategies=names, error_rate=error_rate, seed=seed, overrides=set_ or [],
-                 console=console, progress=not no_progress, task=task)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        console.print(f"[red]error:[/] {e}")
-        raise typer.Exit(2) from None
+        raise _fail(f"--error-rate must be between 0 and 1, got {error_rate}", 2)
+    run_demo(workdir, strategies=names, error_rate=error_rate, seed=seed, overrides=set_ or [],
+             console=console, progress=not no_progress, task=task)
+
+
+def _round_summary(cfg: Any, res: Any) -> dict[str, Any]:
+    metric_keys = ("accuracy", "macro_f1") if cfg.task == "classify" else (
+        "map50", "map50_95") + (("mask_map50", "mask_map50_95", "miou") if cfg.task == "segment" else ())
+    per = res.metrics.get("per_class_f1") if cfg.task == "classify" else res.metrics.get("per_class_ap50")
+    return {"round": res.round_id, "resumed": res.resumed, "labels_used": res.labels_used,
+            **{k: res.metrics.get(k) for k in metric_keys},
+            "per_class": per, "pseudo_per_class": res.pseudo_per_class or None,
+            "queued": res.queued, "stop": res.stop_reason, "idle": res.idle, "seconds": round(res.seconds, 1)}
 
 
 @app.command("round")
+@handles_errors
 def round_(config: ConfigOpt, set_: SetOpt = None,
-           offline: Annotated[bool, typer.Option(help="no Label Studio: train, evaluate, select only")] = False) -> None:
+           offline: Annotated[bool, typer.Option(help="no Label Studio: train, evaluate, select only")] = False,
+           force: Annotated[bool, typer.Option(help="run a round even after a stop rule fired or with nothing "
+                                                    "new to learn from; ignore the stop rules in it")] = False,
+           wait_lock: WaitLockOpt = 0.0) -> None:
     """Run (or resume) one scheduled round against the configured Label Studio."""
-    from loops.round import run_round
-
     cfg = _load(config, set_)
-    client = None if offline else _client(cfg)
-    res = run_round(cfg, client, log=console.print)
-    metric_keys = ("accuracy", "macro_f1") if cfg.task == "classify" else (
-        "map50", "map50_95") + (("mask_map50", "mask_map50_95", "miou") if cfg.task == "segment" else ())
-    console.print(json.dumps({"round": res.round_id, "resumed": res.resumed, "labels_used": res.labels_used,
-                              **{k: res.metrics.get(k) for k in metric_keys},
-                              "queued": res.queued, "stop": res.stop_reason, "seconds": round(res.seconds, 1)}))
+    with _lock(cfg, wait_lock):
+        from loops.round import run_round
+
+        client = None if offline else _client(cfg)
+        res = run_round(cfg, client, log=lambda m: console.print(m, highlight=False), force=force)
+    console.print(json.dumps(_round_summary(cfg, res)), highlight=False, soft_wrap=True)
 
 
 @app.command()
+@handles_errors
 def run(config: ConfigOpt, set_: SetOpt = None,
-        wait: Annotated[float, typer.Option(help="minutes to wait for reviewers between rounds (0: stop and "
-                                                 "let the next scheduled run continue)")] = 0.0) -> None:
-    """Run rounds until a threshold or the label budget is met (waiting for reviewers between rounds)."""
-    from loops.campaign import rounds_table, run_campaign
-    from loops.review import wait_for_reviews
-
+        wait: Annotated[float, typer.Option(help="minutes to wait for reviewers after each round (0: run one round "
+                                                 "and stop; the next scheduled run continues)")] = 0.0,
+        force: Annotated[bool, typer.Option(help="go on after a stop rule fired")] = False,
+        wait_lock: WaitLockOpt = 0.0) -> None:
+    """Run a round; with --wait, wait for reviewers and go on until a stop rule fires or nobody answers."""
     cfg = _load(config, set_)
-    client = _client(cfg)
-    answer = None
-    if wait > 0:
-        def answer(res):  # noqa: ANN001, ANN202
-            return wait_for_reviews(client, res, timeout_s=wait * 60, console=console)
-    res = run_campaign(cfg, client, answer=answer, console=console)
-    console.print(rounds_table(res.rows))
-    console.print(f"stopped: {res.termination}")
+    with _lock(cfg, wait_lock):
+        from loops.campaign import rounds_table, run_campaign
+        from loops.review import wait_for_reviews
+
+        client = _client(cfg)
+        answer = None
+        if wait > 0:
+            def answer(res: Any) -> dict[str, Any]:
+                return wait_for_reviews(client, res, timeout_s=wait * 60, console=console)
+        res = run_campaign(cfg, client, answer=answer, console=console, force=force)
+    if res.rows:
+        console.print(rounds_table(res.rows))
+    console.print(f"stopped: {res.termination}  ({client.project_url})", highlight=False)
 
 
 @app.command()
+@handles_errors
 def sync(config: ConfigOpt, set_: SetOpt = None,
-         full: Annotated[bool, typer.Option(help="pull everything, not only since the last sweep")] = False) -> None:
+         full: Annotated[bool, typer.Option(help="pull everything, not only since the last sweep")] = False,
+         wait_lock: WaitLockOpt = 0.0) -> None:
     """Pull reviewers' answers from Label Studio into the ledger now (safe to run any time)."""
     from loops.review import sync_reviews
-    from loops.round import ledger_for
+    from pseudolabel.data.ledger import Ledger
 
     cfg = _load(config, set_)
-    client = _client(cfg)
-    with ledger_for(cfg) as ledger:
-        res = sync_reviews(ledger, client, round_id=None, full=full, overlap=cfg.review.overlap,
-                           consensus=cfg.review.consensus, min_agreement=cfg.review.min_agreement,
-                           classes=cfg.classes)
+    with _lock(cfg, wait_lock):
+        client = _client(cfg)
+        with Ledger(cfg.workdir / "ledger.sqlite") as ledger:
+            res = sync_reviews(ledger, client, round_id=None, full=full, overlap=cfg.review.overlap,
+                               consensus=cfg.review.consensus, min_agreement=cfg.review.min_agreement,
+                               classes=cfg.classes, log=console.print)
     console.print(json.dumps(res.__dict__))
 
 
 @app.command()
+@handles_errors
 def status(config: ConfigOpt, set_: SetOpt = None,
-           as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False) -> None:
-    """Where the campaign stands: rounds, labels by source, review queue, metrics."""
-    from loops.round import ledger_for
+           as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+           offline: Annotated[bool, typer.Option(help="do not ask Label Studio (ledger only)")] = False) -> None:
+    """Where the campaign stands: rounds, labels, per-class scores, budget, queue, problems."""
+    from loops.status import campaign_status, print_status
 
     cfg = _load(config, set_)
-    db = cfg.workdir / "ledger.sqlite"
-    if not db.exists():
-        console.print(f"no campaign yet in {cfg.workdir} (no ledger.sqlite); run `pseudolabel round -c {config}`")
-        raise typer.Exit(1)
-    with ledger_for(cfg) as ledger:
-        info = {
-            "project": cfg.project, "workdir": str(cfg.workdir),
-            "items": ledger.split_counts(), "labels_by_source": ledger.label_counts(),
-            "review_tasks": ledger.task_counts(), "termination": ledger.get_meta("termination"),
-            "metric": cfg.stop.metric,
-            "rounds": [{"round": r["id"], "status": r["status"], "stages": r["stages"],
-                        "accuracy": r["metrics"].get("accuracy"), "macro_f1": r["metrics"].get("macro_f1"),
-                        cfg.stop.metric: r["metrics"].get(cfg.stop.metric),
-                        "labels_used": r["metrics"].get("labels_used"), "model_version": r["model_version"]}
-                       for r in ledger.rounds()],
-        }
+    if not (cfg.workdir / "ledger.sqlite").exists():
+        raise _fail(f"no campaign yet in {cfg.workdir} (no ledger.sqlite); run `pseudolabel round -c {config}`", 1)
+    info = campaign_status(cfg, client_factory=None if offline else lambda: _client(cfg))
     if as_json:
-        print(json.dumps(info, indent=2))
+        print(json.dumps(info, indent=2, default=str))
         return
-    console.print(f"[bold]{info['project']}[/]  ({info['workdir']})")
-    console.print("items: " + ", ".join(f"{k} {v}" for k, v in info["items"].items()))
-    console.print("labels by source: " + ", ".join(f"{k} {v}" for k, v in info["labels_by_source"].items()))
-    console.print("review tasks: " + ", ".join(f"{k} {v}" for k, v in info["review_tasks"].items()))
-    t = Table(title="rounds")
-    metric = cfg.stop.metric
-    for c in ("round", "status", "labels used", f"holdout {metric}", "stages done"):
-        t.add_column(c)
-    for r in info["rounds"]:
-        t.add_row(str(r["round"]), r["status"], str(r["labels_used"] or "-"),
-                  f"{r[metric]:.4f}" if r.get(metric) is not None else "-", ",".join(r["stages"]))
-    console.print(t)
-    term = info["termination"]
-    console.print(f"termination: {term['reason'] if term else 'not stopped yet'}")
+    print_status(info, console)
 
 
 @app.command()
+@handles_errors
+def repair(config: ConfigOpt, set_: SetOpt = None,
+           dry_run: Annotated[bool, typer.Option("--dry-run", help="only say what would change")] = False,
+           wait_lock: WaitLockOpt = 0.0) -> None:
+    """Repair the Label Studio project: delete duplicate tasks (keeping the one with answers),
+    point tasks at the images under the current label_studio paths, adopt lost tasks."""
+    from loops.repair import repair_project
+    from pseudolabel.data.ledger import Ledger
+
+    cfg = _load(config, set_)
+    with _lock(cfg, wait_lock):
+        client = _client(cfg)
+        with Ledger(cfg.workdir / "ledger.sqlite") as ledger:
+            res = repair_project(ledger, client, dry_run=dry_run, log=console.print)
+    console.print(json.dumps(res), highlight=False)
+
+
+@app.command()
+@handles_errors
 def export(
     config: ConfigOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="new folder to write the dataset to")],
@@ -193,23 +300,18 @@ def export(
                                                                     "images nobody labelled")] = False,
     no_holdout: Annotated[bool, typer.Option("--no-holdout", help="do not write the holdout as a val split")] = False,
     set_: SetOpt = None,
+    wait_lock: WaitLockOpt = 0.0,
 ) -> None:
     """Export the current labels (seed + human, optionally pseudo) for training elsewhere."""
     from loops.export import export_campaign, formats_for
-    from loops.round import ledger_for
+    from pseudolabel.data.ledger import Ledger
 
     cfg = _load(config, set_)
     fmt = fmt or formats_for(cfg.task)[0]
     if not (cfg.workdir / "ledger.sqlite").exists():
-        console.print(f"[red]error:[/] no campaign in {cfg.workdir} (no ledger.sqlite); run a round first")
-        raise typer.Exit(1)
-    try:
-        with ledger_for(cfg) as ledger:
-            res = export_campaign(cfg, ledger, out, fmt=fmt, include_pseudo=with_pseudo,
-                                  include_holdout=not no_holdout)
-    except ValueError as e:
-        console.print(f"[red]error:[/] {e}")
-        raise typer.Exit(2) from None
+        raise _fail(f"no campaign in {cfg.workdir} (no ledger.sqlite); run a round first", 1)
+    with _lock(cfg, wait_lock), Ledger(cfg.workdir / "ledger.sqlite") as ledger:
+        res = export_campaign(cfg, ledger, out, fmt=fmt, include_pseudo=with_pseudo, include_holdout=not no_holdout)
     console.print(json.dumps({"out": str(res.out_dir), "format": res.format, "train_labels_by_source": res.counts,
                               "val_images": res.holdout, "entry": str(res.entry)}))
 
@@ -219,6 +321,7 @@ _PASSTHROUGH = {"context_settings": {"allow_extra_args": True, "ignore_unknown_o
 
 
 @app.command(**_PASSTHROUGH)
+@handles_errors
 def benchmark(ctx: typer.Context) -> None:
     """Simulated labelling campaigns: strategies side by side with random, same seeds
     (`pseudolabel benchmark --help` for the options)."""
@@ -227,16 +330,36 @@ def benchmark(ctx: typer.Context) -> None:
     raise typer.Exit(bench_main(list(ctx.args)))
 
 
-@app.command(**_PASSTHROUGH)
-def retrain(ctx: typer.Context) -> None:
-    """Semi-supervised retraining run; publishes a model only if it beats the last one
-    (`pseudolabel retrain --help` for the options)."""
-    from loops.retrain import main as retrain_main
+@app.command()
+@handles_errors
+def retrain(
+    config: ConfigOpt,
+    set_: SetOpt = None,
+    mode: Annotated[str, typer.Option(help="pseudo-label thresholds: global | flexmatch | freematch")] = "global",
+    teacher: Annotated[Optional[Path], typer.Option(help="model.pt that pseudo-labels the pool "
+                                                         "(default: the last round's)")] = None,
+    min_gain: Annotated[float, typer.Option(help="publish only if the holdout metric beats the last published "
+                                                 "model by more than this")] = 0.0,
+    wait_lock: WaitLockOpt = 0.0,
+) -> None:
+    """Semi-supervised retraining run; publishes a model only if it beats the last one."""
+    from loops.retrain import retrain as run_retrain
+    from pseudolabel.data.ledger import Ledger
+    from pseudolabel.types import utcnow
 
-    raise typer.Exit(retrain_main(list(ctx.args)))
+    if mode not in ("global", "flexmatch", "freematch"):
+        raise _fail(f"--mode {mode!r}: choose global, flexmatch or freematch", 2)
+    cfg = _load(config, set_)
+    with _lock(cfg, wait_lock), Ledger(cfg.workdir / "ledger.sqlite") as ledger:
+        stamp = utcnow().strftime("%Y%m%dT%H%M%S")
+        res = run_retrain(cfg, ledger, candidate_dir=cfg.workdir / "retrain" / stamp, teacher=teacher,
+                          mode=mode, min_gain=min_gain)
+    console.print(("published " + str(res.published)) if res.accepted else "not published", "-", res.reason,
+                  "- trained on", res.counts_by_source)
 
 
 @app.command("label-source")
+@handles_errors
 def label_source(
     model: Annotated[Path, typer.Option("--model", "-m", help="a round's model.pt (any adapter checkpoint)")],
     source: Annotated[str, typer.Option(help="folder, or s3:// / gs:// / hdfs:// prefix pyarrow can open")],
@@ -253,13 +376,9 @@ def label_source(
     engine's shard format (see docs/ray.md). No ledger is needed or touched."""
     from pseudolabel.distributed import pseudo_label_ray_source
 
-    try:
-        res = pseudo_label_ray_source(model, source, out, address=address, num_actors=actors,
-                                      num_gpus_per_actor=gpus_per_actor, num_cpus_per_actor=cpus_per_actor,
-                                      batch_size=batch_size, shard_size=shard_size)
-    except ValueError as e:
-        console.print(f"[red]error:[/] {e}")
-        raise typer.Exit(2) from None
+    res = pseudo_label_ray_source(model, source, out, address=address, num_actors=actors,
+                                  num_gpus_per_actor=gpus_per_actor, num_cpus_per_actor=cpus_per_actor,
+                                  batch_size=batch_size, shard_size=shard_size)
     console.print(f"{res.n_items} image files: {res.n_scored} scored, {res.n_skipped} already scored, "
                   f"{len(res.quarantined)} quarantined, {len(res.duplicates)} duplicates; "
                   f"{len(res.shards)} shards in {res.out_dir} ({res.seconds:.1f} s)")
@@ -268,6 +387,7 @@ def label_source(
 
 
 @app.command("bench-infer")
+@handles_errors
 def bench_infer(
     out: Annotated[Path, typer.Option(help="folder for the images and bench-infer.json")] = Path("runs/bench-infer"),
     n_images: Annotated[int, typer.Option(help="scenes to pseudo-label")] = 200,
@@ -294,6 +414,7 @@ def bench_infer(
 
 
 @app.command("bench-memory")
+@handles_errors
 def bench_memory(
     out: Annotated[Path, typer.Option(help="folder for the image pool, the shards and bench-memory.json")] = Path(
         "runs/bench-memory"),
@@ -311,22 +432,29 @@ def bench_memory(
     items, for each pool size in a fresh process (real JPEG files, untrained yolo11n, CPU)."""
     from loops.bench_memory import run_bench_memory
 
-    try:
-        run_bench_memory(out, sizes=tuple(sizes or (10_000, 100_000)), image_size=image_size,
-                         scene_size=scene_size, batch_size=batch_size, shard_size=shard_size, threads=threads,
-                         pool_dir=pool)
-    except ValueError as e:
-        console.print(f"[red]error:[/] {e}")
-        raise typer.Exit(2) from None
+    run_bench_memory(out, sizes=tuple(sizes or (10_000, 100_000)), image_size=image_size,
+                     scene_size=scene_size, batch_size=batch_size, shard_size=shard_size, threads=threads,
+                     pool_dir=pool)
 
 
-@app.command("bench-select", **_PASSTHROUGH)
-def bench_select(ctx: typer.Context) -> None:
-    """Selection timings (top-k uncertainty, k-center, hybrid) at 10^4..10^6 items
-    (`pseudolabel bench-select --help` for the options)."""
-    from loops.bench_select import main as select_main
+@app.command("bench-select")
+@handles_errors
+def bench_select(
+    sizes: Annotated[Optional[list[int]], typer.Option("--size", help="pool size (repeat; default 10^4, 10^5, "
+                                                       "10^6)")] = None,
+    dim: Annotated[int, typer.Option(help="embedding dimension")] = 128,
+    k: Annotated[int, typer.Option(help="items selected")] = 100,
+    device: Annotated[str, typer.Option(help="auto | cpu | torch-cpu | cuda[:N]")] = "auto",
+    threads: Annotated[int, typer.Option(help="torch / BLAS threads (shared machines: 1)")] = 1,
+) -> None:
+    """Selection timings (top-k uncertainty, k-center, hybrid) at 10^4..10^6 items."""
+    import torch
 
-    raise typer.Exit(select_main(list(ctx.args)))
+    from loops.bench_select import format_table, run_bench_select
+
+    torch.set_num_threads(threads)
+    rows = run_bench_select(list(sizes or (10_000, 100_000, 1_000_000)), dim, k, device)
+    console.print(format_table(rows))
 
 
 def main() -> None:

@@ -97,6 +97,9 @@ class SelectionConfig(_Section):
 
     strategy: str = "hybrid"
     batch_size: int = Field(default=20, ge=1, description="tasks queued for review per round")
+    max_queued: int | None = Field(default=None, ge=1, description="at most this many tasks wait for reviewers; a "
+                                   "round only tops the queue up to it (null: batch_size), so scheduled rounds "
+                                   "nobody answers do not flood the queue")
     uncertainty: Literal["entropy", "margin", "least_confidence"] = Field(
         default="entropy", description="the score the hybrid strategy ranks by"
     )
@@ -111,6 +114,9 @@ class SelectionConfig(_Section):
                                 "flip-TTA box instability in the image score; > 0 costs a second forward pass")
     predraw_conf: float = Field(default=0.25, ge=0, le=1, description="detection: boxes at least this "
                                 "confident are pre-drawn in Label Studio")
+    predraw_fallback: int = Field(default=3, ge=0, le=100, description="detection: when no box reaches "
+                                  "predraw_conf, pre-draw this many best boxes, with a note that they are "
+                                  "low-confidence guesses (0: show nothing)")
     seed: int = 0
 
     @field_validator("strategy")
@@ -136,6 +142,9 @@ class PseudoConfig(_Section):
         default_factory=dict, description="per-class overrides of threshold / box_threshold")
     weight: float = Field(default=0.5, ge=0, le=1, description="loss weight relative to human labels")
     max_per_class: int | None = Field(default=None, ge=1)
+    min_class_score: float = Field(default=0.5, ge=0, le=1, description="a class whose holdout F1 (classify) "
+                                   "or AP50 (detect/segment) is below this gets no pseudo-labels: a model bad at "
+                                   "a class would teach its own mistakes (0: off)")
 
     @field_validator("class_thresholds")
     @classmethod
@@ -198,13 +207,28 @@ class StopConfig(_Section):
 
 
 class LabelStudioConfig(_Section):
+    """Where the review happens. Images: Label Studio serves local files from its document
+    root (``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT``); the project gets a local-files storage on
+    ``images_root``, a folder strictly inside it (any depth) that holds every image a task shows
+    (the pool, and the seed / holdout if they are sent back for review). Task URLs are
+    ``/data/local-files/?d=<image path relative to document_root>``."""
+
     url: str = "http://127.0.0.1:8080"
     token_env: str = Field(default="LABEL_STUDIO_API_KEY", description="env var holding the API token")
     project_title: str | None = None
     images_root: Path | None = Field(
         default=None,
-        description="Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT; images must lie under it",
+        description="folder holding the images tasks show; strictly inside document_root",
     )
+    document_root: Path | None = Field(
+        default=None,
+        description="Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT (null: the parent of images_root)",
+    )
+    instructions: str | None = Field(
+        default=None, description="labelling instructions shown to reviewers (HTML); null: written from the config")
+    timeout: float = Field(default=30.0, gt=0, le=3600, description="seconds one request may take")
+    retry_seconds: float = Field(default=60.0, ge=0, le=86_400, description="seconds spent retrying a failing "
+                                 "request (connection errors, 5xx, time-outs) before giving up")
 
     @field_validator("url")
     @classmethod
@@ -218,9 +242,15 @@ class LabelStudioConfig(_Section):
         if not tok:
             raise ConfigError(
                 f"Label Studio token missing: set the environment variable {self.token_env} "
-                f"(label_studio.token_env) to your access token (Account & Settings in Label Studio)"
+                f"(label_studio.token_env) to your Personal Access Token (Label Studio: Account & Settings)"
             )
         return tok
+
+    def effective_document_root(self) -> Path | None:
+        """``document_root``, or the parent of ``images_root`` when not set."""
+        if self.document_root is not None:
+            return self.document_root
+        return None if self.images_root is None else self.images_root.parent
 
 
 class Config(_Section):
@@ -414,7 +444,41 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
     cfg.data.pool.path = r(cfg.data.pool.path)  # type: ignore[assignment]
     cfg.model.weights = r(cfg.model.weights)
     cfg.label_studio.images_root = r(cfg.label_studio.images_root)
+    cfg.label_studio.document_root = r(cfg.label_studio.document_root)
+    _check_image_paths(cfg)
     return cfg
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    try:
+        child.relative_to(parent)
+        return True
+    except ValueError:
+        return False
+
+
+def _check_image_paths(cfg: Config) -> None:
+    """The one image rule (see :class:`LabelStudioConfig`): images_root strictly inside the
+    document root, the pool inside images_root."""
+    ls = cfg.label_studio
+    if ls.images_root is None:
+        return
+    doc = ls.effective_document_root()
+    assert doc is not None  # images_root is set
+    root = ls.images_root
+    if root == doc:
+        raise ConfigError(
+            f"label_studio.images_root {root} is Label Studio's document root itself; Label Studio refuses a "
+            f"storage there: put the images in a folder inside it (e.g. images_root: {doc / 'images'}) or set "
+            "label_studio.document_root to the folder above")
+    if not _inside(root, doc):
+        raise ConfigError(
+            f"label_studio.images_root {root} is not inside label_studio.document_root {doc} (Label Studio's "
+            "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT): Label Studio only serves files under its document root")
+    if not _inside(cfg.data.pool.path, root):
+        raise ConfigError(
+            f"data.pool.path {cfg.data.pool.path} is not inside label_studio.images_root {root}: pool images are "
+            "shown to reviewers, so they must lie under the folder Label Studio serves")
 
 
 def dump_config(cfg: Config, path: Path) -> None:

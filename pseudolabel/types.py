@@ -128,8 +128,10 @@ class Prediction:
 class Candidate:
     """An item selected for human review, with the prediction to pre-draw.
 
-    ``score``: the selection score (higher = more uncertain). ``kind``: ``"uncertain"`` for
-    active-learning picks, ``"relabel"`` for existing labels sent back for a second look.
+    ``score``: the item's uncertainty under the current model (higher = more uncertain; it
+    sets the review order). ``kind``: ``"uncertain"`` for active-learning picks, ``"relabel"``
+    for existing labels sent back for a second look. ``note``: a line shown to the reviewer
+    above the image (empty: none).
     """
 
     item: Item
@@ -137,3 +139,4 @@ class Candidate:
     prediction: Prediction | None
     strategy: str
     kind: str = "uncertain"
+    note: str = ""

@@ -1,7 +1,9 @@
-"""Small helpers used across the package: atomic writes."""
+"""Small helpers used across the package: atomic writes, append-only CSV logs."""
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import tempfile
 from collections.abc import Callable
@@ -38,3 +40,35 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def merge_csv(path: Path, rows: list[dict[str, object]], *, columns: tuple[str, ...],
+              key: tuple[str, ...]) -> list[dict[str, str]]:
+    """Append to the CSV at ``path`` the ``rows`` whose ``key`` columns are not there yet.
+
+    Existing rows are kept as they are; the header must be ``columns`` (``ValueError``
+    naming the file otherwise). Written atomically. Returns the rows that were new (as written).
+    """
+    old: list[dict[str, str]] = []
+    if path.exists():
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            header = tuple(reader.fieldnames or ())
+            if header and header != columns:
+                raise ValueError(f"{path}: line 1: header is {','.join(header)!r}; expected {','.join(columns)!r}")
+            old = [{c: r.get(c) or "" for c in columns} for r in reader]
+    seen = {tuple(r[k] for k in key) for r in old}
+    new = []
+    for r in rows:
+        row = {c: str(r.get(c, "") if r.get(c) is not None else "") for c in columns}
+        k = tuple(row[c] for c in key)
+        if k not in seen:
+            seen.add(k)
+            new.append(row)
+    if new or not path.exists():
+        buf = io.StringIO(newline="")
+        writer = csv.DictWriter(buf, fieldnames=list(columns))
+        writer.writeheader()
+        writer.writerows(old + new)
+        atomic_write_text(path, buf.getvalue())
+    return new

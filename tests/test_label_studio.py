@@ -93,9 +93,10 @@ def test_push_review_collect_round_trip(
     _, _, body = http_get(label_studio, f"/api/projects/{pid}/next/")
     assert json.loads(body)["data"]["pseudolabel_id"] == max(first, key=lambda c: c.score).item.id
 
-    # Idempotent: the same ten again plus two new ones -> 12 tasks, same ids.
-    again = candidates(ls_images[:12])
-    mapping2 = client.submit(again, round_id=2, model_version="m2")
+    # Idempotent: the same ten again plus two new ones -> 12 tasks, same ids; the ten still
+    # queued get the new model's prediction (round 2 of a campaign).
+    again = candidates(ls_images[:12], model_version="m2")
+    mapping2 = client.push(again, round_id=2, model_version="m2", refresh=again)
     assert client.count_tasks() == 12
     assert {k: mapping2[k] for k in mapping} == mapping
     assert len(set(mapping2.values())) == 12

@@ -11,7 +11,8 @@ import yaml
 
 from loops.campaign import run_campaign
 from loops.demo import demo_config, export_digits
-from loops.round import StopRound, ledger_for, run_round
+from loops.round import ledger_for, run_round
+from pseudolabel.data.ledger import Ledger
 from pseudolabel.config import load_config
 from pseudolabel.review.client import LabelStudioClient
 from pseudolabel.review.simulated import SimulatedReviewer
@@ -75,12 +76,26 @@ def test_three_rounds_grow_labels_and_improve(tmp_path: Path, digits, label_stud
     assert (cfg.workdir / "rounds" / "0001" / "config.yaml").exists()
 
 
-def test_interrupted_push_is_not_repeated(tmp_path: Path, digits, label_studio) -> None:  # noqa: ANN001
-    cfg, client = _cfg(tmp_path, digits, label_studio, "crash", **{"model.epochs": 3})
+class Killed(Exception):
+    """Stands for the process dying at that point."""
 
-    # 1) killed right after the push stage completed: re-running resumes and pushes nothing.
-    with pytest.raises(StopRound):
-        run_round(cfg, client, progress=False, crash_after="push")
+
+def test_interrupted_push_is_not_repeated(tmp_path: Path, digits, label_studio, monkeypatch) -> None:  # noqa: ANN001
+    # max_queued 40: round 2 may queue more while round 1's tasks still wait.
+    cfg, client = _cfg(tmp_path, digits, label_studio, "crash", **{"model.epochs": 3, "selection.max_queued": 40})
+
+    # 1) killed right after the push stage was recorded: re-running resumes and pushes nothing.
+    real_mark = Ledger.mark_stage
+
+    def mark_then_die(self, round_id, stage, info=None):  # noqa: ANN001, ANN202
+        real_mark(self, round_id, stage, info)
+        if stage == "push":
+            raise Killed(f"killed after stage {stage}")
+
+    monkeypatch.setattr(Ledger, "mark_stage", mark_then_die)
+    with pytest.raises(Killed):
+        run_round(cfg, client, progress=False)
+    monkeypatch.setattr(Ledger, "mark_stage", real_mark)
     assert client.count_tasks() == 20
     res = run_round(cfg, client, progress=False)
     assert res.resumed and res.round_id == 1
@@ -90,14 +105,12 @@ def test_interrupted_push_is_not_repeated(tmp_path: Path, digits, label_studio) 
     # 2) killed half-way through the push: Label Studio has the tasks, the ledger does not
     #    know yet. The re-run looks the item ids up and imports nothing twice.
     class DiesAfterSubmit:
-        project_title = client.project_title
+        def __getattr__(self, name):  # noqa: ANN001, ANN204
+            return getattr(client, name)
 
-        def submit(self, cands, **kw):  # noqa: ANN001, ANN003, ANN202
-            client.submit(cands, **kw)
+        def push(self, cands, **kw):  # noqa: ANN001, ANN003, ANN202
+            client.push(cands, **kw)
             raise KeyboardInterrupt("killed during push")
-
-        def collect(self, **kw):  # noqa: ANN003, ANN202
-            return client.collect(**kw)
 
     with pytest.raises(KeyboardInterrupt):
         run_round(cfg, DiesAfterSubmit(), progress=False)

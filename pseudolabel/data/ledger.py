@@ -311,6 +311,11 @@ class Ledger:
             )
         return rid, False
 
+    def running_round(self) -> int | None:
+        """The id of the unfinished round (one that a crash or Ctrl-C interrupted), if any."""
+        r = self._db.execute("SELECT id FROM rounds WHERE status = 'running' ORDER BY id DESC LIMIT 1").fetchone()
+        return None if r is None else int(r["id"])
+
     def stage_done(self, round_id: int, stage: str) -> bool:
         return self._db.execute(
             "SELECT 1 FROM stages WHERE round = ? AND stage = ?", (round_id, stage)
@@ -381,6 +386,12 @@ class Ledger:
                 new += cur.rowcount
         return new
 
+    def record_task_id(self, project: str, item_id: str, task_id: int) -> None:
+        """Point an item's review task at another Label Studio task (after a duplicate was removed)."""
+        with self._tx():
+            self._db.execute("UPDATE review_tasks SET task_id = ? WHERE project = ? AND item_id = ?",
+                             (int(task_id), project, item_id))
+
     def set_task_state(self, project: str, item_id: str, state: str) -> None:
         with self._tx():
             self._db.execute(
@@ -440,6 +451,12 @@ class Ledger:
                 )
                 n += 1
         return n
+
+    def duplicate_files(self) -> int:
+        """How many scanned files are byte copies of another scanned file (same item id)."""
+        r = self._db.execute("SELECT COALESCE(SUM(n - 1), 0) AS d FROM (SELECT COUNT(*) AS n FROM files "
+                             "GROUP BY item_id HAVING COUNT(*) > 1)").fetchone()
+        return int(r["d"])
 
     def forget_files(self, paths: Iterable[str | Path]) -> int:
         """Delete the records of ``paths`` (files gone from disk); returns how many existed."""

@@ -130,3 +130,40 @@ class AdapterBase:
         if not isinstance(value, str) or not value.strip():
             raise ValueError(f"model_version must be a non-empty string, got {value!r}")
         self.model_version_ = value
+
+
+class EpochProgress:
+    """Training progress that is visible wherever it runs: a live bar on a terminal, and a
+    plain line about every tenth of the epochs otherwise (cron logs, CI, pipes).
+
+    ``total``: epochs; ``desc``: what trains; ``enabled``: False shows nothing.
+    """
+
+    def __init__(self, total: int, desc: str, *, enabled: bool = True) -> None:
+        from rich.console import Console
+
+        self.total = int(total)
+        self.desc = desc
+        self.enabled = enabled and total > 0
+        self._console = Console(stderr=True)
+        self._bar: Any = None
+        self._every = max(1, self.total // 10)
+        if self.enabled and self._console.is_terminal:
+            from rich.progress import Progress
+
+            self._bar = Progress(console=self._console, transient=True)
+            self._bar.start()
+            self._task = self._bar.add_task(desc, total=self.total)
+
+    def epoch_done(self, epoch: int, text: str = "") -> None:
+        """Report that ``epoch`` (1-based) finished; ``text``: e.g. the loss."""
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.update(self._task, completed=epoch, description=f"{self.desc} {text}".strip())
+        elif epoch % self._every == 0 or epoch == self.total:
+            self._console.print(f"  {self.desc}: epoch {epoch}/{self.total} {text}".rstrip(), highlight=False)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()

@@ -41,7 +41,7 @@ from typing_extensions import Self
 
 from pseudolabel.augment import strong_augment, weak_augment
 from pseudolabel.data.images import load_rgb
-from pseudolabel.models.base import AdapterBase, resolve_device, state_hash
+from pseudolabel.models.base import AdapterBase, EpochProgress, resolve_device, state_hash
 from pseudolabel.types import Annotation, Item, Prediction, TaskType
 
 ARCHS: tuple[str, ...] = ("small_cnn", "resnet18")
@@ -555,13 +555,7 @@ class TorchvisionClassifier(AdapterBase):
         steps = max(1, epochs * len(loader))
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
         history: list[dict[str, float]] = []
-        progress = None
-        if self.progress and epochs > 0:
-            from rich.progress import Progress
-
-            progress = Progress(transient=True)
-            progress.start()
-            task_id = progress.add_task(f"training {self.arch}", total=epochs)
+        progress = EpochProgress(epochs, f"training {self.arch}", enabled=bool(self.progress))
         try:
             for epoch in range(epochs):
                 net.train()
@@ -595,11 +589,9 @@ class TorchvisionClassifier(AdapterBase):
                     probs, _ = self._infer_tensor(net, x_val, device)
                     record["val_accuracy"] = float((probs.argmax(1) == y_val.numpy()).mean())
                 history.append(record)
-                if progress is not None:
-                    progress.update(task_id, advance=1, description=f"training {self.arch} loss={record['loss']:.3f}")
+                progress.epoch_done(epoch + 1, f"loss={record['loss']:.3f}")
         finally:
-            if progress is not None:
-                progress.stop()
+            progress.close()
         return history
 
     def _augment(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -2,48 +2,71 @@
 
 It turns :class:`~pseudolabel.types.Candidate` objects into Label Studio tasks with the
 model's prediction pre-drawn, and the reviewers' annotations back into
-:class:`~pseudolabel.types.Annotation` objects. Only the SDK's public API is used
-(``LabelStudio(base_url=..., api_key=...)``); the SDK is imported on first use, not at
-import time.
+:class:`~pseudolabel.types.Annotation` objects. Only the SDK's public API is used; the SDK is
+imported on first use. (Over 400 lines: one class over one HTTP API, whose methods share the
+project, the retry policy and the task lookups; the pure parts live in ``convert`` and
+``decode``, the retry and error handling in ``transport``.)
 
-Conventions (see also :mod:`pseudolabel.review.convert`):
+Conventions:
 
 - each task's ``data`` carries our item id under ``item_id_key`` (default
-  ``"pseudolabel_id"``), so a retried push finds the existing task instead of duplicating it
-  (Label Studio itself duplicates re-imported tasks, and its task ids are not stable keys);
+  ``"pseudolabel_id"``). Label Studio duplicates re-imported tasks and its task ids are not
+  stable keys, so every push looks our ids up first, an import whose answer was lost is
+  reconciled by that lookup before anything is sent again (the SDK's own retries are off),
+  and tasks a failed import created twice are removed (:meth:`submit`);
 - review order: the project uses "Uncertainty sampling", which serves the task with the
-  **lowest** prediction score first. We send ``score = 1 / (1 + exp(uncertainty))``
-  (:func:`~pseudolabel.review.convert.ls_prediction_score`), strictly decreasing in our
-  uncertainty, so the most uncertain item is reviewed first. The raw uncertainty is kept in
-  ``data["uncertainty"]``;
+  **lowest** prediction score *among the predictions of the project's model version* first.
+  We send ``score = 1 / (1 + exp(uncertainty))`` (strictly decreasing), set the project's
+  model version to the current model at every push (:meth:`set_model_version`) and give
+  still-queued tasks of earlier rounds a prediction of the current model
+  (:meth:`refresh`), so the labelling stream serves the most uncertain queued task first,
+  with the current model's prediction pre-drawn, in every round;
+- reviewer columns: ``predicted`` (class, or a box summary), ``confidence`` and
+  ``uncertainty`` (numbers, shown as numbers in the "pseudolabel review" Data Manager tab),
+  ``round``, ``strategy``; the item id and image size are hidden there;
 - images: the project gets a local-files storage on ``images_root``; task data points at
-  ``/data/local-files/?d=<images_root name>/<relative path>`` (the server's document root
-  is ``images_root``'s parent, see :class:`~pseudolabel.review.server.LabelStudioServer`).
+  ``/data/local-files/?d=<path relative to document_root>`` (``document_root`` is the
+  server's ``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT``, default ``images_root``'s parent;
+  ``images_root`` must lie strictly inside it). :meth:`check_image` fetches one image
+  through the server so a wrong rule fails loudly instead of showing reviewers 404s.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pseudolabel.review import convert
-from pseudolabel.types import Annotation, Box, Candidate, Item, TaskType
+from pseudolabel.review.decode import Decoder, Rejected, as_int, get, parse_time
+from pseudolabel.review.transport import (
+    AmbiguousWrite,
+    LabelStudioError,
+    LabelStudioProtocolError,
+    LabelStudioUnavailable,
+    RetryPolicy,
+    call,
+)
+from pseudolabel.types import Annotation, Box, Candidate, TaskType
 
 if TYPE_CHECKING:
     from label_studio_sdk import LabelStudio
 
+__all__ = ["LabelStudioClient", "LabelStudioError", "PendingTask", "PullResult", "Rejected", "TaskInfo"]
+
 SAMPLING = "Uncertainty sampling"
+REVIEW_VIEW = "pseudolabel review"
 _DM_DATETIME = "%Y-%m-%dT%H:%M:%S.%fZ"
 # Item ids per Data Manager lookup: keeps the GET query string well under URL limits.
 _LOOKUP_CHUNK = 200
-
-
-class LabelStudioError(RuntimeError):
-    """Label Studio answered something this adapter cannot use; the message says what."""
+# Data keys a reviewer needs to see as numbers / does not need to see in the review tab.
+_NUMBER_COLUMNS = ("confidence", "uncertainty", "round", "width", "height")
+_HIDDEN_COLUMNS = ("width", "height", "kind")
 
 
 @dataclass(frozen=True)
@@ -74,24 +97,24 @@ class TaskInfo:
     is_labeled: bool
     total_annotations: int
     cancelled_annotations: int
+    item_id: str = ""
+
+    @property
+    def state(self) -> str:
+        """``"answered"`` (a submitted annotation), ``"skipped"`` (only skips) or ``"queued"``."""
+        if self.total_annotations > 0:
+            return "answered"
+        return "skipped" if self.cancelled_annotations > 0 else "queued"
 
 
-def _parse_dt(value: Any) -> datetime:
-    """Label Studio timestamps come back as datetimes or ISO strings (``...Z``)."""
-    if isinstance(value, datetime):
-        dt = value
-    elif isinstance(value, str):
-        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    else:
-        raise LabelStudioError(f"timestamp {value!r} is neither a datetime nor an ISO string")
-    return dt if dt.tzinfo is not None else dt.replace(tzinfo=timezone.utc)
+@dataclass
+class PullResult:
+    """What a pull returned: usable annotations (oldest first), rejected ones, and the note
+    shown on each pulled task (task id → note; a flag is cleared once the answer is fixed)."""
 
-
-def _get(obj: Any, key: str, default: Any = None) -> Any:
-    """Field of an SDK model or of a plain dict (task annotations come back as dicts)."""
-    if isinstance(obj, Mapping):
-        return obj.get(key, default)
-    return getattr(obj, key, default)
+    annotations: list[Annotation] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    notes: dict[int, str] = field(default_factory=dict)
 
 
 class LabelStudioClient:
@@ -100,7 +123,8 @@ class LabelStudioClient:
     Parameters (stored only; the first call connects):
 
     - ``url``, ``token``: server address (``http://127.0.0.1:8080``) and API token
-      (legacy 40-hex token or personal access token);
+      (personal access token or legacy token); ``token_env``: the variable it came from
+      (named in errors);
     - ``project_title``: the project to find or create (3 to 50 characters);
     - ``classes``: class names, in the model's class-index order;
     - ``task_type``: ``"classify"`` (Choices), ``"detect"`` (RectangleLabels) or
@@ -109,13 +133,11 @@ class LabelStudioClient:
       ``LOCAL_FILES_DOCUMENT_ROOT`` (default ``images_root``'s parent);
     - ``data_key``: the task data key of the image; ``item_id_key``: the key of our item id;
     - ``page_size``: tasks per page when listing; ``import_chunk``: tasks per import call;
-    - ``overlap``: reviewers asked to answer each task (Label Studio's
-      ``maximum_annotations``, applied to every task); Label Studio counts *distinct* users,
-      so a task with overlap 3 needs three different reviewers;
-    - ``note_key``: task data key of the note shown above the image (a ``<Header>`` in the
-      label config of projects this adapter creates): empty for ordinary tasks, "Second
-      review: ..." for ``kind="relabel"``, "Adjudication: ..." for tasks sent back by
-      :meth:`request_adjudication`.
+    - ``overlap``: reviewers asked to answer each task (``maximum_annotations``);
+    - ``note_key``: task data key of the note shown above the image;
+    - ``instructions``: labelling instructions shown to reviewers (HTML allowed);
+    - ``retry``: timeouts and retry budget (:class:`RetryPolicy`); ``log``: progress lines
+      (retries, repairs), e.g. ``print``.
     """
 
     def __init__(
@@ -134,8 +156,12 @@ class LabelStudioClient:
         import_chunk: int = 500,
         overlap: int = 1,
         note_key: str = "note",
+        instructions: str | None = None,
+        retry: RetryPolicy | None = None,
+        token_env: str | None = None,
+        log: Callable[[str], None] | None = None,
     ) -> None:
-        self.url = url
+        self.url = url.rstrip("/")
         self.token = token
         self.project_title = project_title
         self.classes = classes
@@ -148,9 +174,14 @@ class LabelStudioClient:
         self.import_chunk = import_chunk
         self.overlap = overlap
         self.note_key = note_key
+        self.instructions = instructions
+        self.retry = retry if retry is not None else RetryPolicy()
+        self.token_env = token_env
+        self.log = log
         self._sdk_: LabelStudio | None = None
         self._project_id_: int | None = None
         self._emails_: dict[int, str] = {}
+        self._auth_header_: dict[str, str] | None = None
 
     # ------------------------------------------------------------------ plumbing
 
@@ -158,8 +189,14 @@ class LabelStudioClient:
         if self._sdk_ is None:
             from label_studio_sdk import LabelStudio
 
-            self._sdk_ = LabelStudio(base_url=self.url.rstrip("/"), api_key=self.token)
+            # No SDK retries: it retries POSTs on a dropped connection, which duplicates
+            # imports. Retries happen in transport.call, after reconciling.
+            self._sdk_ = LabelStudio(base_url=self.url, api_key=self.token, timeout=self.retry.timeout, max_retries=0)
         return self._sdk_
+
+    def _call(self, what: str, fn: Callable[[], Any], *, idempotent: bool = True) -> Any:
+        return call(what, fn, url=self.url, policy=self.retry, idempotent=idempotent, token_env=self.token_env,
+                    on_retry=self.log)
 
     @property
     def project_id(self) -> int:
@@ -169,8 +206,17 @@ class LabelStudioClient:
         assert self._project_id_ is not None  # set by ensure_project; not user input
         return self._project_id_
 
+    @property
+    def project_url(self) -> str:
+        """The project's Data Manager page, for people."""
+        return f"{self.url}/projects/{self.project_id}/data"
+
     def _classes(self) -> tuple[str, ...]:
         return convert.validate_classes(self.classes)
+
+    def _decoder(self) -> Decoder:
+        return Decoder(self._classes(), self.task_type, Path(self.images_root), self.document_root,
+                       data_key=self.data_key, item_id_key=self.item_id_key)
 
     def _label_config(self) -> str:
         return convert.label_config(
@@ -183,24 +229,21 @@ class LabelStudioClient:
             raise ValueError(f"overlap {o!r} must be an int from 1 to 100 (reviewers per task)")
         return o
 
-    def _iter_tasks(
-        self,
-        items: Sequence[Mapping[str, Any]] = (),
-        *,
-        conjunction: str = "and",
-        fields: str = "all",
-    ) -> Iterator[Any]:
+    def _list_tasks(
+        self, items: Sequence[Mapping[str, Any]] = (), *, conjunction: str = "and", fields: str = "all",
+        what: str = "list tasks",
+    ) -> list[Any]:
         """Tasks of the project matching Data Manager filter ``items``, in task-id order."""
         query: dict[str, Any] = {"ordering": ["tasks:id"]}
         if items:
             query["filters"] = {"conjunction": conjunction, "items": list(items)}
-        pager = self._sdk().tasks.list(
-            project=self.project_id,
-            query=json.dumps(query),
-            fields=fields,  # type: ignore[arg-type]
-            page_size=self.page_size,
-        )
-        yield from pager
+        pid = self.project_id
+
+        def fetch() -> list[Any]:
+            return list(self._sdk().tasks.list(project=pid, query=json.dumps(query),
+                                               fields=fields, page_size=self.page_size))  # type: ignore[arg-type]
+
+        return list(self._call(what, fetch))
 
     def _data_filter(self, item_ids: Sequence[str]) -> dict[str, Any]:
         return {
@@ -210,14 +253,15 @@ class LabelStudioClient:
             "value": list(item_ids),
         }
 
-    def _email(self, user_id: int | None) -> str | None:
+    def _email(self, user_id: Any) -> str | None:
         if user_id is None:
             return None
-        if user_id not in self._emails_:
-            for user in self._sdk().users.list():
+        uid = as_int(user_id, "annotator id")
+        if uid not in self._emails_:
+            for user in self._call("list users", lambda: list(self._sdk().users.list())):
                 if user.id is not None and user.email:
                     self._emails_[int(user.id)] = user.email
-        return self._emails_.get(user_id, f"user:{user_id}")
+        return self._emails_.get(uid, f"user:{uid}")
 
     def ensure_user(self, email: str) -> int:
         """The id of the user with ``email``, created (without a password) if missing.
@@ -227,26 +271,41 @@ class LabelStudioClient:
         if not isinstance(email, str) or "@" not in email:
             raise ValueError(f"email {email!r} is not an email address")
         sdk = self._sdk()
-        for user in sdk.users.list():
+        for user in self._call("list users", lambda: list(sdk.users.list())):
             if user.email == email and user.id is not None:
                 return int(user.id)
-        made = sdk.users.create(username=email, email=email)
+        made = self._call("create user", lambda: sdk.users.create(username=email, email=email), idempotent=False)
         if made.id is None:
             raise LabelStudioError(f"creating user {email!r} returned no id")
         self._emails_[int(made.id)] = email
         return int(made.id)
 
-    # ------------------------------------------------------------------ project
+    # ------------------------------------------------------------------ server and project
+
+    def check_server(self) -> str:
+        """The server's version; a clear error when nothing, or not Label Studio, answers at ``url``."""
+        try:
+            info = self._call("GET /api/version", lambda: self._sdk().versions.get())
+        except LabelStudioError as exc:
+            if "HTTP 404" in str(exc):
+                raise LabelStudioProtocolError(
+                    f"the server at {self.url} has no /api/version: is it Label Studio? (label_studio.url)") from None
+            raise
+        release = get(info, "release") or get(info, "label-studio-os-package")
+        if not release and not isinstance(info, Mapping) and not hasattr(info, "release"):
+            raise LabelStudioProtocolError(f"the server at {self.url} answered /api/version without a version: "
+                                           "is it Label Studio? (label_studio.url)")
+        return str(get(release, "version") or release or "unknown")
 
     def ensure_project(self) -> int:
         """Find the project by title or create it; returns its id.
 
-        A new project gets the label config generated from ``classes`` and "Uncertainty
-        sampling"; an existing one must declare exactly the same classes (``ValueError``
-        naming the difference otherwise) and is switched to uncertainty sampling if needed.
-        A local-files storage on ``images_root`` is created once. The project asks for
-        ``overlap`` reviewers on every task (``maximum_annotations``, cohort 100 %); an existing
-        project with another setting is updated (Label Studio then resets every task's overlap).
+        A new project gets the label config generated from ``classes`` (hotkeys that match the
+        class names where they are single characters; no rotation of boxes), "Uncertainty
+        sampling" and the instructions; an existing
+        one must declare exactly the same classes (``ValueError`` naming the difference) and
+        is brought up to date (sampling, overlap, instructions, a label config generated by
+        an older version). A local-files storage on ``images_root`` is created once.
         """
         title = self.project_title
         if not isinstance(title, str) or not 3 <= len(title) <= 50:
@@ -255,17 +314,22 @@ class LabelStudioClient:
         overlap = self._overlap()
         root = Path(self.images_root).resolve()
         if not root.is_dir():
-            raise ValueError(f"images_root {str(self.images_root)!r} is not a directory")
+            raise ValueError(f"label_studio.images_root {str(self.images_root)!r} is not a directory")
         sdk = self._sdk()
-        found = [p for p in sdk.projects.list(title=title) if p.title == title]
+        self.check_server()
+        found = [p for p in self._call("list projects", lambda: list(sdk.projects.list(title=title)))
+                 if p.title == title]
         if len(found) > 1:
             raise ValueError(
                 f"{len(found)} Label Studio projects are titled {title!r} (ids "
                 f"{sorted(int(p.id) for p in found if p.id is not None)}); titles must be unique"
             )
+        settings: dict[str, Any] = {}
+        if self.instructions:
+            settings = {"expert_instruction": self.instructions, "show_instruction": True}
         if found:
             pid = int(found[0].id)  # type: ignore[arg-type]
-            project = sdk.projects.get(pid)
+            project = self._call("get project", lambda: sdk.projects.get(pid))
             existing = convert.classes_from_label_config(project.label_config or "")
             if tuple(existing) != classes:
                 missing = [c for c in classes if c not in existing]
@@ -275,27 +339,101 @@ class LabelStudioClient:
                     f"but {list(classes)!r} were given: missing {missing!r}, unexpected {extra!r}"
                     + ("" if missing or extra else ", different order")
                 )
+            update: dict[str, Any] = {}
             if project.sampling != SAMPLING:
-                sdk.projects.update(pid, sampling=SAMPLING)
+                update["sampling"] = SAMPLING
             if (project.maximum_annotations or 1) != overlap or (
                 overlap > 1 and project.overlap_cohort_percentage != 100
             ):
-                sdk.projects.update(pid, maximum_annotations=overlap, overlap_cohort_percentage=100)
+                update |= {"maximum_annotations": overlap, "overlap_cohort_percentage": 100}
+            if settings and (project.expert_instruction or "") != self.instructions:
+                update |= settings
+            if "hotkey=" not in (project.label_config or ""):
+                update["label_config"] = self._label_config()  # written by an older version: same classes
+            if update:
+                self._call("update project", lambda: sdk.projects.update(pid, **update))
         else:
-            created = sdk.projects.create(
+            created = self._call("create project", lambda: sdk.projects.create(
                 title=title, label_config=self._label_config(), sampling=SAMPLING,
-                maximum_annotations=overlap, overlap_cohort_percentage=100,
-            )
+                maximum_annotations=overlap, overlap_cohort_percentage=100, show_collab_predictions=True,
+                **settings,
+            ), idempotent=False)
             if created.id is None:
                 raise LabelStudioError(f"creating project {title!r} returned no id")
             pid = int(created.id)
-        storages = sdk.import_storage.local.list(project=pid)
+        storages = self._call("list storages", lambda: list(sdk.import_storage.local.list(project=pid)))
         if not any(s.path and Path(s.path).resolve() == root for s in storages):
-            sdk.import_storage.local.create(
-                project=pid, path=str(root), title="pseudolabel images", use_blob_urls=False
-            )
+            self._call("create local-files storage", lambda: sdk.import_storage.local.create(
+                project=pid, path=str(root), title="pseudolabel images", use_blob_urls=False), idempotent=False)
         self._project_id_ = pid
         return pid
+
+    def _get_json(self, path: str, what: str) -> Any:
+        """``GET <url><path>`` as JSON, for the few endpoints the SDK does not wrap."""
+        import httpx
+
+        headers = self._auth_header()
+
+        def fetch() -> Any:
+            r = httpx.get(f"{self.url}{path}", headers=headers, timeout=self.retry.timeout)
+            r.raise_for_status()
+            return r.json()
+
+        return self._call(what, fetch)
+
+    def ensure_review_view(self) -> None:
+        """A Data Manager tab, "pseudolabel review", where our numbers are numbers and the long
+        id, image size and Label Studio's transformed score are hidden.
+
+        Built after tasks exist (Label Studio only knows data columns it has seen), from the
+        server's own column defaults, so its other columns show as in a default tab. No
+        ordering or filter: "Label All Tasks" from this tab uses the project's uncertainty
+        sampling (a tab with an ordering would serve in that order instead).
+        """
+        pid = self.project_id
+        sdk = self._sdk()
+        cols = self._get_json(f"/api/dm/columns?project={pid}", "list Data Manager columns").get("columns", [])
+
+        def cid(c: Mapping[str, Any]) -> str:
+            return f"tasks:{'data.' if c.get('parent') == 'data' else ''}{c['id']}"
+
+        ours = [f"tasks:data.{k}" for k in (self.item_id_key, *_HIDDEN_COLUMNS)] + ["tasks:predictions_score"]
+        reviewer = [f"tasks:data.{k}" for k in ("predicted", "confidence", "uncertainty", "round", "strategy",
+                                                  self.note_key)]
+        hidden = {
+            "explore": sorted({cid(c) for c in cols if c.get("visibility_defaults", {}).get("explore") is False}
+                              | set(ours)),
+            "labeling": sorted({cid(c) for c in cols if c.get("visibility_defaults", {}).get("labeling") is False}
+                               | set(ours) | set(reviewer)),
+        }
+        data = {
+            "title": REVIEW_VIEW, "hiddenColumns": hidden,
+            "columnsDisplayType": {f"tasks:data.{k}": "Number" for k in _NUMBER_COLUMNS},
+            "filters": {"conjunction": "and", "items": []},
+        }
+        views = self._call("list views", lambda: list(sdk.views.list(project=pid)))
+        mine = [v for v in views if (get(get(v, "data") or {}, "title") or "") == REVIEW_VIEW]
+        if not mine:
+            self._call("create review view", lambda: sdk.views.create(project=pid, data=data),  # type: ignore[arg-type]
+                       idempotent=False)
+        elif {k: get(get(mine[0], "data") or {}, k) for k in data} != data:
+            vid = str(get(mine[0], "id"))
+            self._call("update review view", lambda: sdk.views.update(vid, project=pid, data=data))  # type: ignore[arg-type]
+
+    def set_model_version(self, model_version: str) -> None:
+        """Make ``model_version`` the project's prediction version.
+
+        Label Studio keeps the version of the *first* import; the labelling stream then sends
+        only that version's predictions and ranks only tasks that have one. Called at every push.
+        """
+        pid = self.project_id
+        self._call("set project model version", lambda: self._sdk().projects.update(
+            pid, model_version=model_version, show_collab_predictions=True))
+
+    def project_model_version(self) -> str | None:
+        """The project's current prediction version (what the labelling stream serves)."""
+        pid = self.project_id
+        return self._call("get project", lambda: self._sdk().projects.get(pid)).model_version or None
 
     # ------------------------------------------------------------------ push
 
@@ -332,29 +470,51 @@ class LabelStudioClient:
             }
         ]
 
+    def _columns(self, cand: Candidate) -> dict[str, Any]:
+        """What the reviewer reads in the Data Manager: predicted class (or a box summary),
+        confidence (0..1) and uncertainty (our score), as numbers."""
+        pred = cand.prediction
+        predicted: str | None = None
+        confidence: float | None = None
+        if pred is not None and pred.probs is not None and len(pred.probs):
+            idx = int(pred.label_index or 0)
+            predicted = self._classes()[idx] if idx < len(self._classes()) else None
+            confidence = float(pred.probs[idx])
+        elif pred is not None:
+            counts: dict[str, int] = {}
+            for b in pred.boxes:
+                counts[b.label] = counts.get(b.label, 0) + 1
+            predicted = ", ".join(f"{n} {c}" for c, n in sorted(counts.items())) or "no boxes"
+            scores = [float(b.score) for b in pred.boxes if b.score is not None]
+            confidence = max(scores) if scores else 0.0
+        conf = None if confidence is None or not math.isfinite(confidence) else round(confidence, 4)
+        return {"predicted": predicted, "confidence": conf, "uncertainty": round(float(cand.score), 6)}
+
     def _task(self, cand: Candidate, round_id: int, model_version: str | None) -> dict[str, Any]:
-        url = convert.local_files_url(
-            cand.item.path, self.images_root, document_root=self.document_root
-        )
         return {
             "data": {
-                self.data_key: url,
-                self.item_id_key: cand.item.id,
+                self.data_key: self.image_url(cand.item.path),
+                **self._columns(cand),
                 "round": int(round_id),
+                "strategy": cand.strategy,
                 "kind": cand.kind,
                 self.note_key: self._note(cand),
-                "strategy": cand.strategy,
-                "uncertainty": float(cand.score),
                 "width": int(cand.item.width),
                 "height": int(cand.item.height),
+                self.item_id_key: cand.item.id,
             },
             "predictions": self._prediction(cand, model_version),
         }
 
+    def image_url(self, path: Path) -> str:
+        """The task data URL of an image file (``/data/local-files/?d=...``)."""
+        return convert.local_files_url(path, self.images_root, document_root=self.document_root)
+
     def _note(self, cand: Candidate) -> str:
-        """What the reviewer reads above the image: nothing for an ordinary task."""
+        """What the reviewer reads above the image: the candidate's note, or for a relabel task
+        why it came back."""
         if cand.kind != "relabel":
-            return ""
+            return cand.note
         pred = cand.prediction
         if self.task_type == "classify" and pred is not None and pred.label_index is not None \
                 and pred.label_index < len(self._classes()):
@@ -362,34 +522,33 @@ class LabelStudioClient:
                     f"{self._classes()[pred.label_index]!r}. Please check it.")
         return "Second review: the model doubts this image's current label. Please check it."
 
-    def existing_tasks(self, item_ids: Sequence[str]) -> dict[str, int]:
-        """Item id → task id for those of ``item_ids`` that already have a task.
-
-        Raises :class:`LabelStudioError` if an item has several tasks (a duplicate made
-        outside this adapter).
-        """
-        found: dict[str, int] = {}
+    def tasks_by_item(self, item_ids: Sequence[str]) -> dict[str, list[int]]:
+        """Item id → every task id that carries it (more than one = duplicates), ascending."""
+        found: dict[str, list[int]] = {}
         ids = list(dict.fromkeys(item_ids))
         for start in range(0, len(ids), _LOOKUP_CHUNK):
             chunk = ids[start : start + _LOOKUP_CHUNK]
-            for task in self._iter_tasks([self._data_filter(chunk)], fields="task_only"):
-                iid = str(task.data.get(self.item_id_key))
-                if iid in found and found[iid] != task.id:
-                    raise LabelStudioError(
-                        f"item {iid!r} has several tasks ({found[iid]}, {task.id}) in project "
-                        f"{self.project_title!r}; delete the duplicates"
-                    )
-                found[iid] = int(task.id)
-        return found
+            for task in self._list_tasks([self._data_filter(chunk)], fields="task_only", what="look up tasks"):
+                iid = str((task.data or {}).get(self.item_id_key))
+                found.setdefault(iid, []).append(int(task.id))
+        return {k: sorted(v) for k, v in found.items()}
+
+    def existing_tasks(self, item_ids: Sequence[str]) -> dict[str, int]:
+        """Item id → task id for those of ``item_ids`` that already have a task (the oldest
+        task where an item has several: duplicates are reported by :meth:`listing`)."""
+        return {iid: tids[0] for iid, tids in self.tasks_by_item(item_ids).items()}
 
     def submit(
         self, candidates: Sequence[Candidate], *, round_id: int, model_version: str | None = None
     ) -> dict[str, int]:
-        """Queue ``candidates`` as tasks with their prediction pre-drawn; idempotent.
+        """Queue ``candidates`` as tasks with their prediction pre-drawn, exactly once.
 
         Items that already have a task are left as they are; the others are imported in
-        chunks of ``import_chunk``. ``model_version`` labels the predictions (default: each
-        prediction's own). Returns item id → task id for every candidate.
+        chunks of ``import_chunk``. An import that fails in a way that leaves open whether the
+        server applied it (dropped connection, time-out, 5xx) is reconciled: our ids are
+        looked up until the answer is stable, found tasks are adopted, only the rest is sent
+        again; tasks that a lost-and-repeated import created twice are deleted (the
+        extra ones are new and unanswered). Returns item id → task id for every candidate.
 
         Raises ``ValueError`` for an image outside ``images_root``, a repeated item id, or a
         prediction that does not fit the class list; nothing is imported then.
@@ -400,28 +559,133 @@ class LabelStudioClient:
             raise ValueError(f"candidates repeat item ids {dupes[:5]!r}; each item may be queued once")
         # Build every task first so that bad input fails before anything is imported.
         tasks = {c.item.id: self._task(c, round_id, model_version) for c in candidates}
-        mapping = self.existing_tasks(ids)
+        before = self.tasks_by_item(ids)
+        mapping = {i: t[0] for i, t in before.items()}
         missing = [i for i in ids if i not in mapping]
-        sdk = self._sdk()
         for start in range(0, len(missing), self.import_chunk):
             chunk = missing[start : start + self.import_chunk]
-            resp = sdk.projects.import_tasks(
-                self.project_id, request=[tasks[i] for i in chunk], return_task_ids=True
-            )
-            task_ids = list(resp.task_ids or [])
-            if len(task_ids) != len(chunk):
-                raise LabelStudioError(
-                    f"imported {len(chunk)} tasks but Label Studio returned {len(task_ids)} ids"
-                )
-            # Map ids through our own key rather than trusting the response order.
-            made = self.existing_tasks(chunk)
-            if set(made.values()) != {int(t) for t in task_ids} or len(made) != len(chunk):
-                raise LabelStudioError(
-                    f"imported tasks {sorted(task_ids)[:10]} do not match the lookup by "
-                    f"{self.item_id_key!r} ({sorted(made.values())[:10]})"
-                )
-            mapping.update(made)
+            mapping.update(self._import_exactly_once(chunk, tasks))
+        if missing:
+            self._drop_new_duplicates(missing, mapping)
         return {i: mapping[i] for i in ids}
+
+    def _import_exactly_once(self, chunk: Sequence[str], tasks: Mapping[str, dict[str, Any]]) -> dict[str, int]:
+        sdk = self._sdk()
+        pid = self.project_id
+        remaining = list(chunk)
+        found: dict[str, int] = {}
+        start, delay = time.monotonic(), self.retry.initial_delay
+        while remaining:
+            batch = [tasks[i] for i in remaining]
+            try:
+                resp = self._call(f"import {len(batch)} tasks", lambda: sdk.projects.import_tasks(
+                    pid, request=batch, return_task_ids=True), idempotent=False)
+            except AmbiguousWrite as exc:
+                if self.log:
+                    self.log(f"{exc}; looking the items up before importing again")
+                found.update(self._settled_lookup(remaining))
+                remaining = [i for i in remaining if i not in found]
+                spent = time.monotonic() - start
+                if remaining and spent + delay > self.retry.retry_seconds:
+                    raise LabelStudioUnavailable(
+                        f"{exc} ({len(remaining)} of {len(chunk)} tasks not imported after {spent:.0f} s); "
+                        "nothing is lost: run the command again") from exc
+                if remaining:
+                    time.sleep(delay)
+                    delay = min(2 * delay, self.retry.max_delay)
+                continue
+            task_ids = [as_int(t, "imported task id") for t in (get(resp, "task_ids") or [])]
+            made = self.existing_tasks(remaining)
+            if len(task_ids) != len(remaining) or len(made) != len(remaining):
+                raise LabelStudioError(
+                    f"imported {len(remaining)} tasks but Label Studio returned {len(task_ids)} ids and the "
+                    f"lookup by {self.item_id_key!r} found {len(made)}"
+                )
+            found.update(made)
+            remaining = []
+        return found
+
+    def _settled_lookup(self, item_ids: Sequence[str], *, tries: int = 5, pause: float = 1.0) -> dict[str, int]:
+        """Look ``item_ids`` up until two lookups ``pause`` seconds apart agree (an import may
+        still be committing when its response was lost)."""
+        last = self.existing_tasks(item_ids)
+        for _ in range(tries):
+            time.sleep(pause)
+            now = self.existing_tasks(item_ids)
+            if now == last:
+                return now
+            last = now
+        return last
+
+    def _drop_new_duplicates(self, item_ids: Sequence[str], mapping: Mapping[str, int]) -> None:
+        """Delete tasks of ``item_ids`` other than ``mapping``'s, when they have no answer (made
+        twice by an import whose first response was lost while the server still worked)."""
+        for iid, tids in self.tasks_by_item(item_ids).items():
+            for tid in tids:
+                if tid == mapping.get(iid):
+                    continue
+                info = self.task_info(tid)
+                if info.total_annotations == 0 and info.cancelled_annotations == 0:
+                    self._call(f"delete duplicate task {tid}", lambda t=tid: self._sdk().tasks.delete(str(t)))
+                    if self.log:
+                        self.log(f"deleted task {tid}: a duplicate of task {mapping.get(iid)} made by a retried import")
+
+    def push(
+        self, candidates: Sequence[Candidate], *, round_id: int, model_version: str,
+        refresh: Sequence[Candidate] = (),
+    ) -> dict[str, int]:
+        """One round's push: :meth:`submit` the new ``candidates``, give the still-queued
+        tasks in ``refresh`` the current prediction (:meth:`refresh`), then make
+        ``model_version`` the project's prediction version (:meth:`set_model_version`), so the
+        labelling stream serves every queued task in the current model's order with its
+        prediction pre-drawn. Returns item id → task id of ``candidates``."""
+        mapping = self.submit(candidates, round_id=round_id, model_version=model_version)
+        if refresh:
+            self.refresh(refresh, model_version=model_version)
+        self.set_model_version(model_version)
+        if mapping:
+            self.ensure_review_view()
+        return mapping
+
+    def refresh(
+        self, candidates: Sequence[Candidate], *, model_version: str
+    ) -> int:
+        """Give already-queued tasks the current model's prediction and columns.
+
+        For each candidate whose item has a task that Label Studio would still serve (not
+        ``is_labeled``) and no prediction of ``model_version`` yet: one prediction of
+        ``model_version`` (its score from the candidate, so the task takes its place in the
+        review order) and updated ``predicted`` / ``confidence`` / ``uncertainty`` columns.
+        Idempotent; returns how many tasks got a new prediction.
+        """
+        by_id = {c.item.id: c for c in candidates}
+        ids = list(by_id)
+        sdk = self._sdk()
+        pid = self.project_id
+        preds: list[dict[str, Any]] = []
+        updates: list[tuple[int, dict[str, Any]]] = []
+        for start in range(0, len(ids), _LOOKUP_CHUNK):
+            chunk = ids[start : start + _LOOKUP_CHUNK]
+            for task in self._list_tasks([self._data_filter(chunk)], fields="all", what="look up queued tasks"):
+                data = dict(task.data or {})
+                cand = by_id.get(str(data.get(self.item_id_key)))
+                if cand is None or get(task, "is_labeled"):
+                    continue
+                if any(get(p, "model_version") == model_version for p in (get(task, "predictions") or [])):
+                    continue
+                for p in self._prediction(cand, model_version):
+                    preds.append({"task": int(task.id), **p})
+                cols = self._columns(cand)
+                if any(data.get(k) != v for k, v in cols.items()):
+                    updates.append((int(task.id), data | cols))
+        if preds:
+            # Not idempotent on the wire, but a repeat is harmless: the lookup above skips
+            # tasks that already have this version.
+            self._call(f"add {len(preds)} predictions", lambda: sdk.projects.import_predictions(pid, request=preds),
+                       idempotent=False)
+        for tid, data in updates:
+            self._call(f"update task {tid}", lambda t=tid, d=data: sdk.tasks.update(str(t), data=d))
+        return len(preds)
 
     def submit_relabel(
         self, candidates: Sequence[Candidate], *, round_id: int, model_version: str | None = None
@@ -430,12 +694,9 @@ class LabelStudioClient:
 
         Items without a task are imported as by :meth:`submit`. An item that already has a
         task (it was reviewed before) cannot be imported again, so that task is served again
-        instead: it gets the candidate's prediction (the current model's suggestion, pre-drawn
-        as the latest prediction), ``kind="relabel"``, the "Second review" note and the
-        round, and its overlap rises by one (:meth:`requeue_task`). Returns item id → task id.
-
-        Not idempotent for existing tasks: each call raises their overlap again; callers
-        record that they asked (the round's push stage runs once).
+        instead: it gets the candidate's prediction, ``kind="relabel"``, the "Second review"
+        note and the round, and its overlap rises by one (:meth:`requeue_task`). Returns item
+        id → task id. Not idempotent for existing tasks: callers record that they asked.
         """
         bad = [c.item.id for c in candidates if c.kind != "relabel"]
         if bad:
@@ -449,65 +710,70 @@ class LabelStudioClient:
         for c in again:
             tid = existing[c.item.id]
             for p in preds[c.item.id]:
-                sdk.predictions.create(task=tid, result=p["result"], score=p["score"], model_version=p["model_version"])
+                self._call("add prediction", lambda t=tid, p=p: sdk.predictions.create(
+                    task=t, result=p["result"], score=p["score"], model_version=p["model_version"]), idempotent=False)
             self.requeue_task(tid, kind="relabel", note=self._note(c), round=int(round_id),
                               strategy=c.strategy, uncertainty=float(c.score))
             mapping[c.item.id] = tid
         return {c.item.id: mapping[c.item.id] for c in candidates}
 
+    # ------------------------------------------------------------------ images
+
+    def _auth_header(self) -> dict[str, str]:
+        """``Authorization`` for plain HTTP calls: a legacy token as is; a personal access
+        token (a JWT refresh token) exchanged for an access token (``/api/token/refresh``)."""
+        if self._auth_header_ is None:
+            import httpx
+
+            if self.token.count(".") == 2:
+                def refresh() -> str:
+                    r = httpx.post(f"{self.url}/api/token/refresh", json={"refresh": self.token},
+                                   timeout=self.retry.timeout)
+                    r.raise_for_status()
+                    return str(r.json()["access"])
+
+                self._auth_header_ = {"Authorization": f"Bearer {self._call('refresh access token', refresh)}"}
+            else:
+                self._auth_header_ = {"Authorization": f"Token {self.token}"}
+        return self._auth_header_
+
+    def image_status(self, image_url: str) -> int:
+        """HTTP status of ``GET <url><image_url>`` through the server, as a reviewer's browser does."""
+        import httpx
+
+        headers = self._auth_header()
+
+        def fetch() -> int:
+            with httpx.stream("GET", f"{self.url}{image_url}", headers=headers, timeout=self.retry.timeout) as r:
+                if r.status_code >= 500:
+                    r.raise_for_status()
+                return int(r.status_code)
+
+        return int(self._call("fetch an image", fetch))
+
+    def check_image(self, path: Path) -> None:
+        """Fail loudly unless Label Studio serves ``path`` under the URL our tasks use."""
+        url = self.image_url(path)
+        status = self.image_status(url)
+        if status != 200:
+            doc = Path(self.document_root) if self.document_root is not None else Path(self.images_root).resolve().parent
+            raise LabelStudioError(
+                f"Label Studio cannot serve the task images: GET {self.url}{url} answered HTTP {status}. "
+                f"The URL is {path} relative to label_studio.document_root {doc}; Label Studio must run with "
+                f"LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true and LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={doc} "
+                f"(or set label_studio.document_root to the server's value); images_root is {self.images_root}"
+            )
+
     # ------------------------------------------------------------------ pull
 
-    def _item(self, data: Mapping[str, Any]) -> Item:
-        url = str(data.get(self.data_key, ""))
-        path = (
-            convert.path_from_local_files_url(url, self.images_root, document_root=self.document_root)
-            if url.startswith(convert.LOCAL_FILES_PREFIX)
-            else Path(url)
-        )
-        return Item(
-            id=str(data[self.item_id_key]),
-            path=path,
-            width=int(data.get("width", 0) or 0),
-            height=int(data.get("height", 0) or 0),
-        )
+    def pull(self, *, since: datetime | None = None) -> PullResult:
+        """Human annotations saved (created or updated) after ``since``, oldest first, and the
+        ones that could not be used (:class:`~pseudolabel.review.decode.Rejected`).
 
-    def _decode(self, result: Sequence[Mapping[str, Any]], item: Item) -> tuple[str | None, tuple[Box, ...]]:
-        if self.task_type == "classify":
-            label = convert.label_from_choices(result)
-            if label is not None and label not in self._classes():
-                raise LabelStudioError(
-                    f"item {item.id!r}: label {label!r} is not among {list(self._classes())!r}"
-                )
-            return label, ()
-        size = (item.width or None, item.height or None)
-        return None, convert.boxes_from_result(result, width=size[0], height=size[1])
-
-    @staticmethod
-    def _latest_prediction(task: Any, prediction_id: int | None = None) -> Any | None:
-        preds = list(_get(task, "predictions") or [])
-        if prediction_id is not None:
-            for p in preds:
-                if _get(p, "id") == prediction_id:
-                    return p
-        return max(preds, key=lambda p: _get(p, "id") or 0) if preds else None
-
-    def collect(self, *, since: datetime | None = None) -> list[Annotation]:
-        """Human annotations saved (created or updated) after ``since``, oldest first.
-
-        ``since`` must be timezone-aware; pass the largest ``created_at`` of the previous
-        pull (it is the server's save time, so both sides use the server clock). Every
-        annotation of a task is returned (several reviewers → several Annotations).
-
-        Mapping: ``label`` = chosen class (``boxes`` for detection/segmentation);
-        ``review_outcome`` = ``"accepted"`` when the result equals the pre-drawn prediction
-        it was made from (``parent_prediction``, else the task's latest prediction),
-        ``"corrected"`` otherwise (also when there was no prediction), ``"skipped"`` for a
-        cancelled/skipped annotation or an empty classification submission (for detection an
-        empty submission means "no objects": ``boxes=()``, ``empty_ok=True``);
-        ``created_at`` = the annotation's last save time; ``reviewer`` = the annotator's
-        email; ``model_version`` = the reviewed prediction's model version; ``round`` = the
-        round the task was pushed in; ``item.width``/``height`` come from the task data
-        (0 when the task was not pushed by this adapter).
+        ``since`` must be timezone-aware (the largest save time of the previous pull, on the
+        server's clock). Every annotation of a task is returned (several reviewers → several
+        Annotations); see :meth:`Decoder.annotation` for the mapping. Tasks without our item
+        id (not pushed by pseudolabel) are skipped.
         """
         items: list[dict[str, Any]]
         if since is not None:
@@ -526,77 +792,95 @@ class LabelStudioClient:
                  "type": "Number", "value": 0},
             ]
             conj = "or"
-        out: list[Annotation] = []
-        for task in self._iter_tasks(items, conjunction=conj, fields="all"):
-            data = task.data or {}
-            if self.item_id_key not in data:
+        out = PullResult()
+        dec = self._decoder()
+        for task in self._list_tasks(items, conjunction=conj, fields="all", what="pull annotations"):
+            data = get(task, "data") or {}
+            if not isinstance(data, Mapping) or self.item_id_key not in data:
                 continue  # a task not pushed by pseudolabel: not ours to interpret
-            item = self._item(data)
-            for ann in _get(task, "annotations") or []:
-                saved = _parse_dt(_get(ann, "updated_at") or _get(ann, "created_at"))
-                if since is not None and saved <= since:
-                    continue
-                out.append(self._annotation(task, ann, item, saved))
-        out.sort(key=lambda a: (a.created_at, a.ls_annotation_id or 0))
+            task_id = get(task, "id")
+            if _maybe_int(task_id) is not None:
+                out.notes[int(task_id)] = str(data.get(self.note_key) or "")
+            try:
+                item = dec.item(data)
+            except (ValueError, TypeError) as exc:
+                out.rejected.append(Rejected(_maybe_int(task_id), None, str(data.get(self.item_id_key)),
+                                             f"task data unusable: {exc}"))
+                continue
+            anns = get(task, "annotations") or []
+            if not isinstance(anns, list):
+                out.rejected.append(Rejected(_maybe_int(task_id), None, item.id, "annotations are not a list"))
+                continue
+            for ann in anns:
+                self._pull_one(dec, task, ann, item, since, out)
+        out.annotations.sort(key=lambda a: (a.created_at, a.ls_annotation_id or 0))
         return out
 
-    def _annotation(self, task: Any, ann: Any, item: Item, saved: datetime) -> Annotation:
-        pred = self._latest_prediction(task, _get(ann, "parent_prediction"))
-        round_id = task.data.get("round")
-        common: dict[str, Any] = dict(
-            item=item,
-            source="human",
-            round=None if round_id is None else int(round_id),
-            reviewer=self._email(_get(ann, "completed_by")),
-            model_version=None if pred is None else _get(pred, "model_version"),
-            created_at=saved,
-            ls_task_id=int(task.id),
-            ls_annotation_id=int(_get(ann, "id")),
-        )
-        result = _get(ann, "result") or []
-        cancelled = bool(_get(ann, "was_cancelled"))
-        label, boxes = (None, ()) if cancelled else self._decode(result, item)
-        # Detection: a submitted annotation with no region means "no objects here" (a real
-        # answer); classification: no choice means the reviewer gave no label.
-        empty_answer = not cancelled and self.task_type != "classify"
-        if label is None and not boxes and not empty_answer:
-            return Annotation(review_outcome="skipped", **common)
-        outcome = "corrected"
-        if pred is not None:
-            p_label, p_boxes = self._decode(_get(pred, "result") or [], item)
-            same = label == p_label if self.task_type == "classify" else convert.same_boxes(boxes, p_boxes)
-            outcome = "accepted" if same else "corrected"
-        return Annotation(label=label, boxes=boxes, review_outcome=outcome, empty_ok=empty_answer, **common)
+    def _pull_one(self, dec: Decoder, task: Any, ann: Any, item: Any, since: datetime | None, out: PullResult) -> None:
+        saved = None
+        try:
+            if not isinstance(ann, Mapping) and not hasattr(ann, "result"):
+                raise ValueError(f"annotation is {type(ann).__name__}, not an object")
+            saved = parse_time(get(ann, "updated_at") or get(ann, "created_at"))
+            if since is not None and saved <= since:
+                return
+            a, warnings = dec.annotation(task, ann, item, reviewer=self._email(get(ann, "completed_by")))
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            out.rejected.append(Rejected(_maybe_int(get(task, "id")), _maybe_int(get(ann, "id")), item.id,
+                                         str(exc), saved_at=saved))
+            return
+        out.annotations.append(a)
+        for w in warnings:
+            out.rejected.append(Rejected(a.ls_task_id, a.ls_annotation_id, item.id, w, action="used", saved_at=saved))
+
+    def collect(self, *, since: datetime | None = None) -> list[Annotation]:
+        """The usable annotations of :meth:`pull` (rejected ones are left out)."""
+        return self.pull(since=since).annotations
 
     # ------------------------------------------------------------------ state
 
-    def task_states(self) -> dict[str, str]:
-        """Item id → ``"queued"`` (no annotation), ``"answered"`` (at least one submitted
-        annotation) or ``"skipped"`` (only cancelled/skipped annotations)."""
-        states: dict[str, str] = {}
-        for task in self._iter_tasks(fields="task_only"):
-            iid = (task.data or {}).get(self.item_id_key)
-            if iid is None:
+    def listing(self) -> list[TaskInfo]:
+        """Every task of the project that carries our item id (one listing, no annotations)."""
+        out = []
+        for task in self._list_tasks(fields="task_only", what="list tasks"):
+            data = dict(get(task, "data") or {})
+            if self.item_id_key not in data:
                 continue
-            if (task.total_annotations or 0) > 0:
-                states[str(iid)] = "answered"
-            elif (task.cancelled_annotations or 0) > 0:
-                states[str(iid)] = "skipped"
-            else:
-                states[str(iid)] = "queued"
-        return states
+            out.append(self._info(task))
+        return out
+
+    def task_states(self) -> dict[str, str]:
+        """Item id → ``"queued"``, ``"answered"`` or ``"skipped"`` (see :attr:`TaskInfo.state`)."""
+        return {str(t.data[self.item_id_key]): t.state for t in self.listing()}
 
     def task_info(self, task_id: int) -> TaskInfo:
         """The review state of one task (its data, overlap, answers, whether it is done)."""
-        task = self._sdk().tasks.get(str(int(task_id)))
+        return self._info(self._call(f"get task {task_id}", lambda: self._sdk().tasks.get(str(int(task_id)))))
+
+    def _info(self, task: Any) -> TaskInfo:
+        data = dict(get(task, "data") or {})
         return TaskInfo(
-            task_id=int(task_id),
-            data=dict(_get(task, "data") or {}),
-            overlap=int(_get(task, "overlap") or 1),
-            is_labeled=bool(_get(task, "is_labeled")),
-            total_annotations=int(_get(task, "total_annotations") or 0),
-            cancelled_annotations=int(_get(task, "cancelled_annotations") or 0),
+            task_id=as_int(get(task, "id"), "task id"), data=data,
+            overlap=int(get(task, "overlap") or 1),
+            is_labeled=bool(get(task, "is_labeled")),
+            total_annotations=int(get(task, "total_annotations") or 0),
+            cancelled_annotations=int(get(task, "cancelled_annotations") or 0),
+            item_id=str(data.get(self.item_id_key, "")),
         )
+
+    def update_task_data(self, task_id: int, **changes: Any) -> None:
+        """Set data keys of one task (every other key stays)."""
+        info = self.task_info(task_id)
+        data = {**info.data, **changes}
+        self._call(f"update task {task_id}", lambda: self._sdk().tasks.update(str(int(task_id)), data=data))
+
+    def flag_task(self, task_id: int, note: str) -> None:
+        """Show ``note`` above the image of ``task_id`` (e.g. why its answer could not be used)."""
+        self.update_task_data(task_id, **{self.note_key: note})
+
+    def delete_task(self, task_id: int) -> None:
+        """Delete one task (used to remove duplicates without answers)."""
+        self._call(f"delete task {task_id}", lambda: self._sdk().tasks.delete(str(int(task_id))))
 
     def requeue_task(self, task_id: int, *, kind: str, note: str, **extra: Any) -> None:
         """Serve an answered task again to one more reviewer.
@@ -611,17 +895,12 @@ class LabelStudioClient:
             raise ValueError(f"task {task_id} has no {self.item_id_key!r} in its data: not a pseudolabel task")
         data = {**info.data, **extra, "kind": kind, self.note_key: note}
         answered = info.total_annotations + info.cancelled_annotations
-        self._sdk().tasks.update(
-            str(int(task_id)), data=data, overlap=max(info.overlap, answered) + 1, is_labeled=False
-        )
+        self._call(f"requeue task {task_id}", lambda: self._sdk().tasks.update(
+            str(int(task_id)), data=data, overlap=max(info.overlap, answered) + 1, is_labeled=False))
 
     def request_adjudication(self, task_id: int, *, reason: str) -> None:
-        """Send a task whose reviewers disagree back for one more (deciding) answer.
-
-        Data: ``kind="adjudicate"``, ``adjudication_reason=reason`` and the note
-        "Adjudication: <reason>"; overlap + 1 (see :meth:`requeue_task`). Calling it twice
-        raises the overlap twice: callers record that they asked (``loops.review`` does).
-        """
+        """Send a task whose reviewers disagree back for one more (deciding) answer
+        (``kind="adjudicate"``, the note "Adjudication: <reason>", overlap + 1)."""
         if not isinstance(reason, str) or not reason.strip():
             raise ValueError(f"reason must be a non-empty string; got {reason!r}")
         self.requeue_task(
@@ -630,30 +909,36 @@ class LabelStudioClient:
 
     def count_tasks(self) -> int:
         """Number of tasks in the project."""
-        return int(self._sdk().projects.get(self.project_id).task_number or 0)
+        pid = self.project_id
+        return int(self._call("get project", lambda: self._sdk().projects.get(pid)).task_number or 0)
 
     def pending(self) -> list[PendingTask]:
         """Tasks with no annotation at all (not even a skip), in Label Studio's serving
-        order under uncertainty sampling: lowest prediction score first, then task id."""
+        order under uncertainty sampling: lowest prediction score first, then task id.
+        Only predictions of the project's model version count, as in the labelling stream."""
+        version = self.project_model_version()
         items = [
             {"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0},
             {"filter": "filter:tasks:cancelled_annotations", "operator": "equal", "type": "Number", "value": 0},
         ]
         out: list[PendingTask] = []
-        for task in self._iter_tasks(items, fields="all"):
+        dec = self._decoder()
+        for task in self._list_tasks(items, fields="all", what="list pending tasks"):
             data = task.data or {}
             if self.item_id_key not in data:
                 continue
-            pred = self._latest_prediction(task)
+            current = [p for p in (get(task, "predictions") or []) if version is None
+                       or get(p, "model_version") == version]
+            pred = dec.latest_prediction({"predictions": current})
             label: str | None = None
             boxes: tuple[Box, ...] = ()
             if pred is not None:
-                label, boxes = self._decode(_get(pred, "result") or [], self._item(data))
-            score = None if pred is None else _get(pred, "score")
+                label, boxes = dec.result(get(pred, "result") or [], dec.item(data))
+            score = None if pred is None else get(pred, "score")
             out.append(PendingTask(
                 task_id=int(task.id),
                 item_id=str(data[self.item_id_key]),
-                prediction_id=None if pred is None else int(_get(pred, "id")),
+                prediction_id=None if pred is None else int(get(pred, "id")),
                 prediction_score=None if score is None else float(score),
                 predicted_label=label,
                 predicted_boxes=boxes,
@@ -673,20 +958,22 @@ class LabelStudioClient:
         parent_prediction: int | None = None,
         was_cancelled: bool = False,
         completed_by: int | None = None,
+        result: list[dict[str, Any]] | None = None,
     ) -> int:
         """Save an annotation on ``task_id`` as the token's user (or as user id
         ``completed_by``, e.g. from :meth:`ensure_user`); returns its id.
 
         Classification: ``label`` (a class name). Detection/segmentation: pixel ``boxes``
         on a ``width`` x ``height`` image. ``was_cancelled=True`` records a skip (no result).
+        ``result``: a raw Label Studio result list instead (tests of bad answers).
         """
-        if was_cancelled:
-            result: list[dict[str, Any]] = []
-        elif self.task_type == "classify":
+        if result is None and was_cancelled:
+            result = []
+        elif result is None and self.task_type == "classify":
             if label not in self._classes():
                 raise ValueError(f"label {label!r} is not among {list(self._classes())!r}")
             result = convert.choices_result(label)  # type: ignore[arg-type]
-        else:
+        elif result is None:
             if width is None or height is None:
                 raise ValueError("width and height (pixels) are needed to annotate boxes")
             result = convert.boxes_result(boxes, width=width, height=height, task_type=self.task_type)
@@ -695,7 +982,15 @@ class LabelStudioClient:
             kwargs["parent_prediction"] = parent_prediction
         if completed_by is not None:
             kwargs["completed_by"] = int(completed_by)
-        ann = self._sdk().annotations.create(id=task_id, **kwargs)
+        ann = self._call(f"annotate task {task_id}", lambda: self._sdk().annotations.create(id=task_id, **kwargs),
+                         idempotent=False)
         if ann.id is None:
             raise LabelStudioError(f"annotating task {task_id} returned no annotation id")
         return int(ann.id)
+
+
+def _maybe_int(value: Any) -> int | None:
+    try:
+        return as_int(value, "id")
+    except ValueError:
+        return None

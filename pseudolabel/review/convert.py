@@ -55,6 +55,22 @@ def _attr(value: str) -> str:
     return '"' + escape(value, {'"': "&quot;"}) + '"'
 
 
+def hotkeys(classes: Sequence[str]) -> dict[str, str]:
+    """Class name -> Label Studio hotkey, so that the key a reviewer presses matches the class.
+
+    Label Studio assigns hotkeys by position (1, 2, ... then letters), so for classes named
+    ``0``..``9`` the key ``8`` would choose class ``7``. Rule: when every class name is a single
+    character and no two differ only by case, each class's hotkey is its own name; otherwise
+    the first nine classes get ``1``..``9`` and the tenth ``0`` (Label Studio's own order, made
+    explicit), and later classes get no hotkey.
+    """
+    names = list(classes)
+    if all(len(c) == 1 for c in names) and len({c.lower() for c in names}) == len(names):
+        return {c: c for c in names}
+    keys = [str(i) for i in range(1, 10)] + ["0"]
+    return {c: k for c, k in zip(names, keys)}
+
+
 def label_config(
     classes: Sequence[str],
     *,
@@ -66,9 +82,10 @@ def label_config(
 ) -> str:
     """Label Studio labelling config (XML) for ``task_type`` with one value per class.
 
-    ``classify`` → ``<Choices choice="single">``; ``detect`` → ``<RectangleLabels>``;
-    ``segment`` → ``<PolygonLabels>``. Class names are XML-escaped. With ``note_key``, a
-    ``<Header value="$<note_key>"/>`` above the image shows the task's note to the reviewer
+    ``classify`` → ``<Choices choice="single">``; ``detect`` → ``<RectangleLabels
+    canRotate="false">`` (our boxes are axis-aligned); ``segment`` → ``<PolygonLabels>``. Class
+    names are XML-escaped; each value carries the hotkey of :func:`hotkeys`. With ``note_key``,
+    a ``<Header value="$<note_key>"/>`` above the image shows the task's note to the reviewer
     (e.g. "Second review: ..."; an empty note shows nothing).
     """
     names = validate_classes(classes)
@@ -76,8 +93,12 @@ def label_config(
         raise ValueError(f"task_type {task_type!r} is not one of {sorted(_CONTROL_TAGS)}")
     control = _CONTROL_TAGS[task_type]
     value_tag = _VALUE_TAGS[control]
-    values = "\n".join(f"    <{value_tag} value={_attr(c)}/>" for c in names)
-    extra = ' choice="single" showInline="true"' if control == "Choices" else ""
+    keys = hotkeys(names)
+    values = "\n".join(
+        f"    <{value_tag} value={_attr(c)}" + (f" hotkey={_attr(keys[c])}" if c in keys else "") + "/>"
+        for c in names
+    )
+    extra = {"Choices": ' choice="single" showInline="true"', "RectangleLabels": ' canRotate="false"'}.get(control, "")
     header = "" if note_key is None else f"  <Header value={_attr('$' + note_key)} size=\"4\"/>\n"
     return (
         "<View>\n"
@@ -272,26 +293,44 @@ def _single_label(value: Mapping[str, Any], key: str) -> str:
 
 
 def box_from_rectangle(
-    region: Mapping[str, Any], *, width: int | None = None, height: int | None = None
+    region: Mapping[str, Any], *, width: int | None = None, height: int | None = None,
+    rotated: str = "error", warnings: list[str] | None = None,
 ) -> Box:
     """Pixel ``xyxy`` :class:`Box` from one ``rectanglelabels`` region.
 
     The size comes from the region's ``original_width``/``original_height``, else from the
-    arguments. Rotated rectangles raise ``ValueError`` (an ``xyxy`` box cannot hold them).
+    arguments. A rotated rectangle (Label Studio rotates clockwise, in degrees, around the
+    top-left corner ``x, y``) cannot be an ``xyxy`` box: ``rotated="error"`` raises
+    ``ValueError``; ``rotated="enclose"`` returns its enclosing axis-aligned box, clipped to the
+    image, and appends a message to ``warnings``.
     """
     if region.get("type") != "rectanglelabels":
         raise ValueError(f"region type {region.get('type')!r} is not 'rectanglelabels'")
+    if rotated not in ("error", "enclose"):
+        raise ValueError(f"rotated={rotated!r}: expected 'error' or 'enclose'")
     w, h = _size_of(region, width, height)
     v = region["value"]
-    if float(v.get("rotation", 0) or 0) != 0:
-        raise ValueError(f"rectangle {dict(v)!r} is rotated; only axis-aligned boxes are supported")
     x1 = float(v["x"]) / 100.0 * w
     y1 = float(v["y"]) / 100.0 * h
-    x2 = x1 + float(v["width"]) / 100.0 * w
-    y2 = y1 + float(v["height"]) / 100.0 * h
+    bw = float(v["width"]) / 100.0 * w
+    bh = float(v["height"]) / 100.0 * h
+    angle = float(v.get("rotation", 0) or 0)
     score = region.get("score")
-    return Box(x1, y1, x2, y2, _single_label(v, "rectanglelabels"),
-               score=None if score is None else float(score))
+    label = _single_label(v, "rectanglelabels")
+    if angle % 360 != 0:
+        if rotated == "error":
+            raise ValueError(f"rectangle {dict(v)!r} is rotated; only axis-aligned boxes are supported")
+        t = math.radians(angle)
+        c, s = math.cos(t), math.sin(t)
+        xs = [x1, x1 + bw * c, x1 + bw * c - bh * s, x1 - bh * s]
+        ys = [y1, y1 + bw * s, y1 + bw * s + bh * c, y1 + bh * c]
+        ex1, ey1 = max(0.0, min(xs)), max(0.0, min(ys))
+        ex2, ey2 = min(float(w), max(xs)), min(float(h), max(ys))
+        if warnings is not None:
+            warnings.append(f"rectangle {label!r} rotated by {angle:g} degrees: used its enclosing "
+                            f"axis-aligned box [{ex1:.1f}, {ey1:.1f}, {ex2:.1f}, {ey2:.1f}] px")
+        return Box(ex1, ey1, ex2, ey2, label, score=None if score is None else float(score))
+    return Box(x1, y1, x1 + bw, y1 + bh, label, score=None if score is None else float(score))
 
 
 # --------------------------------------------------------------------------- polygons
@@ -360,14 +399,18 @@ def boxes_result(
 def boxes_from_result(
     result: Sequence[Mapping[str, Any]], *, from_name: str = "label",
     width: int | None = None, height: int | None = None,
+    rotated: str = "error", warnings: list[str] | None = None,
 ) -> tuple[Box, ...]:
-    """All rectangle and polygon regions of ``result`` (for ``from_name``) as pixel Boxes."""
+    """All rectangle and polygon regions of ``result`` (for ``from_name``) as pixel Boxes
+    (``rotated`` / ``warnings``: see :func:`box_from_rectangle`)."""
     out: list[Box] = []
     for region in result:
+        if not isinstance(region, Mapping):
+            raise ValueError(f"result region {region!r} is not an object")
         if region.get("from_name") != from_name:
             continue
         if region.get("type") == "rectanglelabels":
-            out.append(box_from_rectangle(region, width=width, height=height))
+            out.append(box_from_rectangle(region, width=width, height=height, rotated=rotated, warnings=warnings))
         elif region.get("type") == "polygonlabels":
             out.append(box_from_polygon(region, width=width, height=height))
     return tuple(out)

@@ -1,7 +1,7 @@
 """An in-process oracle reviewer: the fast stand-in for Label Studio in large sweeps.
 
-It implements the same ``submit`` / ``collect`` contract as the Label Studio client but keeps
-tasks in memory and answers them from the ground truth. The default path of the demo and the
+It implements the same push / pull contract as the Label Studio client (``push``, ``pull``,
+``listing``; flags and model versions are no-ops: there is no reviewer UI) but keeps tasks in memory and answers them from the ground truth. The default path of the demo and the
 tests is the real Label Studio server with :class:`~pseudolabel.review.simulated.SimulatedReviewer`;
 this one exists so that benchmarks over many seeds and strategies stay cheap.
 """
@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
+from pseudolabel.review.client import PullResult, TaskInfo
 from pseudolabel.types import Annotation, Candidate, utcnow
 
 
@@ -42,6 +44,11 @@ class OracleReviewer:
         self._tasks: dict[str, tuple[int, Candidate, str | None]] = {}
         self._done: list[Annotation] = []
         self._next_id = 1
+
+    def push(self, candidates: Sequence[Candidate], *, round_id: int, model_version: str,
+             refresh: Sequence[Candidate] = ()) -> dict[str, int]:
+        """Queue ``candidates`` (``refresh``: nothing to redraw in memory)."""
+        return self.submit(candidates, round_id=round_id, model_version=model_version)
 
     def submit(self, candidates: Sequence[Candidate], *, round_id: int, model_version: str) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -77,6 +84,25 @@ class OracleReviewer:
 
     def collect(self, *, since: datetime | None = None) -> list[Annotation]:
         return [a for a in self._done if since is None or a.created_at >= since]
+
+    def pull(self, *, since: datetime | None = None) -> PullResult:
+        """The answers saved since ``since`` (an oracle never gives an unusable answer)."""
+        return PullResult(annotations=self.collect(since=since))
+
+    def listing(self) -> list[TaskInfo]:
+        """Every task, with its state."""
+        answered = {a.item.id for a in self._done}
+        return [TaskInfo(task_id=tid, data={"round": None}, overlap=1, is_labeled=iid in answered,
+                         total_annotations=int(iid in answered), cancelled_annotations=0, item_id=iid)
+                for iid, (tid, _, _) in self._tasks.items()]
+
+    def flag_task(self, task_id: int, note: str) -> None:
+        """No reviewer UI to flag in."""
+
+    def check_image(self, path: Path) -> None:
+        """No server to serve images: the file only has to exist."""
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"image {path} does not exist")
 
     def task_states(self) -> dict[str, str]:
         answered = {a.item.id for a in self._done}
