@@ -40,7 +40,7 @@ def run_campaign(
     """Run rounds until the config's stop rule fires; returns one row per round.
 
     ``answer(result) -> {"corrections": n, ...}`` is called after every round that queued
-    tasks. The termination condition is recorded in the ledger (``meta.termination``).
+    tasks. The termination condition is recorded in the ledger (``Ledger.termination()``).
     """
     console = console or Console()
     out = CampaignResult()
@@ -74,7 +74,7 @@ def run_campaign(
                 break
         else:
             out.termination = f"max_rounds: stopped after {limit} rounds"
-            ledger.set_meta("termination", {"reason": out.termination})
+            ledger.set_termination(out.termination)
     out.seconds = time.perf_counter() - t0
     return out
 

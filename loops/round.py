@@ -101,7 +101,7 @@ def ingest(cfg: Config, ledger: Ledger, *, progress: bool = False) -> dict[str, 
     }
     have_seed = {r.item_id for r in ledger.all_labels(source="seed")}
     ledger.add_labels(a for a in seed_anns if a.item.id not in have_seed)
-    ledger.set_meta("holdout_truth", truth)
+    ledger.set_holdout_truth(truth)
     quarantined = [*seed_set.quarantined, *holdout_set.quarantined, *pool.quarantined]
     if quarantined:
         write_quarantine_csv(cfg.workdir / "quarantine.csv", quarantined)
@@ -126,7 +126,7 @@ def is_detection(cfg: Config) -> bool:
 
 def holdout_truth(cfg: Config, ledger: Ledger) -> dict[str, Any]:
     """Item id -> true class name (classification) or tuple of :class:`Box` (detection)."""
-    raw: dict[str, Any] = ledger.get_meta("holdout_truth", {})
+    raw: dict[str, Any] = ledger.holdout_truth()
     if is_detection(cfg):
         return {k: boxes_from_json(v) for k, v in raw.items()}
     return raw
@@ -341,7 +341,7 @@ def _run_round(cfg: Config, reviewer: Reviewer | None, ledger: Ledger, *, progre
 
     def stopped(why: str) -> RoundResult:
         ledger.update_round(rid, info={"stop": why})
-        ledger.set_meta("termination", {"round": rid, "reason": why})
+        ledger.set_termination(why, round_id=rid)
         ledger.finish_round(rid, status="stopped")
         log(f"  stop: {why}")
         return RoundResult(rid, resumed, metrics["labels_used"], train_info.get("pseudo", 0), metrics,
@@ -422,7 +422,7 @@ def _push_relabel(cfg: Config, ledger: Ledger, reviewer: Any, model: Any, rid: i
     back once (recorded in the ledger before the push: a crash never asks twice)."""
     from pseudolabel.quality import label_issues, out_of_sample_probs, relabel_candidates
 
-    asked: dict[str, int] = ledger.get_meta("relabel_requested", {}) or {}
+    asked: dict[str, int] = ledger.relabel_requests()
     train, _, _ = _training_set(cfg, ledger)
     labelled = [a for a in train if a.source != "pseudo"]
     if len(labelled) < cfg.quality.min_labels:
@@ -436,7 +436,7 @@ def _push_relabel(cfg: Config, ledger: Ledger, reviewer: Any, model: Any, rid: i
         log(f"  quality: {len(labelled)} labels checked, none suspicious")
         return 0
     cands = relabel_candidates(labelled, oos, issues, model_version=model.model_version)
-    ledger.set_meta("relabel_requested", asked | {c.item.id: rid for c in cands})
+    ledger.add_relabel_requests({c.item.id: rid for c in cands})
     tasks = reviewer.submit_relabel(cands, round_id=rid, model_version=model.model_version)
     ledger.record_tasks(reviewer.project_title, rid, {k: v for k, v in tasks.items()}, kind="relabel",
                         scores={c.item.id: c.score for c in cands})
@@ -558,14 +558,14 @@ def _confident(cfg: Config, ledger: Ledger, df: pd.DataFrame, probs: np.ndarray,
         return []
     human_mask = df["item_id"].isin(human).to_numpy()
     state = None
-    saved = ledger.get_meta("freematch_state")
+    saved = ledger.freematch_state()
     if cfg.pseudo.mode == "freematch" and saved:
         state = FreeMatchState(tau=float(saved["tau"]), class_probs=np.asarray(saved["class_probs"]))
     thr, new_state = class_thresholds(probs, threshold=cfg.pseudo.threshold, mode=cfg.pseudo.mode,
                                       human_mask=human_mask, state=state)
     if new_state is not None:
-        ledger.set_meta("freematch_state", {"tau": float(new_state.tau),
-                                            "class_probs": [float(v) for v in new_state.class_probs]})
+        ledger.save_freematch_state({"tau": float(new_state.tau),
+                                     "class_probs": [float(v) for v in new_state.class_probs]}, round_id=rid)
     for c, t in cfg.pseudo.class_thresholds.items():
         thr[cfg.classes.index(c)] = t
     ledger.update_round(rid, info={"pseudo_thresholds": {c: round(float(t), 4) for c, t in zip(cfg.classes, thr)}})

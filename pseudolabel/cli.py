@@ -156,7 +156,7 @@ def status(config: ConfigOpt, set_: SetOpt = None,
         info = {
             "project": cfg.project, "workdir": str(cfg.workdir),
             "items": ledger.split_counts(), "labels_by_source": ledger.label_counts(),
-            "review_tasks": ledger.task_counts(), "termination": ledger.get_meta("termination"),
+            "review_tasks": ledger.task_counts(), "termination": ledger.termination(),
             "metric": cfg.stop.metric,
             "rounds": [{"round": r["id"], "status": r["status"], "stages": r["stages"],
                         "accuracy": r["metrics"].get("accuracy"), "macro_f1": r["metrics"].get("macro_f1"),
