@@ -15,7 +15,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Literal, Mapping, Protocol, Sequence
 
 import numpy as np
 import pandas as pd
@@ -24,7 +24,7 @@ from loops import detection
 from loops.review import SyncResult, pending_adjudications, sync_reviews
 from pseudolabel.config import Config, dump_config
 from pseudolabel.data.formats import read_labels
-from pseudolabel.data.ingest import scan_folder, write_quarantine_csv
+from pseudolabel.data.ingest import Presence, Quarantined, recheck, reconcile, scan_folder, write_quarantine_csv
 from pseudolabel.data.ledger import Ledger, boxes_from_json, boxes_to_json
 from pseudolabel.inference import load_box_predictions, load_predictions, pseudo_label
 from pseudolabel.metrics import classification_metrics
@@ -71,29 +71,44 @@ def ledger_for(cfg: Config) -> Ledger:
     return Ledger(cfg.workdir / "ledger.sqlite")
 
 
-def ingest(cfg: Config, ledger: Ledger, *, progress: bool = False) -> dict[str, int]:
+def ingest(cfg: Config, ledger: Ledger, *, progress: bool = False,
+           log: Callable[[str], None] = lambda s: None) -> dict[str, int]:
     """Scan seed, holdout and pool into the ledger; quarantine unusable files.
 
     Seed labels are added once (a re-run adds nothing); the pool is re-scanned every round so
     newly dropped images join it (files known by path, size and mtime are not re-read).
     Classification reads ImageFolder / CSV sets, detection and segmentation YOLO / COCO / VOC
-    (:func:`loops.detection.read_labelled`). Returns counts of what was new.
+    (:func:`loops.detection.read_labelled`). Images above ``data.max_pixels`` are quarantined.
+
+    Files deleted or replaced since the last scan never stop the campaign: an item whose
+    every known file vanished or now holds other bytes is marked gone (its labels kept; new
+    bytes are a new item) with a quarantine row saying why, and nothing reads it any more.
+    A seed or holdout set read for the first time must be complete (a listed file that does
+    not exist is an error: a typo to fix); afterwards such a file is quarantined.
+    Returns counts of what was new, quarantined and gone.
     """
+    seen_splits = ledger.split_counts(include_gone=True)
+
+    def on_missing(split: str) -> Literal["error", "quarantine"]:
+        return "quarantine" if seen_splits[split] else "error"
+
     if is_detection(cfg):
-        seed_set = detection.read_labelled(cfg, "seed", progress=progress)
-        holdout_set = detection.read_labelled(cfg, "holdout", progress=progress)
+        seed_set = detection.read_labelled(cfg, "seed", progress=progress, on_missing=on_missing("seed"))
+        holdout_set = detection.read_labelled(cfg, "holdout", progress=progress, on_missing=on_missing("holdout"))
         seed_anns = (Annotation(item=it, boxes=tuple(seed_set.boxes[it.id]), source="seed", round=0, empty_ok=True)
                      for it in seed_set.items)
         truth = {it.id: boxes_to_json(holdout_set.boxes[it.id], empty=True) for it in holdout_set.items}
     else:
         seed_set = read_labels(cfg.data.seed.format, cfg.data.seed.path, classes=cfg.classes,
-                               image_root=cfg.data.seed.image_root)
+                               image_root=cfg.data.seed.image_root, max_pixels=cfg.data.max_pixels,
+                               on_missing=on_missing("seed"))
         holdout_set = read_labels(cfg.data.holdout.format, cfg.data.holdout.path, classes=cfg.classes,
-                                  image_root=cfg.data.holdout.image_root)
+                                  image_root=cfg.data.holdout.image_root, max_pixels=cfg.data.max_pixels,
+                                  on_missing=on_missing("holdout"))
         seed_anns = (Annotation(item=it, label=seed_set.labels[it.id], source="seed", round=0)
                      for it in seed_set.items)
         truth = {it.id: holdout_set.labels[it.id] for it in holdout_set.items}
-    pool = _scan_pool(cfg, ledger, progress=progress)
+    pool, known_before = _scan_pool(cfg, ledger, progress=progress)
     new = {
         "holdout": ledger.add_items(holdout_set.items, split="holdout"),
         "seed": ledger.add_items(seed_set.items, split="seed"),
@@ -103,21 +118,66 @@ def ingest(cfg: Config, ledger: Ledger, *, progress: bool = False) -> dict[str, 
     ledger.add_labels(a for a in seed_anns if a.item.id not in have_seed)
     ledger.set_holdout_truth(truth)
     quarantined = [*seed_set.quarantined, *holdout_set.quarantined, *pool.quarantined]
+    presence = _reconcile(ledger, [seed_set, holdout_set, pool], quarantined, known_before)
+    quarantined += presence.quarantined
     if quarantined:
         write_quarantine_csv(cfg.workdir / "quarantine.csv", quarantined)
     new["quarantined"] = len(quarantined)
+    new["gone"] = len(presence.gone)
+    if presence.gone:
+        log(f"  ingest: {len(presence.gone)} item(s) gone (files deleted or replaced; labels kept), "
+            f"see {cfg.workdir / 'quarantine.csv'}")
     return new
 
 
-def _scan_pool(cfg: Config, ledger: Ledger, *, progress: bool) -> Any:
-    """Scan the pool folder; files already known by (path, size, mtime) are not re-read."""
+def _scan_pool(cfg: Config, ledger: Ledger, *, progress: bool) -> tuple[Any, dict[str, Any]]:
+    """Scan the pool folder; files already known by (path, size, mtime) are not re-read.
+    Returns the scan and the file records as they were before it."""
     known = ledger.known_files()
-    pool = scan_folder(cfg.data.pool.path, recursive=cfg.data.pool.recursive, progress=progress, known=known)
+    pool = scan_folder(cfg.data.pool.path, recursive=cfg.data.pool.recursive, progress=progress, known=known,
+                       max_pixels=cfg.data.max_pixels)
     ledger.remember_files(pool.file_rows())
     gone = set(known) - set(pool.files)
     if gone:
         ledger.forget_files(gone)
-    return pool
+    return pool, known
+
+
+def _reconcile(ledger: Ledger, sets: Sequence[Any], quarantined: Sequence[Quarantined],
+               known_before: Mapping[str, Any]) -> Presence:
+    """Mark gone the items no scanned file holds any more, move those found elsewhere
+    (:func:`pseudolabel.data.ingest.reconcile`)."""
+    found: dict[Path, str] = {}
+    for s in sets:  # seed / holdout / pool: items, then files with the same bytes as one
+        found.update({Path(it.path): it.id for it in s.items})
+        found.update({Path(p): i for p, i in s.duplicates})
+    present = ledger.items()
+    found_ids = set(found.values())
+    missing = {it.id for it in present if it.id not in found_ids}
+    others: dict[str, list[Path]] = {}
+    for path, rec in known_before.items():  # the pool files that held them at the last scan
+        if rec[2] in missing:
+            others.setdefault(rec[2], []).append(Path(path))
+    presence = reconcile(present, found, other_paths=others, quarantined={q.path: q.reason for q in quarantined})
+    if presence.gone:
+        ledger.mark_gone(presence.gone)
+    if presence.moved:
+        ledger.move_items(presence.moved)
+    return presence
+
+
+def recheck_before_push(cfg: Config, ledger: Ledger, cands: Sequence[Candidate], *,
+                        log: Callable[[str], None] = lambda s: None) -> list[Candidate]:
+    """The candidates whose files are still the ones scanned; the others are not pushed: they
+    are quarantined with the reason and their items marked gone (a replaced file's new bytes
+    join the pool at the next scan as a new item)."""
+    ok, bad = recheck([c.item for c in cands], ledger.known_files([c.item.path for c in cands]))
+    if bad:
+        ledger.mark_gone({item_id: q.reason for item_id, q in bad.items()})
+        write_quarantine_csv(cfg.workdir / "quarantine.csv", list(bad.values()))
+        log(f"  push: {len(bad)} selected file(s) deleted or changed since the scan, not pushed (quarantined)")
+    keep = {it.id for it in ok}
+    return [c for c in cands if c.item.id in keep]
 
 
 def is_detection(cfg: Config) -> bool:
@@ -269,7 +329,7 @@ def _run_round(cfg: Config, reviewer: Reviewer | None, ledger: Ledger, *, progre
             raise StopRound(f"simulated crash after stage {stage!r} of round {rid}")
 
     # -- ingest + sync -----------------------------------------------------------------------
-    ingest(cfg, ledger, progress=progress)
+    ingest(cfg, ledger, progress=progress, log=log)
     sync: dict[str, int] = {}
     if not ledger.stage_done(rid, "sync"):
         s = time.perf_counter()
@@ -397,6 +457,8 @@ def _run_round(cfg: Config, reviewer: Reviewer | None, ledger: Ledger, *, progre
         sel_df = pd.read_csv(sel_csv)
         if reviewer is not None and len(sel_df):
             cands = _candidates(cfg, ledger, model, pred_dir, sel_df)
+            # Files deleted or changed since the scan are not pushed (quarantined, item gone).
+            cands = recheck_before_push(cfg, ledger, cands, log=log)
             tasks = reviewer.submit(cands, round_id=rid, model_version=model.model_version)
             queued = ledger.record_tasks(reviewer.project_title, rid, tasks,
                                          scores={c.item.id: c.score for c in cands})

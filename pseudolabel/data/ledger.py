@@ -499,10 +499,10 @@ class Ledger:
             raise KeyError(f"unknown item id {item_id!r}")
         return Item(r["id"], Path(r["path"]), r["width"], r["height"])
 
-    def split_counts(self) -> dict[str, int]:
-        """Present items by split (gone items: :meth:`gone_items`)."""
-        rows = self._db.execute(
-            "SELECT split, COUNT(*) AS n FROM items WHERE gone_at IS NULL GROUP BY split").fetchall()
+    def split_counts(self, *, include_gone: bool = False) -> dict[str, int]:
+        """Items by split: present ones, or all ever seen with ``include_gone``."""
+        where = "" if include_gone else " WHERE gone_at IS NULL"
+        rows = self._db.execute(f"SELECT split, COUNT(*) AS n FROM items{where} GROUP BY split").fetchall()
         return {s: 0 for s in SPLITS} | {r["split"]: r["n"] for r in rows}
 
     def mark_gone(self, reasons: Mapping[str, str]) -> int:
@@ -871,13 +871,19 @@ class Ledger:
 
 
     # -- files (ingest skip) -----------------------------------------------------------------
-    def known_files(self) -> dict[str, tuple[int, int, str, int, int]]:
+    def known_files(self, paths: Iterable[str | Path] | None = None) -> dict[str, tuple[int, int, str, int, int]]:
         """``path -> (size bytes, mtime_ns, item_id, width px, height px)`` for every
-        remembered file; pass it to ``scan_folder(..., known=...)``."""
-        return {
-            r[0]: (r[1], r[2], r[3], r[4], r[5])
-            for r in self._db.execute("SELECT path, size, mtime_ns, item_id, width, height FROM files")
-        }
+        remembered file (or only those of ``paths`` that are remembered); pass it to
+        ``scan_folder(..., known=...)`` or ``recheck``."""
+        q = "SELECT path, size, mtime_ns, item_id, width, height FROM files"
+        if paths is None:
+            return {r[0]: (r[1], r[2], r[3], r[4], r[5]) for r in self._db.execute(q)}
+        out = {}
+        for p in paths:
+            r = self._db.execute(q + " WHERE path = ?", (str(p),)).fetchone()
+            if r is not None:
+                out[r[0]] = (r[1], r[2], r[3], r[4], r[5])
+        return out
 
     def remember_files(self, rows: Iterable[Sequence[Any]]) -> int:
         """Insert or replace ``(path, size, mtime_ns, item_id, width, height)`` rows (e.g.
