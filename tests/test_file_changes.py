@@ -153,6 +153,39 @@ def test_csv_set_missing_file_is_an_error_first_then_quarantined(tmp_path: Path)
         ("b.png", f"image file not found (listed at {tmp_path / 'labels.csv'}:3)")]
 
 
+def test_detection_sets_quarantine_a_deleted_image_when_asked(tmp_path: Path) -> None:
+    import json
+
+    from pseudolabel.data import detformats
+
+    img, lab, ann = tmp_path / "images", tmp_path / "labels", tmp_path / "ann"
+    for d in (img, lab, ann):
+        d.mkdir()
+    Image.new("RGB", (40, 30), "white").save(img / "a.png")
+    for name in ("a", "b"):
+        (lab / f"{name}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+        (ann / f"{name}.xml").write_text(
+            f"<annotation><filename>{name}.png</filename><object><name>x</name><bndbox><xmin>1</xmin><ymin>1</ymin>"
+            "<xmax>5</xmax><ymax>5</ymax></bndbox></object></annotation>")
+    coco = tmp_path / "c.json"
+    coco.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png"}],
+        "categories": [{"id": 1, "name": "x"}],
+        "annotations": [{"id": i, "image_id": i, "category_id": 1, "bbox": [1, 1, 4, 4]} for i in (1, 2)]}))
+    readers = {
+        "yolo": lambda **kw: detformats.read_yolo(img, lab, classes=["x"], **kw),
+        "coco": lambda **kw: detformats.read_coco(coco, image_root=img, classes=["x"], **kw),
+        "voc": lambda **kw: detformats.read_voc(ann, image_root=img, classes=["x"], **kw),
+    }
+    for name, read in readers.items():
+        with pytest.raises(ValueError, match=r"b\.(txt|png)"):      # a file missing from a first read: an error
+            read()
+        ds = read(on_missing="quarantine")
+        assert [it.path.name for it in ds.items] == ["a.png"], name
+        assert len(ds.boxes[ds.items[0].id]) == 1, name
+        assert [q.path.name for q in ds.quarantined] == ["b.txt" if name == "yolo" else "b.png"], name
+
+
 def test_ingest_marks_deleted_and_replaced_files_gone_and_keeps_their_labels(tmp_path: Path) -> None:
     data, cfg = _digits(tmp_path)
     pool = sorted((data.root / "pool").glob("*.png"))

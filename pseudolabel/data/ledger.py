@@ -236,7 +236,7 @@ def _check_meta_key(key: str) -> None:
             raise ValueError(f"meta key {key!r} is no longer a meta value (ledger schema 3): use {instead}")
 
 
-class LedgerVersionError(RuntimeError):
+class LedgerVersionError(ValueError):
     """The ledger file was written by a newer release (a schema this code does not know)."""
 
 # Which split wins when the same bytes arrive in two sets: an image in the holdout must never
