@@ -45,7 +45,7 @@ def run_campaign(
     stop: the demo answers through a simulated reviewer, ``pseudolabel run --wait M`` waits
     for people. Without ``answer`` a single round runs (the next scheduled run continues).
     A round that finds nothing new to learn from ends the loop (no retraining on unchanged
-    labels). The termination condition is recorded in the ledger (``meta.termination``).
+    labels). The termination condition is recorded in the ledger (``Ledger.termination()``).
     """
     console = console or Console()
     out = CampaignResult()
@@ -84,7 +84,7 @@ def run_campaign(
                 break
         else:
             out.termination = f"max_rounds: stopped after {limit} rounds"
-            ledger.set_meta("termination", {"reason": out.termination})
+            ledger.set_termination(out.termination)
     out.seconds = time.perf_counter() - t0
     return out
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Collection, Mapping, Sequence
+from typing import Any, Collection, Literal, Mapping, Sequence
 
 import numpy as np
 
@@ -27,9 +27,13 @@ from pseudolabel.types import Annotation, Box, Item, Prediction
 _AGG = {"max": "max", "mean": "mean", "sum": "sum", "topk": "topk_mean"}
 
 
-def read_labelled(cfg: Config, name: str, *, progress: bool = False) -> DetSet:
-    """Read ``data.<name>`` (seed or holdout) in its format; every class must be in ``classes``."""
+def read_labelled(cfg: Config, name: str, *, progress: bool = False,
+                  on_missing: Literal["error", "quarantine"] = "error") -> DetSet:
+    """Read ``data.<name>`` (seed or holdout) in its format; every class must be in ``classes``.
+    Images above ``data.max_pixels`` are quarantined; ``on_missing``: what a listed image that
+    does not exist is (see :mod:`pseudolabel.data.formats`)."""
     src = getattr(cfg.data, name)
+    limits: dict[str, Any] = {"max_pixels": cfg.data.max_pixels, "on_missing": on_missing}
     task = "segment" if cfg.task == "segment" else "detect"
     path = Path(src.path)
     if src.format == "yolo":
@@ -43,13 +47,13 @@ def read_labelled(cfg: Config, name: str, *, progress: bool = False) -> DetSet:
                 )
             i = len(parts) - 1 - parts[::-1].index("images")
             labels = Path(*parts[:i], "labels", *parts[i + 1:])
-        return detformats.read_yolo(path, Path(labels), classes=cfg.classes, task=task, progress=progress)
+        return detformats.read_yolo(path, Path(labels), classes=cfg.classes, task=task, progress=progress, **limits)
     if src.format == "coco":
         root = src.image_root if src.image_root is not None else path.parent
-        return detformats.read_coco(path, image_root=Path(root), classes=cfg.classes, progress=progress)
+        return detformats.read_coco(path, image_root=Path(root), classes=cfg.classes, progress=progress, **limits)
     if src.format == "voc":
         root = src.image_root if src.image_root is not None else path.parent / "JPEGImages"
-        return detformats.read_voc(path, image_root=Path(root), classes=cfg.classes, progress=progress)
+        return detformats.read_voc(path, image_root=Path(root), classes=cfg.classes, progress=progress, **limits)
     raise ValueError(f"data.{name}.format {src.format!r} is not a detection format (yolo, coco, voc)")
 
 

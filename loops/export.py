@@ -57,7 +57,7 @@ def export_campaign(cfg: Config, ledger: Ledger, out_dir: Path, *, fmt: str, inc
         raise ValueError(f"nothing to export: the ledger in {cfg.workdir} has no seed or human labels yet")
     train_items = [items[k] for k in sorted(rows)]
     holdout_items = sorted((items[k] for k in holdout_ids), key=lambda it: it.id) if include_holdout else []
-    truth: dict[str, Any] = ledger.get_meta("holdout_truth", {})
+    truth: dict[str, Any] = ledger.holdout_truth()
     if cfg.task == "classify":
         labels = {k: r.label for k, r in rows.items()}
         res.entry = _export_classify(fmt, out_dir, "train", train_items, labels, {k: r.source for k, r in rows.items()})

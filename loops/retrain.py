@@ -63,7 +63,7 @@ def _evaluate(cfg: Config, ledger: Ledger, model: TorchvisionClassifier) -> dict
     holdout = ledger.items("holdout")
     if not holdout:
         raise ValueError(f"{cfg.data.holdout.path}: the holdout is empty; a retrain needs a human-verified holdout")
-    truth: dict[str, str] = ledger.get_meta("holdout_truth", {})
+    truth: dict[str, str] = ledger.holdout_truth()
     probs, _ = model.predict_proba_embed(holdout, batch_size=cfg.model.infer_batch_size)
     pred = [cfg.classes[i] for i in probs.argmax(1)]
     return classification_metrics([truth[it.id] for it in holdout], pred, classes=cfg.classes)
@@ -168,7 +168,7 @@ def retrain(
               "candidate_dir": str(candidate_dir), "published": str(published) if published else None,
               "finished_at": utcnow().isoformat()}
     atomic_write_text(candidate_dir / "retrain.json", json.dumps(record, indent=2))
-    ledger.set_meta("retrain_history", [*ledger.get_meta("retrain_history", []), record])
+    ledger.add_retrain(record)
     return RetrainResult(accepted, reason, counts, metrics, published, thresholds)
 
 

@@ -10,8 +10,8 @@ once a task has ``overlap`` answers, one more ``human`` row with reviewer
 ``consensus:<method>`` records the decided label (it is the latest human row, so it is the
 item's current label). A task whose reviewers disagree (a tie, or agreement below
 ``min_agreement``) is sent back once for adjudication; the adjudicator's answer then decides
-(reviewer ``consensus:adjudicated``). Decisions and agreements are kept in the ledger's meta
-under ``consensus:<project>``, open adjudications under ``adjudications:<project>``.
+(reviewer ``consensus:adjudicated``). Decisions and agreements are kept in the ledger
+(``Ledger.consensus(project)``), adjudication requests too (``Ledger.adjudications(project)``).
 """
 
 from __future__ import annotations
@@ -29,8 +29,6 @@ from pseudolabel.utils import merge_csv
 _LAST_SYNC = "last_sync:{project}"
 # Clock skew between us and the server, and annotations saved while we were pulling.
 _MARGIN = timedelta(minutes=5)
-_CONSENSUS = "consensus:{project}"
-_ADJUDICATIONS = "adjudications:{project}"
 CONSENSUS_PREFIX = "consensus:"
 # Answers that could not be used, beside quarantine.csv (files that could not be used).
 ANSWERS_CSV = "answers_quarantine.csv"
@@ -170,7 +168,7 @@ def sync_reviews(
     since = None if last is None else datetime.fromisoformat(last) - _MARGIN
     pulled = client.pull(since=since)
     anns = pulled.annotations
-    known = {it.id: it for it in ledger.items()}
+    known = {it.id: it for it in ledger.items(include_gone=True)}  # an answer is kept even if its file went
     mine: list[Annotation] = []
     for a in anns:
         item = known.get(a.item.id)
@@ -241,7 +239,7 @@ def pending_adjudications(ledger: Ledger, project: str) -> dict[str, int]:
 
     Their current label is still one reviewer's disputed answer: leave them out of training
     until they are settled."""
-    pending = ledger.get_meta(_ADJUDICATIONS.format(project=project), {}) or {}
+    pending = ledger.adjudications(project)
     return {i: int(v["task_id"]) for i, v in pending.items() if not v.get("settled")}
 
 
@@ -287,9 +285,8 @@ def _apply_consensus(
 ) -> tuple[int, int, list[float]]:
     """Append consensus rows / request adjudications; returns (rows, adjudications, agreements)."""
     project = client.project_title
-    adj_key, cons_key = _ADJUDICATIONS.format(project=project), _CONSENSUS.format(project=project)
-    adjudications: dict[str, dict[str, Any]] = ledger.get_meta(adj_key, {}) or {}
-    record: dict[str, dict[str, Any]] = ledger.get_meta(cons_key, {}) or {}
+    adjudications: dict[str, Any] = ledger.adjudications(project)
+    record: dict[str, Any] = ledger.consensus(project)
     latest_version: dict[int, LabelRow] = {}
     last_row: dict[str, LabelRow] = {}
     for r in ledger.all_labels(source="human"):  # by row id: later versions overwrite
@@ -334,7 +331,7 @@ def _apply_consensus(
                 "task_id": int(task_id), "reason": reason, "requested_at": datetime.now().astimezone().isoformat(),
                 "seen": [a.ls_annotation_id for a in votes[item_id]],
             }
-            ledger.set_meta(adj_key, adjudications)  # at once: a crash must not ask twice
+            ledger.record_adjudications(project, adjudications)  # at once: a crash must not ask twice
             record[item_id] = {"label": None, "agreement": d.agreement, "n_votes": d.n_votes,
                                "method": d.method, "needs_adjudication": True}
             n_adj += 1
@@ -358,8 +355,8 @@ def _apply_consensus(
             empty_ok=d.label is None and not d.boxes,
         ))
     added = ledger.add_labels(new_rows)
-    ledger.set_meta(adj_key, adjudications)
-    ledger.set_meta(cons_key, record)
+    ledger.record_adjudications(project, adjudications)
+    ledger.record_consensus(project, record)
     return added, n_adj, agreements
 
 

@@ -18,7 +18,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Collection, Mapping, Protocol, Sequence
+from typing import Any, Callable, Collection, Literal, Mapping, Protocol, Sequence
 
 import numpy as np
 import pandas as pd
@@ -27,7 +27,7 @@ from loops import detection
 from loops.review import SyncResult, pending_adjudications, sync_reviews
 from pseudolabel.config import Config, dump_config
 from pseudolabel.data.formats import read_labels
-from pseudolabel.data.ingest import scan_folder, write_quarantine_csv
+from pseudolabel.data.ingest import Presence, Quarantined, recheck, reconcile, scan_folder, write_quarantine_csv
 from pseudolabel.data.ledger import Ledger, boxes_from_json, boxes_to_json
 from pseudolabel.inference import load_box_predictions, load_predictions, pseudo_label
 from pseudolabel.metrics import classification_metrics
@@ -82,29 +82,44 @@ def ledger_for(cfg: Config) -> Ledger:
     return Ledger(cfg.workdir / "ledger.sqlite")
 
 
-def ingest(cfg: Config, ledger: Ledger, *, progress: bool = False) -> dict[str, int]:
+def ingest(cfg: Config, ledger: Ledger, *, progress: bool = False,
+           log: Callable[[str], None] = lambda s: None) -> dict[str, int]:
     """Scan seed, holdout and pool into the ledger; quarantine unusable files.
 
     Seed labels are added once (a re-run adds nothing); the pool is re-scanned every round so
     newly dropped images join it (files known by path, size and mtime are not re-read).
     Classification reads ImageFolder / CSV sets, detection and segmentation YOLO / COCO / VOC
-    (:func:`loops.detection.read_labelled`). Returns counts of what was new.
+    (:func:`loops.detection.read_labelled`). Images above ``data.max_pixels`` are quarantined.
+
+    Files deleted or replaced since the last scan never stop the campaign: an item whose
+    every known file vanished or now holds other bytes is marked gone (its labels kept; new
+    bytes are a new item) with a quarantine row saying why, and nothing reads it any more.
+    A seed or holdout set read for the first time must be complete (a listed file that does
+    not exist is an error: a typo to fix); afterwards such a file is quarantined.
+    Returns counts of what was new, quarantined and gone.
     """
+    seen_splits = ledger.split_counts(include_gone=True)
+
+    def on_missing(split: str) -> Literal["error", "quarantine"]:
+        return "quarantine" if seen_splits[split] else "error"
+
     if is_detection(cfg):
-        seed_set = detection.read_labelled(cfg, "seed", progress=progress)
-        holdout_set = detection.read_labelled(cfg, "holdout", progress=progress)
+        seed_set = detection.read_labelled(cfg, "seed", progress=progress, on_missing=on_missing("seed"))
+        holdout_set = detection.read_labelled(cfg, "holdout", progress=progress, on_missing=on_missing("holdout"))
         seed_anns = (Annotation(item=it, boxes=tuple(seed_set.boxes[it.id]), source="seed", round=0, empty_ok=True)
                      for it in seed_set.items)
         truth = {it.id: boxes_to_json(holdout_set.boxes[it.id], empty=True) for it in holdout_set.items}
     else:
         seed_set = read_labels(cfg.data.seed.format, cfg.data.seed.path, classes=cfg.classes,
-                               image_root=cfg.data.seed.image_root)
+                               image_root=cfg.data.seed.image_root, max_pixels=cfg.data.max_pixels,
+                               on_missing=on_missing("seed"))
         holdout_set = read_labels(cfg.data.holdout.format, cfg.data.holdout.path, classes=cfg.classes,
-                                  image_root=cfg.data.holdout.image_root)
+                                  image_root=cfg.data.holdout.image_root, max_pixels=cfg.data.max_pixels,
+                                  on_missing=on_missing("holdout"))
         seed_anns = (Annotation(item=it, label=seed_set.labels[it.id], source="seed", round=0)
                      for it in seed_set.items)
         truth = {it.id: holdout_set.labels[it.id] for it in holdout_set.items}
-    pool = _scan_pool(cfg, ledger, progress=progress)
+    pool, known_before = _scan_pool(cfg, ledger, progress=progress)
     new = {
         "holdout": ledger.add_items(holdout_set.items, split="holdout"),
         "seed": ledger.add_items(seed_set.items, split="seed"),
@@ -112,23 +127,68 @@ def ingest(cfg: Config, ledger: Ledger, *, progress: bool = False) -> dict[str, 
     }
     have_seed = {r.item_id for r in ledger.all_labels(source="seed")}
     ledger.add_labels(a for a in seed_anns if a.item.id not in have_seed)
-    ledger.set_meta("holdout_truth", truth)
+    ledger.set_holdout_truth(truth)
     quarantined = [*seed_set.quarantined, *holdout_set.quarantined, *pool.quarantined]
+    presence = _reconcile(ledger, [seed_set, holdout_set, pool], quarantined, known_before)
+    quarantined += presence.quarantined
     if quarantined:
         write_quarantine_csv(cfg.workdir / "quarantine.csv", quarantined)
     new["quarantined"] = len(quarantined)
+    new["gone"] = len(presence.gone)
+    if presence.gone:
+        log(f"  ingest: {len(presence.gone)} item(s) gone (files deleted or replaced; labels kept), "
+            f"see {cfg.workdir / 'quarantine.csv'}")
     return new
 
 
-def _scan_pool(cfg: Config, ledger: Ledger, *, progress: bool) -> Any:
-    """Scan the pool folder; files already known by (path, size, mtime) are not re-read."""
+def _scan_pool(cfg: Config, ledger: Ledger, *, progress: bool) -> tuple[Any, dict[str, Any]]:
+    """Scan the pool folder; files already known by (path, size, mtime) are not re-read.
+    Returns the scan and the file records as they were before it."""
     known = ledger.known_files()
-    pool = scan_folder(cfg.data.pool.path, recursive=cfg.data.pool.recursive, progress=progress, known=known)
+    pool = scan_folder(cfg.data.pool.path, recursive=cfg.data.pool.recursive, progress=progress, known=known,
+                       max_pixels=cfg.data.max_pixels)
     ledger.remember_files(pool.file_rows())
     gone = set(known) - set(pool.files)
     if gone:
         ledger.forget_files(gone)
-    return pool
+    return pool, known
+
+
+def _reconcile(ledger: Ledger, sets: Sequence[Any], quarantined: Sequence[Quarantined],
+               known_before: Mapping[str, Any]) -> Presence:
+    """Mark gone the items no scanned file holds any more, move those found elsewhere
+    (:func:`pseudolabel.data.ingest.reconcile`)."""
+    found: dict[Path, str] = {}
+    for s in sets:  # seed / holdout / pool: items, then files with the same bytes as one
+        found.update({Path(it.path): it.id for it in s.items})
+        found.update({Path(p): i for p, i in s.duplicates})
+    present = ledger.items()
+    found_ids = set(found.values())
+    missing = {it.id for it in present if it.id not in found_ids}
+    others: dict[str, list[Path]] = {}
+    for path, rec in known_before.items():  # the pool files that held them at the last scan
+        if rec[2] in missing:
+            others.setdefault(rec[2], []).append(Path(path))
+    presence = reconcile(present, found, other_paths=others, quarantined={q.path: q.reason for q in quarantined})
+    if presence.gone:
+        ledger.mark_gone(presence.gone)
+    if presence.moved:
+        ledger.move_items(presence.moved)
+    return presence
+
+
+def recheck_before_push(cfg: Config, ledger: Ledger, cands: Sequence[Candidate], *,
+                        log: Callable[[str], None] = lambda s: None) -> list[Candidate]:
+    """The candidates whose files are still the ones scanned; the others are not pushed: they
+    are quarantined with the reason and their items marked gone (a replaced file's new bytes
+    join the pool at the next scan as a new item)."""
+    ok, bad = recheck([c.item for c in cands], ledger.known_files([c.item.path for c in cands]))
+    if bad:
+        ledger.mark_gone({item_id: q.reason for item_id, q in bad.items()})
+        write_quarantine_csv(cfg.workdir / "quarantine.csv", list(bad.values()))
+        log(f"  push: {len(bad)} selected file(s) deleted or changed since the scan, not pushed (quarantined)")
+    keep = {it.id for it in ok}
+    return [c for c in cands if c.item.id in keep]
 
 
 def is_detection(cfg: Config) -> bool:
@@ -137,7 +197,7 @@ def is_detection(cfg: Config) -> bool:
 
 def holdout_truth(cfg: Config, ledger: Ledger) -> dict[str, Any]:
     """Item id -> true class name (classification) or tuple of :class:`Box` (detection)."""
-    raw: dict[str, Any] = ledger.get_meta("holdout_truth", {})
+    raw: dict[str, Any] = ledger.holdout_truth()
     if is_detection(cfg):
         return {k: boxes_from_json(v) for k, v in raw.items()}
     return raw
@@ -302,7 +362,7 @@ def _run_round(cfg: Config, reviewer: Reviewer | None, ledger: Ledger, *, progre
                log: Callable[[str], None]) -> RoundResult:
     t0 = time.perf_counter()
     cfg.workdir.mkdir(parents=True, exist_ok=True)
-    ingest(cfg, ledger, progress=progress)
+    ingest(cfg, ledger, progress=progress, log=log)
     sync = _sync(cfg, ledger, reviewer, log)
     rid = ledger.running_round()
     if rid is None:
@@ -491,7 +551,7 @@ def _evaluate(r: _Round, train_info: Mapping[str, Any]) -> dict[str, Any]:
 def _stopped(r: _Round, why: str, metrics: Mapping[str, Any], train_info: Mapping[str, Any],
              sync: dict[str, Any], t0: float) -> RoundResult:
     r.ledger.update_round(r.rid, info={"stop": why})
-    r.ledger.set_meta("termination", {"round": r.rid, "reason": why})
+    r.ledger.set_termination(why, round_id=r.rid)
     r.ledger.finish_round(r.rid, status="stopped")
     r.log(f"  stop: {why}")
     return RoundResult(r.rid, r.resumed, metrics["labels_used"], train_info.get("pseudo", 0), dict(metrics),
@@ -586,13 +646,8 @@ def _push(r: _Round, scored: Sequence[Item]) -> dict[str, Any]:
     sel_df = pd.read_csv(r.dir / "selection.csv")
     if reviewer is None:
         return {"queued": 0}
-    gone = _vanished(ledger, [ledger.item(i) for i in sel_df["item_id"]])
-    if gone:
-        write_quarantine_csv(cfg.workdir / "quarantine.csv", gone)
-        r.log(f"  push: {len(gone)} selected files changed or vanished since they were scanned: not pushed "
-              "(quarantine.csv)")
-        sel_df = sel_df[~sel_df["item_id"].isin({q.item_id for q in gone})]
-    cands = _candidates(cfg, ledger, model, r.dir / "predictions", sel_df)
+    # Files deleted or changed since the scan are not pushed (quarantined, item gone).
+    cands = recheck_before_push(cfg, ledger, _candidates(cfg, ledger, model, r.dir / "predictions", sel_df), log=r.log)
     waiting = {t["item_id"] for t in ledger.review_tasks(reviewer.project_title, state="queued")}
     again = _queued_candidates(cfg, ledger, model, r.dir / "predictions", waiting)
     if cands:
@@ -610,26 +665,6 @@ def _push(r: _Round, scored: Sequence[Item]) -> dict[str, Any]:
     return {"queued": queued, "relabel": relabel, "refreshed": len(again)}
 
 
-@dataclass(frozen=True)
-class _Gone:
-    path: Path
-    reason: str
-    item_id: str
-
-
-def _vanished(ledger: Ledger, items: Sequence[Item]) -> list[_Gone]:
-    """Selected items whose file no longer holds the scanned bytes (deleted or rewritten)."""
-    from pseudolabel.data.images import sha256_file
-
-    out = []
-    for it in items:
-        if not Path(it.path).is_file():
-            out.append(_Gone(Path(it.path), "file deleted since it was scanned; not pushed", it.id))
-        elif sha256_file(Path(it.path)) != it.id:
-            out.append(_Gone(Path(it.path), "file changed since it was scanned; not pushed", it.id))
-    return out
-
-
 def _push_relabel(cfg: Config, ledger: Ledger, reviewer: Any, model: Any, rid: int, *,
                   log: Callable[[str], None]) -> int:
     """Label-quality check (confident learning, :mod:`pseudolabel.quality`): seed / human labels
@@ -638,7 +673,7 @@ def _push_relabel(cfg: Config, ledger: Ledger, reviewer: Any, model: Any, rid: i
     back once (recorded in the ledger before the push: a crash never asks twice)."""
     from pseudolabel.quality import label_issues, out_of_sample_probs, relabel_candidates
 
-    asked: dict[str, int] = ledger.get_meta("relabel_requested", {}) or {}
+    asked: dict[str, int] = ledger.relabel_requests()
     train, _, _ = _training_set(cfg, ledger)
     labelled = [a for a in train if a.source != "pseudo"]
     if len(labelled) < cfg.quality.min_labels:
@@ -652,7 +687,7 @@ def _push_relabel(cfg: Config, ledger: Ledger, reviewer: Any, model: Any, rid: i
         log(f"  quality: {len(labelled)} labels checked, none suspicious")
         return 0
     cands = relabel_candidates(labelled, oos, issues, model_version=model.model_version)
-    ledger.set_meta("relabel_requested", asked | {c.item.id: rid for c in cands})
+    ledger.add_relabel_requests({c.item.id: rid for c in cands})
     tasks = reviewer.submit_relabel(cands, round_id=rid, model_version=model.model_version)
     ledger.record_tasks(reviewer.project_title, rid, {k: v for k, v in tasks.items()}, kind="relabel",
                         scores={c.item.id: c.score for c in cands})
@@ -815,14 +850,14 @@ def _confident(cfg: Config, ledger: Ledger, df: pd.DataFrame, probs: np.ndarray,
         return []
     human_mask = df["item_id"].isin(human).to_numpy()
     state = None
-    saved = ledger.get_meta("freematch_state")
+    saved = ledger.freematch_state()
     if cfg.pseudo.mode == "freematch" and saved:
         state = FreeMatchState(tau=float(saved["tau"]), class_probs=np.asarray(saved["class_probs"]))
     thr, new_state = class_thresholds(probs, threshold=cfg.pseudo.threshold, mode=cfg.pseudo.mode,
                                       human_mask=human_mask, state=state)
     if new_state is not None:
-        ledger.set_meta("freematch_state", {"tau": float(new_state.tau),
-                                            "class_probs": [float(v) for v in new_state.class_probs]})
+        ledger.save_freematch_state({"tau": float(new_state.tau),
+                                     "class_probs": [float(v) for v in new_state.class_probs]}, round_id=rid)
     for c, t in cfg.pseudo.class_thresholds.items():
         thr[cfg.classes.index(c)] = t
     ledger.update_round(rid, info={"pseudo_thresholds": {c: round(float(t), 4) for c, t in zip(cfg.classes, thr)}})

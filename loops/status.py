@@ -40,10 +40,11 @@ def campaign_status(cfg: Config, *, client_factory: Callable[[], Any] | None = N
         info: dict[str, Any] = {
             "project": cfg.project, "workdir": str(cfg.workdir), "task": cfg.task,
             "items": ledger.split_counts(), "labels_by_source": labels | {"consensus_rows": consensus},
-            "review_tasks": tasks, "termination": ledger.get_meta("termination"),
+            "review_tasks": tasks, "termination": ledger.termination(),
             "metric": cfg.stop.metric,
             "rounds": [_round_row(cfg, ledger, r) for r in rounds],
             "duplicate_files": ledger.duplicate_files(),
+            "gone_items": len(ledger.gone_items()),
         }
     last = next((r for r in reversed(rounds) if r["metrics"]), None)
     metrics = (last or {}).get("metrics") or {}
@@ -186,6 +187,8 @@ def print_status(info: dict[str, Any], console: Console) -> None:
                         "flagged in Label Studio)")
     if info["quarantined_files"]["count"]:
         problems.append(f"{info['quarantined_files']['count']} files quarantined (quarantine.csv)")
+    if info["gone_items"]:
+        problems.append(f"{info['gone_items']} items are gone (file deleted or replaced; labels kept)")
     if info["duplicate_files"]:
         problems.append(f"{info['duplicate_files']} files are byte copies of other files (one item each)")
     for line in problems or ["no problems found"]:

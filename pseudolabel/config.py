@@ -57,6 +57,10 @@ class DataConfig(_Section):
     seed: LabelSource
     pool: PoolSource
     holdout: LabelSource
+    max_pixels: int = Field(
+        default=40_000_000, gt=0, le=178_956_970,
+        description="images with more pixels (width x height) are quarantined from their header, never "
+                    "decoded: 40 M = an 8000x5000 frame, 120 MB as RGB; Pillow opens nothing above 178,956,970")
 
 
 class ModelConfig(_Section):

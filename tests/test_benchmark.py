@@ -129,7 +129,7 @@ def test_retrain_publishes_only_when_better(tmp_path: Path) -> None:
             assert not second.accepted and "<=" in second.reason
             assert published_info(cfg)["version"] == "v1"
             assert not (cfg.workdir / "models" / "v2.pt").exists()
-            history = ledger.get_meta("retrain_history")
+            history = ledger.retrain_history()
             assert [h["accepted"] for h in history] == [True, False]
             assert json_ok(tmp_path / "cand2" / "retrain.json")["published"] is None
     finally:

@@ -188,8 +188,8 @@ def test_three_reviewers_consensus_and_adjudication(
     current = ledger.current_labels()
     assert current[items[0].id].label == "4" and current[items[0].id].reviewer == "consensus:majority"
     assert current[items[0].id].review_outcome == "accepted"  # the model said 4 too
-    assert ledger.get_meta("consensus:consensus overlap 3")[items[0].id]["agreement"] == 1.0
-    assert items[2].id not in ledger.get_meta("consensus:consensus overlap 3")  # 1 of 3 answers
+    assert ledger.consensus("consensus overlap 3")[items[0].id]["agreement"] == 1.0
+    assert items[2].id not in ledger.consensus("consensus overlap 3")  # 1 of 3 answers
     # Individual answers stay in the ledger as they were.
     assert sorted(r.reviewer for r in ledger.label_history(items[1].id)) == \
         [f"reviewer{k}@pseudolabel.local" for k in range(3)]

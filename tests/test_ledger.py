@@ -103,3 +103,82 @@ def test_edited_annotation_is_appended_not_lost(ledger: Ledger) -> None:
     edit = Annotation(item(3), label="b", source="human", ls_annotation_id=42, created_at=t + timedelta(minutes=1))
     assert ledger.add_labels([first, edit, first]) == 2
     assert ledger.current_labels()[item(3).id].label == "b"
+
+
+def test_gone_item_keeps_its_labels_but_is_read_by_nothing(ledger: Ledger) -> None:
+    ledger.add_labels([Annotation(item(0), label="a", source="human", round=1, ls_annotation_id=5),
+                       Annotation(item(1), label="b", source="pseudo", round=1)])
+    assert ledger.mark_gone({item(0).id: "file deleted since it was scanned"}) == 1
+    assert ledger.mark_gone({item(0).id: "again"}) == 0                      # already gone: reason kept
+    assert item(0).id not in {i.id for i in ledger.items()} | {i.id for i in ledger.items("pool")}
+    assert item(0).id in {i.id for i in ledger.items(include_gone=True)}
+    assert ledger.item(item(0).id).path == item(0).path                      # still known by id
+    assert item(0).id not in ledger.current_labels()
+    assert ledger.current_labels(include_gone=True)[item(0).id].label == "a"
+    assert [r.label for r in ledger.label_history(item(0).id)] == ["a"]      # history kept
+    assert ledger.split_counts()["pool"] == 4 and ledger.label_counts()["human"] == 0
+    gone = ledger.gone_items()
+    assert list(gone) == [item(0).id] and gone[item(0).id].reason == "file deleted since it was scanned"
+    assert gone[item(0).id].split == "pool"
+    with pytest.raises(ValueError, match="unknown item"):
+        ledger.mark_gone({item(99).id: "x"})
+    # the same bytes back on disk (a restored file, maybe elsewhere): present again, at the new path
+    back = Item(item(0).id, Path("/restored/0.png"), 8, 8)
+    assert ledger.add_items([back], split="pool") == 0
+    assert ledger.item(item(0).id).path == Path("/restored/0.png") and ledger.gone_items() == {}
+    assert ledger.current_labels()[item(0).id].label == "a"
+    assert ledger.move_items({item(1).id: Path("/moved/1.png")}) == 1
+    assert ledger.item(item(1).id).path == Path("/moved/1.png")
+
+
+def test_state_tables(ledger: Ledger) -> None:
+    a, b = item(0).id, item(1).id
+    assert ledger.holdout_truth() == {} and ledger.termination() is None and ledger.freematch_state() is None
+    ledger.set_holdout_truth({a: "cat", b: "[]"})
+    ledger.set_holdout_truth({a: "dog"})                                      # upsert: b keeps its truth
+    assert ledger.holdout_truth() == {a: "dog", b: "[]"}
+    with pytest.raises(ValueError, match="expected a class name or a boxes JSON"):
+        ledger.set_holdout_truth({a: 3})  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match="unknown item"):
+        ledger.set_holdout_truth({item(99).id: "x"})
+
+    ledger.record_consensus("p", {a: {"label": "x", "agreement": 2 / 3, "n_votes": 3, "method": "majority",
+                                      "needs_adjudication": False}})
+    assert ledger.consensus("p")[a]["agreement"] == pytest.approx(2 / 3) and ledger.consensus("q") == {}
+    ledger.record_adjudications("p", {b: {"task_id": 9, "reason": "split", "requested_at": "t0", "seen": [1, 2]}})
+    assert ledger.adjudications("p", open_only=True) == {b: {"task_id": 9, "reason": "split", "requested_at": "t0",
+                                                             "seen": [1, 2]}}
+    ledger.record_adjudications("p", {b: {"task_id": 9, "reason": "split", "requested_at": "t0", "seen": [1, 2],
+                                          "settled": "t1"}})
+    assert ledger.adjudications("p", open_only=True) == {} and ledger.adjudications("p")[b]["settled"] == "t1"
+
+    assert ledger.add_relabel_requests({a: 1}) == 1
+    assert ledger.add_relabel_requests({a: 2, b: 2}) == 1                     # a was asked in round 1: kept
+    assert ledger.relabel_requests() == {a: 1, b: 2}
+
+    ledger.save_freematch_state({"tau": 0.5, "class_probs": [0.5, 0.5]}, round_id=1)
+    ledger.save_freematch_state({"tau": 0.7, "class_probs": [0.4, 0.6]}, round_id=2)
+    assert ledger.freematch_state() == {"tau": 0.7, "class_probs": [0.4, 0.6]}
+    with pytest.raises(ValueError, match="tau in"):
+        ledger.save_freematch_state({"tau": 1.5, "class_probs": [1.0]})
+
+    ledger.set_termination("target_reached: x", round_id=4)
+    ledger.set_termination("max_rounds: stopped after 5 rounds")
+    assert ledger.termination() == {"reason": "max_rounds: stopped after 5 rounds"}
+
+    ledger.add_retrain({"accepted": True, "reason": "first", "published": "/m/v1.pt"})
+    ledger.add_retrain({"accepted": False, "reason": "worse", "published": None})
+    assert [r["reason"] for r in ledger.retrain_history()] == ["first", "worse"]
+    with pytest.raises(ValueError, match="needs 'accepted' and 'reason'"):
+        ledger.add_retrain({"reason": "x"})
+
+
+def test_moved_meta_keys_point_to_their_methods(ledger: Ledger) -> None:
+    ledger.set_meta("last_sync:p", "t")
+    assert ledger.get_meta("last_sync:p") == "t"
+    for key, method in [("holdout_truth", "set_holdout_truth"), ("consensus:p", "record_consensus"),
+                        ("termination", "set_termination"), ("retrain_history", "add_retrain")]:
+        with pytest.raises(ValueError, match=method):
+            ledger.set_meta(key, {})
+        with pytest.raises(ValueError, match=method):
+            ledger.get_meta(key)

@@ -70,7 +70,7 @@ def test_three_rounds_grow_labels_and_improve(tmp_path: Path, digits, label_stud
         # pseudo-labels never shadow a human label
         cur = ledger.current_labels()
         assert all(cur[h.item_id].source == "human" for h in human)
-        assert ledger.get_meta("termination")["reason"].startswith("max_rounds")
+        assert ledger.termination()["reason"].startswith("max_rounds")
         assert ledger.task_counts()["queued"] == 0
     assert (cfg.workdir / "rounds" / "0001" / "selection.csv").exists()
     assert (cfg.workdir / "rounds" / "0001" / "config.yaml").exists()

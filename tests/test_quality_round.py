@@ -40,7 +40,7 @@ def test_flipped_seed_labels_go_back_for_second_review(tmp_path: Path, label_stu
 
     r1 = run_round(cfg, client, progress=False)
     with ledger_for(cfg) as ledger:
-        asked = ledger.get_meta("relabel_requested")
+        asked = ledger.relabel_requests()
         relabel_rows = ledger.review_tasks(cfg.project)
     assert asked and 1 <= len(asked) <= 6
     from pseudolabel.data.images import sha256_file
@@ -58,6 +58,6 @@ def test_flipped_seed_labels_go_back_for_second_review(tmp_path: Path, label_stu
     # The next round does not ask about the same labels again.
     run_round(cfg, client, progress=False)
     with ledger_for(cfg) as ledger:
-        again = ledger.get_meta("relabel_requested")
+        again = ledger.relabel_requests()
     assert {k: v for k, v in again.items() if k in asked} == asked
     assert all(v == 2 for k, v in again.items() if k not in asked)

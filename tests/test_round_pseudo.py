@@ -53,7 +53,7 @@ def test_class_adaptive_thresholds_and_human_rows(tmp_path: Path) -> None:
     over = _confident(_cfg(tmp_path, threshold=0.95, class_thresholds={"b": 0.85}), led, df, probs, 1, "v")
     assert {a.item.id for a in over} == {it.id for it in items[1:9]}
     free = _confident(_cfg(tmp_path, threshold=0.95, mode="freematch"), led, df, probs, 1, "v")
-    assert led.get_meta("freematch_state") is not None and len(free) >= 1
+    assert led.freematch_state() is not None and len(free) >= 1
 
 
 def _pred(iid: str, *scores_labels: tuple[float, str]) -> Prediction:

@@ -42,7 +42,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from pseudolabel.data.ingest import Quarantined, list_image_files, scan_files
+from pseudolabel.data.formats import OnMissing, check_on_missing
+from pseudolabel.data.ingest import DEFAULT_MAX_PIXELS, Quarantined, list_image_files, scan_files
 from pseudolabel.types import Box, Item, validate_classes
 from pseudolabel.utils import atomic_write_text
 
@@ -314,15 +315,17 @@ def read_yolo_labels(
 
 def read_yolo(
     images_dir: Path, labels_dir: Path, *, classes: Sequence[str], task: DetTask = "detect",
-    progress: bool = False,
+    progress: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS, on_missing: OnMissing = "error",
 ) -> DetSet:
     """Read a YOLO dataset: images under ``images_dir`` (recursive), labels under ``labels_dir``.
 
     The label file of ``images_dir/a/b.jpg`` is ``labels_dir/a/b.txt``. An image without a
     label file has no objects. ``classes``: names by index (see :func:`read_yolo_names`).
     A label file with no matching image raises (a typo in a file name would otherwise lose
-    its labels).
+    its labels), or with ``on_missing="quarantine"`` is quarantined (its image was deleted).
+    Images of more than ``max_pixels`` pixels are quarantined.
     """
+    check_on_missing(on_missing)
     images_dir, labels_dir = Path(images_dir), Path(labels_dir)
     _check_task(task)
     names = validate_classes(classes, where=labels_dir)
@@ -336,10 +339,14 @@ def read_yolo(
             raise ValueError(f"images {stems[stem]} and {p} would share the label file "
                              f"{labels_dir / stem}.txt; rename one of them")
         stems[stem] = p
+    orphans: list[Quarantined] = []
     for txt in sorted(labels_dir.rglob("*.txt")):
         if txt.relative_to(labels_dir).with_suffix("").as_posix() not in stems:
+            if on_missing == "quarantine":
+                orphans.append(Quarantined(txt, f"label file has no image with the same name under {images_dir}"))
+                continue
             raise ValueError(f"{txt}: label file has no image with the same name under {images_dir}")
-    scan = scan_files(files, progress=progress, description=f"reading {images_dir}")
+    scan = scan_files(files, progress=progress, description=f"reading {images_dir}", max_pixels=max_pixels)
     ids = scan.id_of()
     by_id = {it.id: it for it in scan.items}
     per_path = []
@@ -351,7 +358,7 @@ def read_yolo(
         per_path.append((p, read_yolo_labels(txt, classes=names, width=it.width,
                                              height=it.height, task=task), str(txt)))
     boxes = _merge(ids, per_path)
-    return DetSet(scan.items, boxes, scan.quarantined, names, scan.duplicates)
+    return DetSet(scan.items, boxes, [*orphans, *scan.quarantined], names, scan.duplicates)
 
 
 def yolo_lines(
@@ -444,6 +451,7 @@ def _num(v: Any, *, where: str, what: str) -> float:
 def read_coco(
     json_path: Path, *, image_root: Path, classes: Sequence[str] | None = None,
     multipart: Literal["error", "largest"] = "error", progress: bool = False,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS, on_missing: OnMissing = "error",
 ) -> DetSet:
     """Read a COCO instances JSON; ``images[].file_name`` resolves against ``image_root``.
 
@@ -453,9 +461,12 @@ def read_coco(
     A :class:`Box` holds one polygon: an annotation with several polygon parts raises unless
     ``multipart="largest"`` (keeps the largest part by area; the box still encloses all).
     RLE segmentations and ``iscrowd=1`` annotations raise (no :class:`Box` for a crowd).
-    Every image listed must exist on disk; images that do not decode are quarantined;
-    files under ``image_root`` that the JSON does not list are not read.
+    Every image listed must exist on disk (``on_missing="quarantine"``: a missing one is
+    quarantined, its annotations skipped); images that do not decode or have more than
+    ``max_pixels`` pixels are quarantined; files under ``image_root`` that the JSON does not
+    list are not read.
     """
+    check_on_missing(on_missing)
     json_path, image_root = Path(json_path), Path(image_root)
     if multipart not in ("error", "largest"):
         raise ValueError(f"multipart {multipart!r} is not one of 'error', 'largest'")
@@ -482,6 +493,7 @@ def read_coco(
         names = validate_classes(classes, where=json_path)
 
     images: dict[Any, Path] = {}
+    absent: list[Quarantined] = []
     declared: dict[Any, tuple[Any, Any]] = {}
     for img in data["images"]:
         if "id" not in img or not isinstance(img.get("file_name"), str):
@@ -490,12 +502,16 @@ def read_coco(
             raise ValueError(f"{json_path}: image id {img['id']!r} is listed twice")
         path = image_root / img["file_name"]
         if not path.is_file():
-            raise ValueError(f"{json_path}: image id {img['id']!r}: file {img['file_name']!r} "
-                             f"not found under {image_root}")
+            if on_missing == "error":
+                raise ValueError(f"{json_path}: image id {img['id']!r}: file {img['file_name']!r} "
+                                 f"not found under {image_root}")
+            absent.append(Quarantined(path, f"image file not found (image id {img['id']!r} in {json_path})"))
         images[img["id"]] = path
         declared[img["id"]] = (img.get("width"), img.get("height"))
 
-    scan = scan_files(list(images.values()), progress=progress, description=f"reading {json_path.name}")
+    skip = {q.path for q in absent}
+    scan = scan_files([p for p in images.values() if p not in skip], progress=progress,
+                      description=f"reading {json_path.name}", max_pixels=max_pixels)
     ids = scan.id_of()
     by_id = {it.id: it for it in scan.items}
     per_image: dict[Any, list[Box]] = {k: [] for k in images}
@@ -549,7 +565,7 @@ def read_coco(
 
     per_path = [(images[k], tuple(v), f"{json_path}: image id {k!r}") for k, v in per_image.items()]
     boxes = _merge(ids, per_path)
-    return DetSet(scan.items, boxes, scan.quarantined, names, scan.duplicates)
+    return DetSet(scan.items, boxes, [*absent, *scan.quarantined], names, scan.duplicates)
 
 
 def polygon_area(points: Sequence[tuple[float, float]]) -> float:
@@ -663,21 +679,24 @@ def read_voc_file(
 
 def read_voc(
     annotations_dir: Path, *, image_root: Path, classes: Sequence[str] | None = None,
-    progress: bool = False,
+    progress: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS, on_missing: OnMissing = "error",
 ) -> DetSet:
     """Read every ``*.xml`` under ``annotations_dir`` (recursive, sorted).
 
     The image of ``annotations_dir/a/b.xml`` is ``image_root/a/<filename>`` with
     ``<filename>`` from the XML. ``classes=None``: the sorted set of names found; otherwise
-    names must be in ``classes``. A missing image raises; an undecodable one is quarantined.
-    Only the XML files define the set: images without an XML are not read.
+    names must be in ``classes``. A missing image raises (``on_missing="quarantine"``: is
+    quarantined); an undecodable one, or one of more than ``max_pixels`` pixels, is
+    quarantined. Only the XML files define the set: images without an XML are not read.
     """
+    check_on_missing(on_missing)
     annotations_dir, image_root = Path(annotations_dir), Path(image_root)
     if not annotations_dir.is_dir():
         raise ValueError(f"VOC annotations folder {annotations_dir} does not exist or is not a directory")
     names = None if classes is None else validate_classes(classes, where=annotations_dir)
     xmls = sorted(annotations_dir.rglob("*.xml"))
     pairs: list[tuple[Path, Path]] = []
+    absent: list[Quarantined] = []
     for x in xmls:
         try:
             root = ET.parse(x).getroot()
@@ -688,9 +707,13 @@ def read_voc(
             raise ValueError(f"{x}: missing <filename>")
         img = image_root / x.relative_to(annotations_dir).parent / fn.strip()
         if not img.is_file():
+            if on_missing == "quarantine":
+                absent.append(Quarantined(img, f"image file not found (named by {x})"))
+                continue
             raise ValueError(f"{x}: image {fn.strip()!r} not found ({img})")
         pairs.append((x, img))
-    scan = scan_files([p for _, p in pairs], progress=progress, description=f"reading {annotations_dir}")
+    scan = scan_files([p for _, p in pairs], progress=progress, description=f"reading {annotations_dir}",
+                      max_pixels=max_pixels)
     ids = scan.id_of()
     by_id = {it.id: it for it in scan.items}
     per_path = []
@@ -702,7 +725,7 @@ def read_voc(
     boxes = _merge(ids, per_path)
     if names is None:
         names = tuple(sorted({b.label for bs in boxes.values() for b in bs}))
-    return DetSet(scan.items, boxes, scan.quarantined, names, scan.duplicates)
+    return DetSet(scan.items, boxes, [*absent, *scan.quarantined], names, scan.duplicates)
 
 
 def voc_xml(item: Item, boxes: Sequence[Box], *, filename: str | None = None) -> str:

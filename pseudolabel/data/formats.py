@@ -9,6 +9,11 @@ Every reader returns a :class:`LabelledSet`: items are deduplicated by content (
 sha256 of the bytes), unreadable images are quarantined with the reason, and the same bytes
 labelled with two different classes is an error naming both places. :func:`read_labels`
 dispatches by format name; detection formats (yolo, coco, voc) plug into ``_READERS``.
+
+Options every reader takes: ``max_pixels`` (images with more pixels are quarantined from their
+header, see :func:`~pseudolabel.data.ingest.scan_files`) and, where a list names the images,
+``on_missing``: ``"error"`` (default: a listed file that does not exist is a typo to fix) or
+``"quarantine"`` (a set re-read every round: a file deleted since must not stop the campaign).
 """
 
 from __future__ import annotations
@@ -17,8 +22,16 @@ import csv
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
-from pseudolabel.data.ingest import Quarantined, is_image_path, list_image_files, scan_files
+from pseudolabel.data.ingest import DEFAULT_MAX_PIXELS, Quarantined, is_image_path, list_image_files, scan_files
+
+OnMissing = Literal["error", "quarantine"]
+
+
+def check_on_missing(on_missing: str) -> None:
+    if on_missing not in ("error", "quarantine"):
+        raise ValueError(f"on_missing {on_missing!r} is not one of 'error', 'quarantine'")
 from pseudolabel.types import Item, validate_classes
 
 
@@ -53,7 +66,8 @@ def _conflict(first: str, first_label: str, second: str, second_label: str) -> V
 
 
 def read_imagefolder(
-    root: Path, *, classes: Sequence[str] | None = None, progress: bool = False
+    root: Path, *, classes: Sequence[str] | None = None, progress: bool = False,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> LabelledSet:
     """Read ``root/<class>/<images>``; each class folder is scanned recursively.
 
@@ -89,7 +103,8 @@ def read_imagefolder(
             )
 
     labelled = [(path, f.name) for f in folders for path in list_image_files(f, recursive=True)]
-    scan = scan_files([p for p, _ in labelled], progress=progress, description=f"reading {root}")
+    scan = scan_files([p for p, _ in labelled], progress=progress, description=f"reading {root}",
+                      max_pixels=max_pixels)
     ids = scan.id_of()
     labels: dict[str, str] = {}
     first_path: dict[str, Path] = {}
@@ -113,6 +128,8 @@ def read_csv_labels(
     classes: Sequence[str] | None = None,
     image_root: Path | None = None,
     progress: bool = False,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    on_missing: OnMissing = "error",
 ) -> LabelledSet:
     """Read a CSV whose header has ``path`` and ``label`` columns (UTF-8, BOM allowed).
 
@@ -121,8 +138,10 @@ def read_csv_labels(
     sorted set of labels found. Errors are ValueErrors written ``<csv>:<line>: ...`` (1-based,
     header = line 1): missing columns, empty path or label, unknown class (listing the
     accepted names), a referenced file that does not exist, identical bytes with two labels
-    (naming both lines). A file that exists but is not a usable image is quarantined.
+    (naming both lines). A file that exists but is not a usable image is quarantined, and so
+    is a file that does not exist with ``on_missing="quarantine"``.
     """
+    check_on_missing(on_missing)
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise ValueError(f"label CSV {csv_path} does not exist or is not a file")
@@ -132,6 +151,7 @@ def read_csv_labels(
         raise ValueError(f"image_root {base} for {csv_path} is not a directory")
 
     rows: list[tuple[int, Path, str]] = []  # (line, resolved path, label)
+    gone: list[Quarantined] = []
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
         header = next(reader, None)
@@ -164,13 +184,16 @@ def read_csv_labels(
             if not path.is_absolute():
                 path = base / path
             if not path.is_file():
+                if on_missing == "quarantine":
+                    gone.append(Quarantined(path, f"image file not found (listed at {csv_path}:{line})"))
+                    continue
                 raise ValueError(f"{csv_path}:{line}: image file {raw_path!r} not found ({path})")
             rows.append((line, path, label))
 
     if accepted is None:
         accepted = tuple(sorted({label for _, _, label in rows}))
     scan = scan_files(
-        [p for _, p, _ in rows], progress=progress, description=f"reading {csv_path.name}"
+        [p for _, p, _ in rows], progress=progress, description=f"reading {csv_path.name}", max_pixels=max_pixels
     )
     ids = scan.id_of()
     labels: dict[str, str] = {}
@@ -184,24 +207,28 @@ def read_csv_labels(
             raise _conflict(f"{csv_path}:{prev}", labels[item_id], f"{csv_path}:{line}", label)
         labels.setdefault(item_id, label)
         first_line.setdefault(item_id, line)
-    return LabelledSet(scan.items, labels, scan.quarantined, scan.duplicates, accepted)
+    return LabelledSet(scan.items, labels, [*gone, *scan.quarantined], scan.duplicates, accepted)
 
 
 def _read_imagefolder_fmt(
-    path: Path, *, classes: Sequence[str] | None, image_root: Path | None, progress: bool
+    path: Path, *, classes: Sequence[str] | None, image_root: Path | None, progress: bool,
+    max_pixels: int | None, on_missing: OnMissing,
 ) -> LabelledSet:
     if image_root is not None:
         raise ValueError(
             f"format 'imagefolder' takes no image_root (images live under {path}); "
             f"got image_root={image_root}"
         )
-    return read_imagefolder(path, classes=classes, progress=progress)
+    # on_missing does not apply: the folder listing only names files that exist.
+    return read_imagefolder(path, classes=classes, progress=progress, max_pixels=max_pixels)
 
 
 def _read_csv_fmt(
-    path: Path, *, classes: Sequence[str] | None, image_root: Path | None, progress: bool
+    path: Path, *, classes: Sequence[str] | None, image_root: Path | None, progress: bool,
+    max_pixels: int | None, on_missing: OnMissing,
 ) -> LabelledSet:
-    return read_csv_labels(path, classes=classes, image_root=image_root, progress=progress)
+    return read_csv_labels(path, classes=classes, image_root=image_root, progress=progress,
+                           max_pixels=max_pixels, on_missing=on_missing)
 
 
 _READERS: dict[str, Callable[..., LabelledSet]] = {
@@ -218,15 +245,20 @@ def read_labels(
     classes: Sequence[str] | None = None,
     image_root: Path | None = None,
     progress: bool = False,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    on_missing: OnMissing = "error",
 ) -> LabelledSet:
     """Read a labelled set in format ``fmt`` (one of :data:`FORMATS`) from ``path``.
 
-    ``path`` is the root folder for ``imagefolder`` and the CSV file for ``csv``.
+    ``path`` is the root folder for ``imagefolder`` and the CSV file for ``csv``;
+    ``max_pixels``, ``on_missing``: see the module docstring.
     Raises ValueError for an unknown format, listing the accepted ones.
     """
+    check_on_missing(on_missing)
     reader = _READERS.get(fmt)
     if reader is None:
         raise ValueError(
             f"unknown label format {fmt!r}; accepted formats: {', '.join(map(repr, FORMATS))}"
         )
-    return reader(Path(path), classes=classes, image_root=image_root, progress=progress)
+    return reader(Path(path), classes=classes, image_root=image_root, progress=progress,
+                  max_pixels=max_pixels, on_missing=on_missing)

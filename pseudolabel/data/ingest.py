@@ -17,21 +17,45 @@ its :class:`Item` is rebuilt from the record. Any change of size or mtime (a rew
 ``touch``) means a full re-read. ``ScanResult.files`` holds the record of every usable path
 of this scan, to store back (``Ledger.remember_files(result.file_rows())``). Like ``make`` and
 ``git``, this trusts mtimes: a same-size rewrite within one mtime tick goes unnoticed.
+
+Bounded memory: an image with more than ``max_pixels`` pixels (default
+:data:`DEFAULT_MAX_PIXELS`) is quarantined from its header, before anything is decoded.
+
+Files that change under us: :func:`reconcile` tells, after a scan, which items the ledger knows
+are no longer on disk (every file that held their bytes was deleted or now holds other bytes:
+new bytes are a new item) and which moved; :func:`recheck` tells, just before items are used
+(pushed for review), whether their files are still the ones scanned.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from PIL import Image
 
 from pseudolabel.data.images import IMAGE_SUFFIXES, ImageError, load_rgb, sha256_file
 from pseudolabel.utils import atomic_write_text
 from pseudolabel.types import Item, utcnow
 
 QUARANTINE_COLUMNS = ("path", "reason", "time")
+
+DEFAULT_MAX_PIXELS = 40_000_000
+"""Largest image accepted, in pixels (width x height). 40 M pixels is an 8000 x 5000 frame (a
+40-megapixel camera); decoded to 8-bit RGB it takes 120 MB, so a decode worker stays near
+that. Pillow's own guard is far above it (a warning at 89.5 M pixels, an error only at
+179 M: a 13000 x 13000 PNG, 169 M pixels, decodes to 0.5 GB of RGB without complaint)."""
+
+PILLOW_MAX_PIXELS = 2 * 89_478_485
+"""Pillow refuses to open images beyond this (``DecompressionBombError``): the most
+``max_pixels`` can usefully be."""
+
+DELETED = "file deleted since it was scanned"
+CHANGED = "file changed since it was scanned"
 
 FileRecord = tuple[int, int, str, int, int]
 """What is remembered of a scanned file: ``(size in bytes, mtime_ns, item_id, width px, height px)``."""
@@ -106,6 +130,39 @@ def _stat(path: Path) -> tuple[int, int] | None:
     return st.st_size, st.st_mtime_ns
 
 
+def _check_max_pixels(max_pixels: int | None) -> None:
+    if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int)
+                                   or not 0 < max_pixels <= PILLOW_MAX_PIXELS):
+        raise ValueError(f"max_pixels must be an int in [1, {PILLOW_MAX_PIXELS:,}] (Pillow opens nothing larger) "
+                         f"or None; got {max_pixels!r}")
+
+
+def _too_many_pixels(width: int, height: int, max_pixels: int | None) -> str | None:
+    if max_pixels is None or width * height <= max_pixels:
+        return None
+    return (f"image too large: {width}x{height} = {width * height:,} pixels > max_pixels {max_pixels:,} "
+            "(raise data.max_pixels to accept it)")
+
+
+def _header_too_big(path: Path, max_pixels: int | None) -> str | None:
+    """The quarantine reason when ``path``'s header declares more than ``max_pixels`` pixels.
+
+    Pillow's ``open`` is lazy: it parses the header (the size) and decodes nothing. A file it
+    cannot identify is left to the full decode, which words the error."""
+    if max_pixels is None:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+    except Image.DecompressionBombError as e:
+        return f"image too large: {e}"
+    except (OSError, SyntaxError, ValueError):  # not an image / unreadable: the full decode says why
+        return None
+    return _too_many_pixels(width, height, max_pixels)
+
+
 def _check_known(known: Mapping[str, FileRecord]) -> None:
     for key, rec in known.items():
         if not (isinstance(rec, tuple) and len(rec) == 5 and isinstance(rec[2], str)):
@@ -121,14 +178,19 @@ def scan_files(
     progress: bool = False,
     description: str = "scanning images",
     known: Mapping[str, FileRecord] | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> ScanResult:
     """Hash and validate ``paths`` in the order given (any suffix: the caller chose them).
 
     Item ``width``/``height`` are pixels after EXIF orientation. Unreadable, zero-byte,
-    truncated, missing or non-image files are quarantined with the reason. The same path
-    given twice is scanned once. ``known`` (``str(path) -> (size, mtime_ns, item_id, width,
-    height)``): files whose size and mtime match are not opened (see the module docstring).
+    truncated, missing or non-image files are quarantined with the reason, and so are images
+    of more than ``max_pixels`` pixels (checked from the header, before decoding; None: only
+    Pillow's own limit). The same path given twice is scanned once. ``known``
+    (``str(path) -> (size, mtime_ns, item_id, width, height)``): files whose size and mtime
+    match are not opened (see the module docstring); their recorded size is checked against
+    ``max_pixels`` too.
     """
+    _check_max_pixels(max_pixels)
     result = ScanResult()
     seen_ids: dict[str, str] = {}  # sha256 -> id of the item it became
     sizes: dict[str, tuple[int, int]] = {}  # item id -> (width, height)
@@ -144,6 +206,10 @@ def scan_files(
         rec = known.get(key) if known else None
         if stat is not None and rec is not None and (rec[0], rec[1]) == stat:
             digest, width, height = rec[2], int(rec[3]), int(rec[4])
+            too_big = _too_many_pixels(width, height, max_pixels)
+            if too_big is not None:
+                result.quarantined.append(Quarantined(path, too_big))
+                continue
             result.reused += 1
             result.files[key] = (stat[0], stat[1], digest, width, height)
             if digest in seen_ids:
@@ -166,6 +232,11 @@ def scan_files(
         if digest in bad_hashes:
             # Same bytes as a file that already failed: it fails the same way.
             result.quarantined.append(Quarantined(path, bad_hashes[digest]))
+            continue
+        too_big = _header_too_big(path, max_pixels)
+        if too_big is not None:
+            bad_hashes[digest] = too_big
+            result.quarantined.append(Quarantined(path, too_big))
             continue
         try:
             with load_rgb(path) as img:
@@ -204,6 +275,7 @@ def scan_folder(
     recursive: bool = True,
     progress: bool = False,
     known: Mapping[str, FileRecord] | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> ScanResult:
     """Scan every image-suffixed file under ``root`` (sorted order); see :func:`scan_files`.
 
@@ -214,7 +286,111 @@ def scan_folder(
     missing or not a directory.
     """
     files = list_image_files(root, recursive=recursive)
-    return scan_files(files, progress=progress, description=f"scanning {root}", known=known)
+    return scan_files(files, progress=progress, description=f"scanning {root}", known=known, max_pixels=max_pixels)
+
+
+@dataclass
+class Presence:
+    """What :func:`reconcile` found about the items a ledger holds as present.
+
+    - ``gone``: item id -> reason, for items whose every known file was deleted or changed;
+    - ``quarantined``: one row per known file of each gone item, with its own reason;
+    - ``moved``: item id -> a path found holding its bytes, for present items whose recorded
+      path does not (renamed, or one copy of a duplicate deleted).
+    """
+
+    gone: dict[str, str] = field(default_factory=dict)
+    quarantined: list[Quarantined] = field(default_factory=list)
+    moved: dict[str, Path] = field(default_factory=dict)
+
+
+def reconcile(
+    items: Iterable[Item],
+    found: Mapping[Path, str],
+    *,
+    other_paths: Mapping[str, Sequence[Path]] | None = None,
+    quarantined: Mapping[Path, str] | None = None,
+) -> Presence:
+    """Which of ``items`` (present in a ledger, ``item.path`` = its recorded path) are still on
+    disk after a scan.
+
+    ``found``: every usable path of the scan -> its item id (``ScanResult.id_of()`` of every
+    set read); ``other_paths``: item id -> further files recorded as holding it (the pool's
+    file records before the scan); ``quarantined``: path -> reason, for the files the scan
+    could not use. An item found somewhere is present (``moved`` when its recorded path is
+    not among the paths it was found at). An item not found: each of its known files is
+    judged -- missing: deleted; found with other bytes: changed, the new bytes are that item;
+    quarantined by the scan: no longer usable, for the scan's reason; outside the scanned
+    folders: re-hashed (only then), the same bytes mean still present. An item none of whose
+    files still holds its bytes is gone; nothing is deleted.
+    """
+    others = other_paths or {}
+    bad = quarantined or {}
+    at: dict[str, Path] = {}
+    for path, item_id in found.items():
+        at.setdefault(item_id, path)
+    found_paths = set(found)
+    out = Presence()
+    for it in items:
+        if it.id in at:
+            if Path(it.path) not in found_paths or found[Path(it.path)] != it.id:
+                out.moved[it.id] = at[it.id]
+            continue
+        rows: list[Quarantined] = []
+        for p in dict.fromkeys([Path(it.path), *map(Path, others.get(it.id, ()))]):
+            reason = _file_verdict(p, it.id, found, bad)
+            if reason is None:  # still holds the bytes (outside the scanned folders)
+                rows = []
+                break
+            rows.append(Quarantined(p, reason))
+        if rows:
+            out.gone[it.id] = rows[0].reason
+            out.quarantined += rows
+    return out
+
+
+def _file_verdict(path: Path, item_id: str, found: Mapping[Path, str], bad: Mapping[Path, str]) -> str | None:
+    """Why ``path`` no longer holds item ``item_id``, or None when it still does."""
+    if path in found:
+        return f"{CHANGED}: new bytes are item {found[path]}"
+    if _stat(path) is None:
+        return DELETED
+    if path in bad:
+        return f"{CHANGED}: no longer usable ({bad[path]})"
+    try:
+        digest = sha256_file(path)
+    except OSError as e:
+        return f"{CHANGED}: cannot read file ({e.strerror or e})"
+    return None if digest == item_id else f"{CHANGED}: new bytes are item {digest}"
+
+
+def recheck(items: Sequence[Item], known: Mapping[str, FileRecord] | None = None) -> tuple[list[Item], dict[str, Quarantined]]:
+    """Just before ``items`` are used (pushed for review): is each file still the one scanned?
+
+    Each file is stat-ed; one whose size and mtime match its ``known`` record (as in
+    :func:`scan_files`) for the same item is taken as is; any other is re-hashed, and kept if
+    its bytes are still the item's (a ``touch``). Returns ``(still_ok, quarantined)``:
+    the items to go on with, in order, and item id -> :class:`Quarantined` for the others
+    (``"file deleted since it was scanned"``, ``"file changed since it was scanned: new bytes
+    are item <id>"``).
+    """
+    ok: list[Item] = []
+    out: dict[str, Quarantined] = {}
+    for it in items:
+        path = Path(it.path)
+        stat = _stat(path)
+        rec = (known or {}).get(str(path))
+        if stat is None:
+            out[it.id] = Quarantined(path, DELETED)
+        elif rec is not None and (rec[0], rec[1]) == stat and rec[2] == it.id:
+            ok.append(it)
+        else:
+            reason = _file_verdict(path, it.id, {}, {})
+            if reason is None:
+                ok.append(it)
+            else:
+                out[it.id] = Quarantined(path, reason)
+    return ok, out
 
 
 def read_quarantine_csv(path: Path) -> list[dict[str, str]]:

@@ -1,12 +1,25 @@
 """The ledger: SQLite (WAL) source of truth for a campaign.
 
-- ``items``: every image we know, with its split (seed / pool / holdout).
+- ``items``: every image we know, with its split (seed / pool / holdout) and its presence: an
+  item whose every known file was deleted or replaced is *gone* (``gone_at``, ``gone_reason``);
+  it keeps its label history but is left out of training, pseudo-labelling, selection and
+  evaluation (:meth:`Ledger.items` excludes it unless asked).
 - ``labels``: append-only, one row per label with provenance (source, round, reviewer,
   model version, time). Nothing is ever updated or deleted; the *current* label of an item is
   a query in which a human label always wins over a seed label, which wins over a pseudo-label.
 - ``rounds`` / ``stages``: which stage of which round has completed, so a killed round resumes.
 - ``review_tasks``: our item id <-> Label Studio task id, so a retried push never duplicates.
-- ``meta``: small key/values (last sync time, termination condition).
+- state the loops query: ``holdout_truth``, ``consensus``, ``adjudications``,
+  ``relabel_requests``, ``freematch_states``, ``terminations``, ``retrains`` (one typed method
+  pair each, below).
+- ``meta``: genuine small key/values only (the last sync time of each project).
+
+Schema version: ``PRAGMA user_version``. Version 1 is the schema of the first release (which
+did not set the pragma: a ledger with tables and version 0 is version 1). :data:`MIGRATIONS`
+lists the forward migrations in order; opening a ledger applies those it lacks, each in one
+transaction that also bumps the version, so a crash mid-migration leaves the previous version
+intact. A ledger whose version is newer than this code's :data:`SCHEMA_VERSION` is refused
+(:class:`LedgerVersionError`): an older release must not write into a schema it does not know.
 """
 
 from __future__ import annotations
@@ -17,11 +30,13 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, NotRequired, Sequence, TypedDict
 
 from pseudolabel.types import SOURCES, SPLITS, Annotation, Box, Item, Source, Split, utcnow
 
-SCHEMA = """
+# The schema of the first release, frozen: a new ledger is created with it and then migrated
+# like an old one, so there is one path to the current schema. Never edit it; add a migration.
+SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS items (
     id TEXT PRIMARY KEY,
     path TEXT NOT NULL,
@@ -90,6 +105,140 @@ CREATE TABLE IF NOT EXISTS files (
 );
 """
 
+
+def _v2_item_presence(db: sqlite3.Connection) -> None:
+    """Items whose every known file vanished or changed are marked gone, never deleted."""
+    db.execute("ALTER TABLE items ADD COLUMN gone_at TEXT")       # NULL: present
+    db.execute("ALTER TABLE items ADD COLUMN gone_reason TEXT")   # e.g. "file deleted since it was scanned"
+
+
+_V3_TABLES = (
+    # The human-verified truth of each holdout item: a class name (classification) or the
+    # boxes JSON of :func:`boxes_to_json` ("[]" = no objects) for detection / segmentation.
+    """CREATE TABLE holdout_truth (
+        item_id TEXT PRIMARY KEY REFERENCES items(id),
+        truth TEXT NOT NULL,
+        updated_at TEXT
+    )""",
+    # One decision per (Label Studio project, item) when several reviewers answer a task.
+    """CREATE TABLE consensus (
+        project TEXT NOT NULL,
+        item_id TEXT NOT NULL REFERENCES items(id),
+        label TEXT,
+        agreement REAL NOT NULL,
+        n_votes INTEGER NOT NULL,
+        method TEXT NOT NULL,
+        needs_adjudication INTEGER NOT NULL,
+        updated_at TEXT,
+        PRIMARY KEY (project, item_id)
+    )""",
+    # Tasks sent back to an adjudicator; settled_at NULL while the answer is awaited.
+    """CREATE TABLE adjudications (
+        project TEXT NOT NULL,
+        item_id TEXT NOT NULL REFERENCES items(id),
+        task_id INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        requested_at TEXT NOT NULL,
+        seen TEXT NOT NULL,
+        settled_at TEXT,
+        PRIMARY KEY (project, item_id)
+    )""",
+    # Labels sent back for a second review by the label-quality check: once per item.
+    """CREATE TABLE relabel_requests (
+        item_id TEXT PRIMARY KEY REFERENCES items(id),
+        round INTEGER NOT NULL,
+        requested_at TEXT
+    )""",
+    # FreeMatch's self-adaptive threshold state after each update (the latest row is current).
+    """CREATE TABLE freematch_states (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        round INTEGER,
+        tau REAL NOT NULL,
+        class_probs TEXT NOT NULL,
+        saved_at TEXT
+    )""",
+    # Why the campaign stopped, each time it did (the latest row is current).
+    """CREATE TABLE terminations (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        round INTEGER,
+        reason TEXT NOT NULL,
+        at TEXT
+    )""",
+    # One row per retraining run; ``record`` is the whole JSON record loops.retrain writes.
+    """CREATE TABLE retrains (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        accepted INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        published TEXT,
+        finished_at TEXT,
+        record TEXT NOT NULL
+    )""",
+)
+
+
+def _v3_state_tables(db: sqlite3.Connection) -> None:
+    """State that lived in ``meta`` JSON blobs moves to tables; the blobs are deleted."""
+    for ddl in _V3_TABLES:
+        db.execute(ddl)
+
+    def take(key: str) -> Any:
+        r = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        if r is None:
+            return None
+        db.execute("DELETE FROM meta WHERE key = ?", (key,))
+        return json.loads(r[0])
+
+    for item_id, truth in (take("holdout_truth") or {}).items():
+        db.execute("INSERT INTO holdout_truth (item_id, truth) VALUES (?, ?)", (item_id, _truth_text(item_id, truth)))
+    for key in [r[0] for r in db.execute("SELECT key FROM meta WHERE key LIKE 'consensus:%'")]:
+        _write_consensus(db, key[len("consensus:"):], take(key) or {}, now=None)
+    for key in [r[0] for r in db.execute("SELECT key FROM meta WHERE key LIKE 'adjudications:%'")]:
+        _write_adjudications(db, key[len("adjudications:"):], take(key) or {})
+    for item_id, rid in (take("relabel_requested") or {}).items():
+        db.execute("INSERT INTO relabel_requests (item_id, round) VALUES (?, ?)", (item_id, int(rid)))
+    fm = take("freematch_state")
+    if fm:
+        db.execute("INSERT INTO freematch_states (tau, class_probs) VALUES (?, ?)",
+                   (float(fm["tau"]), json.dumps([float(v) for v in fm["class_probs"]])))
+    term = take("termination")
+    if term:
+        db.execute("INSERT INTO terminations (round, reason) VALUES (?, ?)", (term.get("round"), str(term["reason"])))
+    for record in take("retrain_history") or []:
+        _write_retrain(db, record)
+
+
+Migration = Callable[[sqlite3.Connection], None]
+MIGRATIONS: tuple[tuple[int, Migration], ...] = (
+    (2, _v2_item_presence),
+    (3, _v3_state_tables),
+)
+"""``(version, migrate)`` in order: ``migrate(db)`` turns schema ``version - 1`` into ``version``.
+It runs inside a transaction (never commits itself) with foreign keys off, as SQLite
+advises for schema changes."""
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+# meta keys (or key prefixes, ending in ":") whose state lives in tables since schema version 3
+_MOVED_META = {
+    "holdout_truth": "Ledger.holdout_truth() / set_holdout_truth()",
+    "consensus:": "Ledger.consensus(project) / record_consensus()",
+    "adjudications:": "Ledger.adjudications(project) / record_adjudications()",
+    "relabel_requested": "Ledger.relabel_requests() / add_relabel_requests()",
+    "freematch_state": "Ledger.freematch_state() / save_freematch_state()",
+    "termination": "Ledger.termination() / set_termination()",
+    "retrain_history": "Ledger.retrain_history() / add_retrain()",
+}
+
+
+def _check_meta_key(key: str) -> None:
+    for moved, instead in _MOVED_META.items():
+        if key == moved or (moved.endswith(":") and key.startswith(moved)):
+            raise ValueError(f"meta key {key!r} is no longer a meta value (ledger schema 3): use {instead}")
+
+
+class LedgerVersionError(ValueError):
+    """The ledger file was written by a newer release (a schema this code does not know)."""
+
 # Which split wins when the same bytes arrive in two sets: an image in the holdout must never
 # be trained on or queued; a seed image is already labelled and must not be queued.
 _SPLIT_RANK = {"holdout": 3, "seed": 2, "pool": 1}
@@ -151,6 +300,93 @@ boxes_to_json = _boxes_to_json
 boxes_from_json = _boxes_from_json
 
 
+class ConsensusRecord(TypedDict):
+    """The decision for one item reviewed by several people (``loops.review``)."""
+
+    label: str | None            # decided class; None for boxes or while adjudication is pending
+    agreement: float             # share of votes for the decision, in [0, 1]
+    n_votes: int
+    method: str                  # "majority", "dawid_skene", "adjudicated"
+    needs_adjudication: bool
+
+
+class Adjudication(TypedDict):
+    """A task sent back to an adjudicator because its reviewers disagreed."""
+
+    task_id: int                 # Label Studio task id
+    reason: str
+    requested_at: str            # ISO-8601 with offset
+    seen: list[int]              # Label Studio annotation ids present when it was requested
+    settled: NotRequired[str]    # ISO-8601 time the adjudicator's answer was applied; absent while open
+
+
+class FreeMatchRecord(TypedDict):
+    """FreeMatch's self-adaptive threshold state (see :mod:`pseudolabel.selftrain`)."""
+
+    tau: float                   # global confidence EMA, in [0, 1]
+    class_probs: list[float]     # (C,) class-probability EMA
+
+
+class Termination(TypedDict):
+    """Why the campaign stopped."""
+
+    reason: str                  # "<rule>: <details>", e.g. "max_rounds: round 5 of 5"
+    round: NotRequired[int]      # the round that stopped, when one did
+
+
+@dataclass(frozen=True)
+class GoneItem:
+    """An item no longer on disk: every file known to hold its bytes vanished or changed."""
+
+    item: Item                   # as last known (path = where it was)
+    split: Split
+    gone_at: str                 # UTC ISO-8601
+    reason: str                  # e.g. "file deleted since it was scanned"
+
+
+def _truth_text(item_id: str, truth: Any) -> str:
+    if not isinstance(truth, str):
+        raise ValueError(
+            f"holdout truth of item {item_id} is {truth!r}: expected a class name or a boxes JSON string "
+            "(boxes_to_json)"
+        )
+    return truth
+
+
+def _write_consensus(db: sqlite3.Connection, project: str, records: Mapping[str, Mapping[str, Any]], *,
+                     now: str | None) -> int:
+    for item_id, r in records.items():
+        db.execute(
+            "INSERT OR REPLACE INTO consensus (project, item_id, label, agreement, n_votes, method,"
+            " needs_adjudication, updated_at) VALUES (?,?,?,?,?,?,?,?)",
+            (project, item_id, r["label"], float(r["agreement"]), int(r["n_votes"]), str(r["method"]),
+             int(bool(r["needs_adjudication"])), now),
+        )
+    return len(records)
+
+
+def _write_adjudications(db: sqlite3.Connection, project: str, records: Mapping[str, Mapping[str, Any]]) -> int:
+    for item_id, r in records.items():
+        db.execute(
+            "INSERT OR REPLACE INTO adjudications (project, item_id, task_id, reason, requested_at, seen, settled_at)"
+            " VALUES (?,?,?,?,?,?,?)",
+            (project, item_id, int(r["task_id"]), str(r["reason"]), str(r["requested_at"]),
+             json.dumps(list(r["seen"])), r.get("settled")),
+        )
+    return len(records)
+
+
+def _write_retrain(db: sqlite3.Connection, record: Mapping[str, Any]) -> int:
+    if "accepted" not in record or "reason" not in record:
+        raise ValueError(f"retrain record {dict(record)!r} needs 'accepted' and 'reason'")
+    cur = db.execute(
+        "INSERT INTO retrains (accepted, reason, published, finished_at, record) VALUES (?,?,?,?,?)",
+        (int(bool(record["accepted"])), str(record["reason"]), record.get("published"), record.get("finished_at"),
+         json.dumps(record)),
+    )
+    return int(cur.lastrowid or 0)
+
+
 class Ledger:
     """SQLite ledger of one campaign. Open with ``Ledger(path)``; use as a context manager."""
 
@@ -162,9 +398,49 @@ class Ledger:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        self._migrate()
 
     # -- plumbing ---------------------------------------------------------------------------
+    def schema_version(self) -> int:
+        """The ledger file's schema version (``PRAGMA user_version``)."""
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def _check_version(self, version: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise LedgerVersionError(
+                f"{self.path}: ledger schema version {version} is newer than this pseudolabel's "
+                f"schema version {SCHEMA_VERSION}; upgrade pseudolabel to open it"
+            )
+
+    def _migrate(self) -> None:
+        """Bring the file to :data:`SCHEMA_VERSION`: create version 1 (a new file) or recognise
+        it (a first-release ledger, version 0 with tables), then apply the missing migrations,
+        each in its own transaction. Two processes opening one old ledger at once are safe:
+        each step re-reads the version under the write lock and skips what is done."""
+        self._check_version(self.schema_version())
+        if self.schema_version() == SCHEMA_VERSION:
+            return
+        self._db.execute("PRAGMA foreign_keys=OFF")  # a no-op inside a transaction: set it before
+        try:
+            with self._tx():
+                if self.schema_version() == 0:
+                    for ddl in SCHEMA_V1.split(";"):
+                        if ddl.strip():
+                            self._db.execute(ddl)
+                    self._db.execute("PRAGMA user_version = 1")
+            for version, migrate in MIGRATIONS:
+                with self._tx():
+                    current = self.schema_version()
+                    self._check_version(current)
+                    if current >= version:
+                        continue
+                    if current != version - 1:
+                        raise LedgerVersionError(f"{self.path}: schema version {current} has no migration to {version}")
+                    migrate(self._db)
+                    self._db.execute(f"PRAGMA user_version = {int(version)}")
+        finally:
+            self._db.execute("PRAGMA foreign_keys=ON")
+
     def close(self) -> None:
         self._db.close()
 
@@ -180,42 +456,88 @@ class Ledger:
     # -- items --------------------------------------------------------------------------------
     def add_items(self, items: Iterable[Item], *, split: Split) -> int:
         """Insert items; returns how many were new. An item already known keeps the
-        strongest split (holdout > seed > pool), so the holdout is never trained on."""
+        strongest split (holdout > seed > pool), so the holdout is never trained on. A gone
+        item seen again (its bytes are back on disk) is present again, at the path given."""
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
         now = utcnow().isoformat()
         new = 0
         with self._tx():
             for it in items:
-                row = self._db.execute("SELECT split FROM items WHERE id = ?", (it.id,)).fetchone()
+                row = self._db.execute("SELECT split, gone_at FROM items WHERE id = ?", (it.id,)).fetchone()
                 if row is None:
                     self._db.execute(
                         "INSERT INTO items (id, path, width, height, split, added_at) VALUES (?,?,?,?,?,?)",
                         (it.id, str(it.path), it.width, it.height, split, now),
                     )
                     new += 1
-                elif _SPLIT_RANK[split] > _SPLIT_RANK[row["split"]]:
+                    continue
+                if _SPLIT_RANK[split] > _SPLIT_RANK[row["split"]]:
                     self._db.execute("UPDATE items SET split = ? WHERE id = ?", (split, it.id))
+                if row["gone_at"] is not None:
+                    self._db.execute("UPDATE items SET gone_at = NULL, gone_reason = NULL, path = ? WHERE id = ?",
+                                     (str(it.path), it.id))
         return new
 
-    def items(self, split: Split | None = None) -> list[Item]:
-        q = "SELECT id, path, width, height FROM items"
+    def items(self, split: Split | None = None, *, include_gone: bool = False) -> list[Item]:
+        """Items of ``split`` (all splits when None), oldest first. Gone items (no file holds
+        their bytes any more) are left out unless ``include_gone``: nothing may read them."""
+        q = "SELECT id, path, width, height FROM items WHERE 1=1"
         args: tuple[Any, ...] = ()
         if split is not None:
-            q += " WHERE split = ?"
+            q += " AND split = ?"
             args = (split,)
+        if not include_gone:
+            q += " AND gone_at IS NULL"
         q += " ORDER BY added_at, id"
         return [Item(r["id"], Path(r["path"]), r["width"], r["height"]) for r in self._db.execute(q, args)]
 
     def item(self, item_id: str) -> Item:
+        """The item with this id, present or gone; KeyError when unknown."""
         r = self._db.execute("SELECT id, path, width, height FROM items WHERE id = ?", (item_id,)).fetchone()
         if r is None:
             raise KeyError(f"unknown item id {item_id!r}")
         return Item(r["id"], Path(r["path"]), r["width"], r["height"])
 
-    def split_counts(self) -> dict[str, int]:
-        rows = self._db.execute("SELECT split, COUNT(*) AS n FROM items GROUP BY split").fetchall()
+    def split_counts(self, *, include_gone: bool = False) -> dict[str, int]:
+        """Items by split: present ones, or all ever seen with ``include_gone``."""
+        where = "" if include_gone else " WHERE gone_at IS NULL"
+        rows = self._db.execute(f"SELECT split, COUNT(*) AS n FROM items{where} GROUP BY split").fetchall()
         return {s: 0 for s in SPLITS} | {r["split"]: r["n"] for r in rows}
+
+    def mark_gone(self, reasons: Mapping[str, str]) -> int:
+        """Mark items gone: ``item id -> reason`` (e.g. "file deleted since it was scanned").
+        Their labels stay; :meth:`items` and :meth:`current_labels` leave them out from now
+        on. Returns how many were present before; an unknown id raises ValueError."""
+        now = utcnow().isoformat()
+        n = 0
+        with self._tx():
+            for item_id, reason in reasons.items():
+                if self._db.execute("SELECT 1 FROM items WHERE id = ?", (item_id,)).fetchone() is None:
+                    raise ValueError(f"cannot mark unknown item {item_id!r} gone")
+                n += self._db.execute(
+                    "UPDATE items SET gone_at = ?, gone_reason = ? WHERE id = ? AND gone_at IS NULL",
+                    (now, str(reason), item_id),
+                ).rowcount
+        return n
+
+    def gone_items(self) -> dict[str, GoneItem]:
+        """Item id -> :class:`GoneItem` for every gone item, in the order they went."""
+        rows = self._db.execute(
+            "SELECT id, path, width, height, split, gone_at, gone_reason FROM items"
+            " WHERE gone_at IS NOT NULL ORDER BY gone_at, id")
+        return {r["id"]: GoneItem(Item(r["id"], Path(r["path"]), r["width"], r["height"]), r["split"],
+                                  r["gone_at"], r["gone_reason"] or "") for r in rows}
+
+    def move_items(self, paths: Mapping[str, Path | str]) -> int:
+        """Record where items' bytes are now (``item id -> path``): the old file was renamed
+        or deleted but the same bytes are found elsewhere. Returns how many rows changed."""
+        n = 0
+        with self._tx():
+            for item_id, path in paths.items():
+                n += self._db.execute("UPDATE items SET path = ? WHERE id = ? AND path != ?",
+                                      (str(path), item_id, str(path))).rowcount
+        return n
 
     # -- labels -------------------------------------------------------------------------------
     def add_labels(self, annotations: Iterable[Annotation]) -> int:
@@ -258,20 +580,23 @@ class Ledger:
             r["ls_task_id"], r["ls_annotation_id"],
         )
 
-    def current_labels(self, *, pseudo_round: int | None = None) -> dict[str, LabelRow]:
+    def current_labels(self, *, pseudo_round: int | None = None, include_gone: bool = False) -> dict[str, LabelRow]:
         """The current label of every labelled item: item id -> the winning row.
 
         A human label always wins, then a seed label, then a pseudo-label; within one source the
         latest wins. Skipped reviews (no label) do not count. Pseudo-labels are taken only from
         ``pseudo_round`` (default: the latest round that wrote any), so stale guesses of older
-        models never come back.
+        models never come back. Gone items are left out unless ``include_gone`` (their bytes
+        are no longer on disk: nothing can train on them; their history stays in
+        :meth:`label_history`).
         """
         if pseudo_round is None:
             r = self._db.execute("SELECT MAX(round) AS r FROM labels WHERE source = 'pseudo'").fetchone()
             pseudo_round = r["r"]
+        gone = "" if include_gone else " AND item_id NOT IN (SELECT id FROM items WHERE gone_at IS NOT NULL)"
         rows = self._db.execute(
             "SELECT * FROM labels WHERE (label IS NOT NULL OR boxes IS NOT NULL)"
-            " AND (source != 'pseudo' OR round IS ?) ORDER BY id",
+            " AND (source != 'pseudo' OR round IS ?)" + gone + " ORDER BY id",
             (pseudo_round,),
         ).fetchall()
         best: dict[str, LabelRow] = {}
@@ -283,13 +608,14 @@ class Ledger:
         return best
 
     def label_counts(self) -> dict[str, int]:
-        """Items by the source of their current label, e.g. {'seed': 20, 'human': 40, 'pseudo': 300}."""
+        """Present items by the source of their current label, e.g. {'seed': 20, 'human': 40, 'pseudo': 300}."""
         counts = Counter(r.source for r in self.current_labels().values())
         return {s: counts.get(s, 0) for s in SOURCES}
 
     def human_labelled_ids(self) -> set[str]:
         """Items with a seed or human label (not pseudo): exactly the items whose current label
-        is a seed or human one, since those outrank pseudo-labels (one query, no row objects)."""
+        is a seed or human one, since those outrank pseudo-labels (one query, no row objects).
+        Gone items count too: this is the labelling effort spent (the label budget)."""
         rows = self._db.execute(
             "SELECT DISTINCT item_id FROM labels WHERE source IN ('seed', 'human')"
             " AND (label IS NOT NULL OR boxes IS NOT NULL)"
@@ -415,24 +741,160 @@ class Ledger:
     def queued_item_ids(self) -> set[str]:
         return {r["item_id"] for r in self._db.execute("SELECT item_id FROM review_tasks")}
 
-    # -- meta ---------------------------------------------------------------------------------
+    # -- holdout truth -------------------------------------------------------------------------
+    def set_holdout_truth(self, truth: Mapping[str, str]) -> int:
+        """Store the truth of holdout items: ``item id -> class name`` (classification) or
+        ``-> boxes JSON`` (:func:`boxes_to_json`, ``"[]"`` = no objects). Rows for other items
+        are kept (an item that left the holdout, or went, keeps its truth). Returns how many
+        rows were written; an unknown item raises ValueError."""
+        now = utcnow().isoformat()
+        with self._tx():
+            self._require_items(truth, what="holdout truth")
+            for item_id, value in truth.items():
+                self._db.execute(
+                    "INSERT INTO holdout_truth (item_id, truth, updated_at) VALUES (?,?,?)"
+                    " ON CONFLICT (item_id) DO UPDATE SET truth = excluded.truth, updated_at = excluded.updated_at"
+                    " WHERE truth != excluded.truth",
+                    (item_id, _truth_text(item_id, value), now),
+                )
+        return len(truth)
+
+    def holdout_truth(self) -> dict[str, str]:
+        """Item id -> truth as stored by :meth:`set_holdout_truth`, for every item that has one."""
+        return {r["item_id"]: r["truth"] for r in self._db.execute("SELECT item_id, truth FROM holdout_truth")}
+
+    # -- consensus and adjudication (several reviewers per task) ---------------------------------
+    def consensus(self, project: str) -> dict[str, ConsensusRecord]:
+        """Item id -> the latest consensus decision in Label Studio project ``project``."""
+        rows = self._db.execute(
+            "SELECT * FROM consensus WHERE project = ? ORDER BY item_id", (project,)).fetchall()
+        return {r["item_id"]: ConsensusRecord(label=r["label"], agreement=r["agreement"], n_votes=r["n_votes"],
+                                              method=r["method"], needs_adjudication=bool(r["needs_adjudication"]))
+                for r in rows}
+
+    def record_consensus(self, project: str, records: Mapping[str, ConsensusRecord]) -> int:
+        """Insert or replace the decisions ``item id -> record`` of ``project``; returns how many."""
+        with self._tx():
+            self._require_items(records, what=f"consensus of project {project!r}")
+            return _write_consensus(self._db, project, records, now=utcnow().isoformat())
+
+    def adjudications(self, project: str, *, open_only: bool = False) -> dict[str, Adjudication]:
+        """Item id -> adjudication request in ``project`` (only the unsettled ones with ``open_only``)."""
+        q = "SELECT * FROM adjudications WHERE project = ?" + (" AND settled_at IS NULL" if open_only else "")
+        out: dict[str, Adjudication] = {}
+        for r in self._db.execute(q + " ORDER BY requested_at, item_id", (project,)):
+            a = Adjudication(task_id=r["task_id"], reason=r["reason"], requested_at=r["requested_at"],
+                             seen=json.loads(r["seen"]))
+            if r["settled_at"] is not None:
+                a["settled"] = r["settled_at"]
+            out[r["item_id"]] = a
+        return out
+
+    def record_adjudications(self, project: str, records: Mapping[str, Adjudication]) -> int:
+        """Insert or replace the adjudication requests ``item id -> record`` of ``project``
+        (a record with ``settled`` is closed); returns how many rows were written."""
+        with self._tx():
+            self._require_items(records, what=f"adjudication of project {project!r}")
+            return _write_adjudications(self._db, project, records)
+
+    # -- label-quality relabel requests ---------------------------------------------------------
+    def relabel_requests(self) -> dict[str, int]:
+        """Item id -> round in which its label was sent back for a second review."""
+        return {r["item_id"]: r["round"] for r in self._db.execute("SELECT item_id, round FROM relabel_requests")}
+
+    def add_relabel_requests(self, requests: Mapping[str, int]) -> int:
+        """Record ``item id -> round`` requests; an item already asked keeps its first round
+        (each label is sent back once). Returns how many were new."""
+        now = utcnow().isoformat()
+        n = 0
+        with self._tx():
+            self._require_items(requests, what="relabel request")
+            for item_id, rid in requests.items():
+                n += self._db.execute(
+                    "INSERT OR IGNORE INTO relabel_requests (item_id, round, requested_at) VALUES (?,?,?)",
+                    (item_id, int(rid), now)).rowcount
+        return n
+
+    # -- FreeMatch state ------------------------------------------------------------------------
+    def freematch_state(self) -> FreeMatchRecord | None:
+        """The latest saved FreeMatch state, or None before the first."""
+        r = self._db.execute("SELECT tau, class_probs FROM freematch_states ORDER BY id DESC LIMIT 1").fetchone()
+        return None if r is None else FreeMatchRecord(tau=r["tau"], class_probs=json.loads(r["class_probs"]))
+
+    def save_freematch_state(self, state: FreeMatchRecord, *, round_id: int | None = None) -> None:
+        """Append ``state`` (it becomes the current one); ``round_id``: the round that computed it."""
+        tau, probs = float(state["tau"]), [float(v) for v in state["class_probs"]]
+        if not 0.0 <= tau <= 1.0 or not probs:
+            raise ValueError(f"FreeMatch state needs tau in [0, 1] and a non-empty class_probs; got tau={tau}, "
+                             f"{len(probs)} class probabilities")
+        with self._tx():
+            self._db.execute("INSERT INTO freematch_states (round, tau, class_probs, saved_at) VALUES (?,?,?,?)",
+                             (round_id, tau, json.dumps(probs), utcnow().isoformat()))
+
+    # -- termination ----------------------------------------------------------------------------
+    def termination(self) -> Termination | None:
+        """Why the campaign last stopped, or None if it never did."""
+        r = self._db.execute("SELECT round, reason FROM terminations ORDER BY id DESC LIMIT 1").fetchone()
+        if r is None:
+            return None
+        out = Termination(reason=r["reason"])
+        if r["round"] is not None:
+            out["round"] = r["round"]
+        return out
+
+    def set_termination(self, reason: str, *, round_id: int | None = None) -> None:
+        """Record why the campaign stopped (``round_id``: the round that stopped, if one did)."""
+        if not reason:
+            raise ValueError("a termination needs a reason")
+        with self._tx():
+            self._db.execute("INSERT INTO terminations (round, reason, at) VALUES (?,?,?)",
+                             (round_id, reason, utcnow().isoformat()))
+
+    # -- retraining runs ------------------------------------------------------------------------
+    def retrain_history(self) -> list[dict[str, Any]]:
+        """The record of every retraining run, oldest first (as given to :meth:`add_retrain`)."""
+        return [json.loads(r["record"]) for r in self._db.execute("SELECT record FROM retrains ORDER BY id")]
+
+    def add_retrain(self, record: Mapping[str, Any]) -> int:
+        """Append a retraining run's record (needs ``accepted`` and ``reason``; ``published``
+        and ``finished_at`` are also kept as columns); returns its row id."""
+        with self._tx():
+            return _write_retrain(self._db, record)
+
+    def _require_items(self, ids: Iterable[str], *, what: str) -> None:
+        for item_id in ids:
+            if self._db.execute("SELECT 1 FROM items WHERE id = ?", (item_id,)).fetchone() is None:
+                raise ValueError(f"{what} for unknown item {item_id!r}; ingest the item first")
+
+    # -- meta: genuine small key/values (e.g. the last sync time of a project) ----------------
     def get_meta(self, key: str, default: Any = None) -> Any:
+        """The JSON value stored under ``key``, or ``default``. Keys whose state moved to
+        tables in schema version 3 raise ValueError naming the method to use instead."""
+        _check_meta_key(key)
         r = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return default if r is None else json.loads(r["value"])
 
     def set_meta(self, key: str, value: Any) -> None:
+        """Store ``value`` (JSON-serialisable) under ``key``; see :meth:`get_meta` for moved keys."""
+        _check_meta_key(key)
         with self._tx():
             self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
 
 
     # -- files (ingest skip) -----------------------------------------------------------------
-    def known_files(self) -> dict[str, tuple[int, int, str, int, int]]:
+    def known_files(self, paths: Iterable[str | Path] | None = None) -> dict[str, tuple[int, int, str, int, int]]:
         """``path -> (size bytes, mtime_ns, item_id, width px, height px)`` for every
-        remembered file; pass it to ``scan_folder(..., known=...)``."""
-        return {
-            r[0]: (r[1], r[2], r[3], r[4], r[5])
-            for r in self._db.execute("SELECT path, size, mtime_ns, item_id, width, height FROM files")
-        }
+        remembered file (or only those of ``paths`` that are remembered); pass it to
+        ``scan_folder(..., known=...)`` or ``recheck``."""
+        q = "SELECT path, size, mtime_ns, item_id, width, height FROM files"
+        if paths is None:
+            return {r[0]: (r[1], r[2], r[3], r[4], r[5]) for r in self._db.execute(q)}
+        out = {}
+        for p in paths:
+            r = self._db.execute(q + " WHERE path = ?", (str(p),)).fetchone()
+            if r is not None:
+                out[r[0]] = (r[1], r[2], r[3], r[4], r[5])
+        return out
 
     def remember_files(self, rows: Iterable[Sequence[Any]]) -> int:
         """Insert or replace ``(path, size, mtime_ns, item_id, width, height)`` rows (e.g.
