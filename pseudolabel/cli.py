@@ -193,6 +193,55 @@ def _round_summary(cfg: Any, res: Any) -> dict[str, Any]:
             "queued": res.queued, "stop": res.stop_reason, "idle": res.idle, "seconds": round(res.seconds, 1)}
 
 
+@app.command()
+@handles_errors
+def studio(
+    config: ConfigOpt,
+    data: Annotated[Path, typer.Option(help="Label Studio's data folder (its SQLite database, token.txt, "
+                                            "server.log); created on first start")] = Path("label-studio-data"),
+    set_: SetOpt = None,
+) -> None:
+    """Start a local Label Studio for the campaign, in the foreground (Ctrl-C stops it): from
+    .venv-ls, on the host and port of label_studio.url (loopback), with local files served
+    from label_studio.document_root, telemetry and version checks off. The first start creates
+    the database (about 30 s, minutes on a busy machine) and an admin with a token."""
+    import time as _time
+    from urllib.parse import urlparse
+
+    from pseudolabel.review.server import LabelStudioServer
+
+    cfg = _load(config, set_)
+    ls = cfg.label_studio
+    if ls.images_root is None:
+        raise _fail("label_studio.images_root is not set (the folder inside the document root that holds the "
+                    "images)", 2)
+    url = urlparse(ls.url)
+    if url.hostname not in ("127.0.0.1", "localhost"):
+        raise _fail(f"label_studio.url {ls.url} is not on this machine (127.0.0.1): start that server there, "
+                    "or point label_studio.url at http://127.0.0.1:PORT", 2)
+    data = data.resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    first = not (data / "label_studio.sqlite3").exists()
+    server = LabelStudioServer(data, ls.images_root, port=url.port or 8080, document_root=ls.effective_document_root(),
+                               startup_timeout=900)
+    console.print(f"starting Label Studio ({'first start: creating the database, ~30 s or more' if first else 'restart'})"
+                  f" with LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={server.document_root} ...", highlight=False)
+    t0 = _time.monotonic()
+    server.start()
+    console.print(f"Label Studio is up at {server.url} after {_time.monotonic() - t0:.0f} s\n"
+                  f"  log in as {server.username} / {server.password} (change it in Account & Settings)\n"
+                  f"  token: export {ls.token_env}=$(cat {data / 'token.txt'})\n"
+                  "  Ctrl-C stops it", highlight=False)
+    try:
+        while server.running:
+            _time.sleep(1)
+        raise _fail(f"Label Studio exited; see {server.log_path}", 1)
+    except KeyboardInterrupt:
+        console.print("stopping Label Studio")
+    finally:
+        server.stop()
+
+
 @app.command("round")
 @handles_errors
 def round_(config: ConfigOpt, set_: SetOpt = None,

@@ -3,7 +3,7 @@
 #   .venv     the project (torch 2.14.1 / torchvision 0.29.1, the package with dev extras)
 #   .venv-ls  the Label Studio server, in its own venv: it pins Django, numpy and pyarrow
 #             versions that must not leak into the project venv.
-# Optional: Debian's dataset-fashion-mnist (real images for the detection demo/benchmark).
+# Debian's chromium (browser tests) and dataset-fashion-mnist (detection demo/benchmark) when root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
@@ -21,13 +21,18 @@ if [ ! -x .venv-ls/bin/label-studio ]; then
   .venv-ls/bin/python -m pip install -q "label-studio==1.23.2"
 fi
 
-# Fashion-MNIST for the detection/segmentation demos and the benchmark (optional).
-if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null; then
+# Debian packages: Chromium for the browser tests (driven by Playwright from PyPI; Playwright's
+# own browser download does not work offline), Fashion-MNIST for the detection/segmentation demos
+# and the benchmark (optional).
+need=()
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -d /usr/share/datasets/fashion-mnist ] || need+=(dataset-fashion-mnist)
+if [ ${#need[@]} -gt 0 ] && command -v apt-get >/dev/null; then
   if [ "$(id -u)" = 0 ]; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) \
-      || echo "note: could not install dataset-fashion-mnist; the digits demo does not need it"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}") \
+      || echo "note: could not install ${need[*]}: the browser tests and the Fashion-MNIST demos need them"
   else
-    echo "note: run 'sudo apt-get install dataset-fashion-mnist' for the Fashion-MNIST demos"
+    echo "note: run 'sudo apt-get install ${need[*]}' for the browser tests and the Fashion-MNIST demos"
   fi
 fi
 echo "setup done: .venv (project) and .venv-ls (Label Studio server)"

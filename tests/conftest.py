@@ -52,8 +52,9 @@ def label_studio(
 ) -> Iterator[LabelStudioServer]:
     """A real Label Studio server on a free loopback port, stopped after the session."""
     exe = _server_or_skip()
+    # First start runs migrations: 30 s on a quiet machine, minutes on a loaded one.
     server = LabelStudioServer(
-        tmp_path_factory.mktemp("ls-data"), ls_images_root, ls_bin=exe
+        tmp_path_factory.mktemp("ls-data"), ls_images_root, ls_bin=exe, startup_timeout=600
     )
     server.start()
     try:

@@ -101,8 +101,9 @@ class LabelStudioServer:
 
     - ``data_dir``: Label Studio's data folder (SQLite DB, ``server.log``, ``token.txt``).
     - ``images_root``: folder whose images are served under
-      ``/data/local-files/?d=<images_root name>/<relative path>`` (the server's document
-      root is its parent; only folders with a local-files storage are served).
+      ``/data/local-files/?d=<path relative to the document root>`` (only folders with a
+      local-files storage are served); ``document_root``: the server's
+      ``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT`` (default: ``images_root``'s parent).
     - ``port``: ``None`` picks a free loopback port at start.
     - ``username`` / ``password``: the admin account (an email) created on first start.
     - ``token``: the admin's API token (40 hex chars). ``None``: read ``data_dir/token.txt``
@@ -124,9 +125,11 @@ class LabelStudioServer:
         token: str | None = None,
         ls_bin: Path | None = None,
         startup_timeout: float = 180.0,
+        document_root: Path | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.images_root = images_root
+        self.document_root_arg = document_root
         self.port = port
         self.username = username
         self.password = password
@@ -159,9 +162,11 @@ class LabelStudioServer:
 
     @property
     def document_root(self) -> Path:
-        """``images_root``'s parent: Label Studio refuses a storage path equal to its document
-        root, so the project's storage is ``images_root`` one level below (see
-        :func:`pseudolabel.review.convert.local_files_url`)."""
+        """The document root given, else ``images_root``'s parent (Label Studio refuses a
+        storage path equal to its document root, so ``images_root`` is at least one level
+        below it; see :func:`pseudolabel.review.convert.local_files_url`)."""
+        if self.document_root_arg is not None:
+            return Path(self.document_root_arg).resolve()
         return Path(self.images_root).resolve().parent
 
     @property
