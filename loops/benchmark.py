@@ -311,6 +311,7 @@ def _run_benchmark(
             "model.seed": seed, "selection.seed": seed, "selection.batch_size": batch_size,
             "pseudo.enabled": pseudo, "stop.target": 1.0, "stop.label_budget": n_seed + rounds * batch_size,
             "stop.max_rounds": rounds + 1,
+            "report.enabled": False,   # hundreds of simulated rounds: no HTML page for each
         })
         raw["model"]["min_steps"] = min_steps
         sub.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,7 @@ from pseudolabel.data.ledger import Ledger, boxes_from_json, boxes_to_json
 from pseudolabel.inference import load_box_predictions, load_predictions, pseudo_label
 from pseudolabel.metrics import classification_metrics
 from pseudolabel.models.torchvision_cls import TorchvisionClassifier
+from pseudolabel.report import HOLDOUT_FILE, report_round, write_holdout_predictions
 from pseudolabel.stopping import StoppingRules, check_all
 from pseudolabel.strategies import SCORE_FUNCTIONS, entropy, select, uses_labelled_embeddings
 from pseudolabel.types import Annotation, Candidate, Item, Prediction
@@ -320,7 +321,10 @@ def run_round(
     own = ledger is None
     led = ledger_for(cfg) if ledger is None else ledger
     try:
-        return _run_round(cfg, reviewer, led, progress=progress, force=force, log=log)
+        res = _run_round(cfg, reviewer, led, progress=progress, force=force, log=log)
+        if res.idle is None:
+            report_round(cfg, led, res.round_id, log=log)  # never raises: a failed report is a warning
+        return res
     finally:
         if own:
             led.close()
@@ -541,6 +545,9 @@ def _evaluate(r: _Round, train_info: Mapping[str, Any]) -> dict[str, Any]:
             probs, _ = r.model.predict_proba_embed(holdout, batch_size=cfg.model.infer_batch_size)
             pred = [cfg.classes[i] for i in probs.argmax(1)]
             metrics = classification_metrics([truth[it.id] for it in holdout], pred, classes=cfg.classes)
+            # kept for the report's confusion matrix (rounds/NNNN/holdout.parquet)
+            write_holdout_predictions(r.dir / HOLDOUT_FILE, [it.id for it in holdout],
+                                      [truth[it.id] for it in holdout], pred, probs.max(1))
         metrics |= {"labels_used": labels_used(ledger), "pseudo_used": train_info.get("pseudo", 0),
                     "model_version": r.model.model_version}
     atomic_write_text(r.dir / "metrics.json", json.dumps(metrics, indent=2))

@@ -365,6 +365,34 @@ def export(
                               "val_images": res.holdout, "entry": str(res.entry)}))
 
 
+@app.command()
+def report(
+    config: ConfigOpt,
+    round_id: Annotated[Optional[int], typer.Option("--round", help="only this round's page (default: every "
+                                                                     "round)")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="folder for the HTML files "
+                                                                     "(default: WORKDIR/reports)")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Write the static HTML report: one self-contained page per round plus index.html (no server)."""
+    from loops.round import ledger_for
+    from pseudolabel.report import write_reports
+
+    cfg = _load(config, set_)
+    if not (cfg.workdir / "ledger.sqlite").exists():
+        console.print(f"[red]error:[/] no campaign in {cfg.workdir} (no ledger.sqlite); "
+                      f"run `pseudolabel round -c {config}` first")
+        raise typer.Exit(1)
+    try:
+        with ledger_for(cfg) as ledger:
+            paths = write_reports(cfg, ledger, rounds=None if round_id is None else [round_id], out_dir=out,
+                                  log=console.print)
+    except ValueError as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(2) from None
+    console.print(f"open {paths[-1]}")
+
+
 _PASSTHROUGH = {"context_settings": {"allow_extra_args": True, "ignore_unknown_options": True,
                                      "help_option_names": []}, "add_help_option": False}
 

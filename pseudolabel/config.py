@@ -210,6 +210,16 @@ class StopConfig(_Section):
     min_answered: int = Field(default=10, ge=1, description="acceptance_rate needs this many answers")
 
 
+class ReportConfig(_Section):
+    """The HTML report every round writes (:mod:`pseudolabel.report`)."""
+
+    enabled: bool = Field(default=True, description="write <workdir>/reports/round-NNNN.html and index.html at "
+                          "the end of every round (`pseudolabel report` writes them on demand either way)")
+    max_points: int = Field(default=3000, ge=10, description="pool items drawn on the 2-D map (a random "
+                            "sample plus every selected item)")
+    max_thumbnails: int = Field(default=100, ge=0, description="selected items shown as thumbnails")
+
+
 class LabelStudioConfig(_Section):
     """Where the review happens. Images: Label Studio serves local files from its document
     root (``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT``); the project gets a local-files storage on
@@ -272,6 +282,7 @@ class Config(_Section):
     quality: QualityConfig = QualityConfig()
     review: ReviewConfig = ReviewConfig()
     stop: StopConfig = StopConfig()
+    report: ReportConfig = ReportConfig()
     label_studio: LabelStudioConfig = LabelStudioConfig()
 
     @field_validator("classes")
