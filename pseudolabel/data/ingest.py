@@ -27,6 +27,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pseudolabel.data.errors import DataError
 from pseudolabel.data.images import IMAGE_SUFFIXES, ImageError, load_rgb, sha256_file
 from pseudolabel.utils import atomic_write_text
 from pseudolabel.types import Item, utcnow
@@ -186,13 +187,14 @@ def scan_files(
 def list_image_files(root: Path, *, recursive: bool = True) -> list[Path]:
     """Image-suffixed files under ``root``, sorted by relative path (deterministic).
 
-    Raises ValueError when ``root`` is missing or not a directory.
+    Raises :class:`~pseudolabel.data.errors.DataError` (a ValueError) when ``root`` is missing
+    or not a directory.
     """
     root = Path(root)
     if not root.exists():
-        raise ValueError(f"image folder {root} does not exist")
+        raise DataError(f"image folder {root} does not exist")
     if not root.is_dir():
-        raise ValueError(f"image folder {root} is not a directory")
+        raise DataError(f"image folder {root} is not a directory")
     found = root.rglob("*") if recursive else root.iterdir()
     files = [p for p in found if is_image_path(p) and p.is_file()]
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
