@@ -110,10 +110,10 @@ def resolve_image(url: str, *, image_root: Path) -> list[Path]:
     parsed = urlparse(url)
     out: list[Path] = []
     if parsed.path.rstrip("/").endswith("/data/local-files"):
-        d = parse_qs(parsed.query).get("d", [""])[0]
+        d = parse_qs(parsed.query).get("d", [""])[-1]  # decoded once, the last value wins (as Label Studio)
         if d:
-            out.append(image_root / unquote(d))
-            out.append(image_root / Path(unquote(d)).name)
+            out.append(image_root / d.lstrip("/"))
+            out.append(image_root / Path(d).name)
         return out
     path = unquote(parsed.path)
     name = Path(path).name
