@@ -175,13 +175,10 @@ _SETTINGS = settings(max_examples=12, deadline=None, derandomize=True,
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
-def test_every_format_pair_round_trips(kind: str) -> None:
-    @_SETTINGS
-    @given(data_sets(kind))
-    def check(spec: list[tuple[int, int, int, tuple[Box, ...]]]) -> None:
-        _check_pairs(spec, kind)
-
-    check()
+@_SETTINGS
+@given(data=st.data())
+def test_every_format_pair_round_trips(kind: str, data: st.DataObject) -> None:
+    _check_pairs(data.draw(data_sets(kind), label="data set"), kind)
 
 
 # --------------------------------------------------------------------------- classification
