@@ -1,7 +1,7 @@
 """The detection / segmentation parts of a round: what differs from classification.
 
 ``loops/round.py`` runs the same stages for every task; for ``task: detect`` and
-``task: segment`` it calls the functions here to read the labelled sets (YOLO / COCO / VOC),
+``task: segment`` it calls the functions here to read the labelled sets (any object format),
 build the YOLO model, evaluate it (COCO mAP; mask mAP, mIoU and pixel accuracy for
 segmentation), turn confident boxes into pseudo-labels (per-class thresholds; never on an
 image a human or the seed labelled), and score and select pool images.
@@ -10,14 +10,17 @@ image a human or the seed labelled), and score and select pool images.
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
-from typing import Any, Collection, Literal, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 import numpy as np
 
 from pseudolabel.config import Config
 from pseudolabel.data import detformats
-from pseudolabel.data.detformats import DetSet
+from pseudolabel.data.errors import DataWarning
+from pseudolabel.data.ingest import OnMissing
+from pseudolabel.data.objects import DetSet, DetTask, check_not_empty, training_boxes
 from pseudolabel.metrics_det import detection_map, segmentation_scores, semantic_mask
 from pseudolabel.strategies.detection import DETECTION_STRATEGIES, image_uncertainty
 from pseudolabel.strategies.diversity import kcenter_greedy
@@ -27,34 +30,30 @@ from pseudolabel.types import Annotation, Box, Item, Prediction
 _AGG = {"max": "max", "mean": "mean", "sum": "sum", "topk": "topk_mean"}
 
 
-def read_labelled(cfg: Config, name: str, *, progress: bool = False,
-                  on_missing: Literal["error", "quarantine"] = "error") -> DetSet:
+def read_labelled(cfg: Config, name: str, *, progress: bool = False, on_missing: OnMissing = "error") -> DetSet:
     """Read ``data.<name>`` (seed or holdout) in its format; every class must be in ``classes``.
-    Images above ``data.max_pixels`` are quarantined; ``on_missing``: what a listed image that
-    does not exist is (see :mod:`pseudolabel.data.formats`)."""
+
+    The holdout keeps the ``crowd`` / ``difficult`` flags (evaluation ignores those objects);
+    the seed gets the boxes a model trains on (:func:`~pseudolabel.data.objects.training_boxes`:
+    crowd regions out, difficult ones out unless ``train_difficult``). Notes on what was
+    accepted with a change (clipped boxes, ids mapped by name) are issued as
+    :class:`~pseudolabel.data.errors.DataWarning`. An empty set is a DataError. Images above
+    ``data.max_pixels`` are quarantined; ``on_missing``: what a file the labels name that does
+    not exist is (an error on a first read, else quarantined; see
+    :func:`~pseudolabel.data.detformats.read_objects`).
+    """
     src = getattr(cfg.data, name)
-    limits: dict[str, Any] = {"max_pixels": cfg.data.max_pixels, "on_missing": on_missing}
-    task = "segment" if cfg.task == "segment" else "detect"
-    path = Path(src.path)
-    if src.format == "yolo":
-        labels = src.labels
-        if labels is None:
-            parts = list(path.parts)
-            if "images" not in parts:
-                raise ValueError(
-                    f"data.{name}.labels is not set and {path} has no 'images' folder to replace by "
-                    "'labels' (the YOLO convention); set data.{name}.labels to the .txt folder"
-                )
-            i = len(parts) - 1 - parts[::-1].index("images")
-            labels = Path(*parts[:i], "labels", *parts[i + 1:])
-        return detformats.read_yolo(path, Path(labels), classes=cfg.classes, task=task, progress=progress, **limits)
-    if src.format == "coco":
-        root = src.image_root if src.image_root is not None else path.parent
-        return detformats.read_coco(path, image_root=Path(root), classes=cfg.classes, progress=progress, **limits)
-    if src.format == "voc":
-        root = src.image_root if src.image_root is not None else path.parent / "JPEGImages"
-        return detformats.read_voc(path, image_root=Path(root), classes=cfg.classes, progress=progress, **limits)
-    raise ValueError(f"data.{name}.format {src.format!r} is not a detection format (yolo, coco, voc)")
+    task: DetTask = "segment" if cfg.task == "segment" else "detect"
+    ds = detformats.read_objects(
+        src.format, Path(src.path), classes=cfg.classes, task=task, image_root=src.image_root, labels=src.labels,
+        names=src.names, split=src.split, multipart=src.multipart, progress=progress,
+        max_pixels=cfg.data.max_pixels, on_missing=on_missing)
+    check_not_empty(ds.items, ds.quarantined, source=f"data.{name} ({src.format} {src.path})")
+    for note in ds.notes:
+        warnings.warn(f"data.{name}: {note}", DataWarning, stacklevel=2)
+    if name == "seed":
+        ds.boxes = {k: training_boxes(v, difficult=src.train_difficult) for k, v in ds.boxes.items()}
+    return ds
 
 
 def build_model(cfg: Config, *, n_train: int, progress: bool = False, previous: Path | None = None) -> Any:
@@ -99,7 +98,8 @@ def evaluate(cfg: Config, model: Any, holdout: Sequence[Item], truth: Mapping[st
     }
     if cfg.task == "segment":
         with_poly = {k: tuple(b for b in v if b.polygon is not None) for k, v in preds.items()}
-        gt_poly = {k: tuple(b for b in v if b.polygon is not None) for k, v in gt.items()}
+        # Crowd regions stay in the truth without a polygon: mask evaluation ignores their box.
+        gt_poly = {k: tuple(b for b in v if b.polygon is not None or b.crowd) for k, v in gt.items()}
         seg = detection_map(gt_poly, with_poly, classes=cfg.classes, image_sizes=sizes, iou_type="segm")
         out |= {"mask_map50": seg["map50"], "mask_map50_95": seg["map50_95"]}
         gm, pm = {}, {}

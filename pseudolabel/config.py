@@ -27,23 +27,68 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class LabelSource(_Section):
-    """A labelled set.
+CLASSIFY_FORMATS: tuple[str, ...] = ("imagefolder", "csv", "labelme", "cvat", "labelstudio")
+OBJECT_FORMATS: tuple[str, ...] = ("yolo", "coco", "voc", "labelme", "cvat", "labelstudio")
+# Which LabelSource options each format uses (the others must stay unset).
+_FORMAT_OPTIONS: dict[str, tuple[str, ...]] = {
+    "imagefolder": (),
+    "csv": ("image_root",),
+    "yolo": ("labels", "names", "train_difficult"),
+    "coco": ("image_root", "multipart", "train_difficult"),
+    "voc": ("image_root", "split", "train_difficult"),
+    "labelme": ("image_root", "multipart", "train_difficult"),
+    "cvat": ("image_root", "train_difficult"),
+    "labelstudio": ("image_root",),
+}
 
-    Classification: an ImageFolder tree (``root/<class>/<image>``) or a CSV (``path,label``).
-    Detection / segmentation: ``yolo`` (``path`` = images folder, ``labels`` = the txt folder,
-    default: ``path`` with its last ``images`` component replaced by ``labels``), ``coco``
-    (``path`` = the instances JSON, ``image_root`` = where ``file_name`` resolves, default the
-    JSON's folder) or ``voc`` (``path`` = the XML folder, ``image_root`` = the images folder,
-    default ``<path>/../JPEGImages``).
+
+class LabelSource(_Section):
+    """A labelled set (see the README section "Label formats" for each tool's layout).
+
+    Classification: an ImageFolder tree (``root/<class>/<image>``), a CSV (``path,label``,
+    UTF-8), Labelme JSON files (image ``flags``), a CVAT for images XML (``<tag>``) or a Label
+    Studio JSON export (``choices``). Detection / segmentation: ``yolo`` (``path`` = images
+    folder, ``labels`` = the txt folder, default: ``path`` with its last ``images`` component
+    replaced by ``labels``; ``names`` = data.yaml / classes.txt naming the ids, default: found
+    beside the labels), ``coco`` (``path`` = the instances JSON, ``image_root`` = where
+    ``file_name`` resolves, default the JSON's folder, or ``images/<split>`` / ``<split>`` beside
+    ``annotations/`` for ``annotations/instances_<split>.json``), ``voc`` (``path`` = the XML folder,
+    ``image_root`` = the images folder, default ``<path>/../JPEGImages``, ``split`` =
+    ``ImageSets/Main/<split>.txt``), ``labelme`` (``path`` = the folder of JSON files),
+    ``cvat`` (``path`` = annotations.xml, images in ``images/`` beside it) or ``labelstudio``
+    (``path`` = the exported JSON, ``image_root`` = Label Studio's local-files document root).
     """
 
-    format: Literal["imagefolder", "csv", "yolo", "coco", "voc"] = "imagefolder"
+    format: Literal["imagefolder", "csv", "yolo", "coco", "voc", "labelme", "cvat", "labelstudio"] = "imagefolder"
     path: Path
     image_root: Path | None = Field(
-        default=None, description="csv/coco/voc: folder that image paths resolve against"
+        default=None, description="csv/coco/voc/labelme/cvat/labelstudio: folder that image paths resolve against"
     )
     labels: Path | None = Field(default=None, description="yolo only: folder of the .txt label files")
+    names: Path | None = Field(default=None, description="yolo only: data.yaml or classes.txt naming the class ids "
+                               "(ids are then mapped by name); default: the one beside the labels, if any")
+    split: str | None = Field(default=None, description="voc only: read ImageSets/Main/<split>.txt (needed when "
+                              "the folder has several split lists)")
+    multipart: Literal["quarantine", "largest"] = Field(
+        default="quarantine", description="coco/labelme: an object drawn as several polygons: quarantine its "
+        "image, or keep the largest part (the box still encloses all)")
+    train_difficult: bool = Field(default=False, description="objects flagged difficult (VOC <difficult>, CVAT / "
+                                  "Labelme attribute): train on them as ordinary boxes (default: left out of "
+                                  "training; always ignored in evaluation)")
+
+    @model_validator(mode="after")
+    def _options_fit_format(self) -> "LabelSource":
+        used = _FORMAT_OPTIONS[self.format]
+        # By value, not by model_fields_set: path resolution assigns every option (None stays None).
+        given = {k for k in _OPTION_NAMES if getattr(self, k) != LabelSource.model_fields[k].default}
+        extra = sorted(given - set(used))
+        if extra:
+            raise ValueError(f"format {self.format!r} does not use {', '.join(extra)}; it takes: "
+                             f"{', '.join(('path',) + used)}")
+        return self
+
+
+_OPTION_NAMES = ("image_root", "labels", "names", "split", "multipart", "train_difficult")
 
 
 class PoolSource(_Section):
@@ -314,7 +359,7 @@ class Config(_Section):
         if det and self.model.arch != "yolo":
             raise ValueError(f"task {self.task} trains YOLO: model.arch must be yolo (or null), got {self.model.arch!r}")
         for name, src in (("seed", self.data.seed), ("holdout", self.data.holdout)):
-            fmts = ("yolo", "coco", "voc") if det else ("imagefolder", "csv")
+            fmts = OBJECT_FORMATS if det else CLASSIFY_FORMATS
             if src.format not in fmts:
                 raise ValueError(f"data.{name}.format {src.format!r} does not fit task {self.task}; "
                                  f"choose one of: {', '.join(fmts)}")
@@ -456,6 +501,7 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
         src.path = r(src.path)  # type: ignore[assignment]
         src.image_root = r(src.image_root)
         src.labels = r(src.labels)
+        src.names = r(src.names)
     cfg.data.pool.path = r(cfg.data.pool.path)  # type: ignore[assignment]
     cfg.model.weights = r(cfg.model.weights)
     cfg.label_studio.images_root = r(cfg.label_studio.images_root)

@@ -38,6 +38,8 @@ def _classes(classes: Sequence[str]) -> list[str]:
 
 
 def _flat_polygon(b: Box, *, where: str) -> list[float]:
+    if b.polygon is None and b.crowd:  # a crowd region read without its mask: its box is the region
+        return [b.x1, b.y1, b.x2, b.y1, b.x2, b.y2, b.x1, b.y2]
     if b.polygon is None or len(b.polygon) < 3:
         raise ValueError(f"{where}: iou_type 'segm' needs a polygon of >= 3 points on every box")
     return [float(v) for xy in b.polygon for v in xy]
@@ -60,7 +62,12 @@ def detection_map(
       highest-scoring boxes per image.
     - ``image_sizes``: item id -> ``(width, height)`` pixels, for every image in ``gt``
       (needed to rasterise polygons, and by COCO's API).
-    - ``iou_type="segm"``: every box (truth and prediction) needs a polygon.
+    - ``iou_type="segm"``: every box (truth and prediction) needs a polygon (a crowd truth
+      box without one counts as its rectangle).
+    - truth flags: a ``crowd`` box is a COCO crowd region (``iscrowd=1``: detections inside it
+      are ignored, several may match it); a ``difficult`` box is ignored as VOC ignores it (a
+      detection matching it is neither a true nor a false positive; missing it costs no
+      recall). ``n_gt`` counts the boxes that are neither.
 
     Returns ``{"map50_95", "map50", "map75", "per_class_ap50_95", "per_class_ap50",
     "n_images", "n_gt", "n_pred"}`` (area range "all", 100 detections per image):
@@ -110,9 +117,11 @@ def detection_map(
             where = f"gt[{item_id!r}][{k}]"
             ann: dict[str, Any] = {
                 "id": len(anns) + 1, "image_id": img_of[item_id], "category_id": cat(b, where),
-                "bbox": [b.x1, b.y1, b.x2 - b.x1, b.y2 - b.y1], "iscrowd": 0,
+                "bbox": [b.x1, b.y1, b.x2 - b.x1, b.y2 - b.y1], "iscrowd": int(b.crowd),
                 "area": (b.x2 - b.x1) * (b.y2 - b.y1),
             }
+            if b.difficult and not b.crowd:
+                ann["difficult"] = 1
             if iou_type == "segm":
                 rle = mask_utils.merge(mask_utils.frPyObjects([_flat_polygon(b, where=where)], int(h), int(w)))
                 ann["segmentation"] = rle
@@ -137,9 +146,10 @@ def detection_map(
                 det["bbox"] = [b.x1, b.y1, b.x2 - b.x1, b.y2 - b.y1]
             dets.append(det)
 
-    result: dict[str, Any] = {"n_images": len(images), "n_gt": len(anns), "n_pred": len(dets)}
-    present = {a["category_id"] for a in anns}
-    if not anns:
+    counted = [a for a in anns if not a["iscrowd"] and not a.get("difficult")]
+    result: dict[str, Any] = {"n_images": len(images), "n_gt": len(counted), "n_pred": len(dets)}
+    present = {a["category_id"] for a in counted}
+    if not counted:
         nan = float("nan")
         return result | {"map50_95": nan, "map50": nan, "map75": nan,
                          "per_class_ap50_95": dict.fromkeys(names),
@@ -152,7 +162,6 @@ def detection_map(
                          "per_class_ap50_95": zero, "per_class_ap50": dict(zero)}
 
     from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
 
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
         coco_gt = COCO()
@@ -162,7 +171,7 @@ def detection_map(
         }
         coco_gt.createIndex()
         coco_dt = coco_gt.loadRes(dets)
-        ev = COCOeval(coco_gt, coco_dt, iou_type)
+        ev = _cocoeval(coco_gt, coco_dt, iou_type)
         ev.params.maxDets = [1, 10, 100]
         ev.evaluate()
         ev.accumulate()
@@ -184,6 +193,29 @@ def detection_map(
         "map50_95": float(stats[0]), "map50": float(stats[1]), "map75": float(stats[2]),
         "per_class_ap50_95": per_all, "per_class_ap50": per_50,
     }
+
+
+def _cocoeval(coco_gt: Any, coco_dt: Any, iou_type: str) -> Any:
+    """pycocotools' COCOeval that also ignores ground truth marked ``"difficult": 1``.
+
+    pycocotools derives each truth's ``ignore`` from ``iscrowd`` alone, inside ``_prepare``;
+    marking difficult objects crowd would change their IoU (intersection over the detection's
+    area) and let several detections match one, so ``ignore`` is set after ``_prepare``
+    instead: the IoU stays the usual one, a detection matching a difficult object is neither a
+    true nor a false positive, and missing it costs no recall (VOC's rule, except that a
+    second detection on the same difficult object counts as a false positive).
+    tests/test_metrics_det.py pins this on hand-computed cases."""
+    from pycocotools.cocoeval import COCOeval
+
+    class DifficultAwareCOCOeval(COCOeval):  # type: ignore[misc]
+        def _prepare(self) -> None:
+            super()._prepare()
+            for gts in self._gts.values():
+                for g in gts:
+                    if g.get("difficult"):
+                        g["ignore"] = 1
+
+    return DifficultAwareCOCOeval(coco_gt, coco_dt, iou_type)
 
 
 def semantic_mask(

@@ -59,7 +59,16 @@ class Item:
 
 @dataclass(frozen=True)
 class Box:
-    """One object: pixel ``xyxy`` box, class name, optional score and polygon (pixels)."""
+    """One object: pixel ``xyxy`` box, class name, optional score and polygon (pixels).
+
+    Flags of ground truth read from a file (both ``False`` for predictions and reviews):
+
+    - ``crowd``: a COCO ``iscrowd=1`` region (many objects in one region): kept out of
+      training; in evaluation detections on it are ignored, as pycocotools does;
+    - ``difficult``: a Pascal VOC ``<difficult>1</difficult>`` object: ignored in evaluation
+      (neither found nor missed), as the VOC devkit does; in training only when the data
+      source says so (``data.*.train_difficult``).
+    """
 
     x1: float
     y1: float
@@ -68,6 +77,8 @@ class Box:
     label: str
     score: float | None = None
     polygon: tuple[tuple[float, float], ...] | None = None
+    crowd: bool = False
+    difficult: bool = False
 
 
 @dataclass(frozen=True)

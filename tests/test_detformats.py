@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -14,6 +15,8 @@ import yaml
 from PIL import Image
 
 from pseudolabel.data import detformats as D
+from pseudolabel.data.errors import DataError, LabelProblem
+from pseudolabel.data.objects import DegenerateBox, training_boxes
 from pseudolabel.review import convert as C
 from pseudolabel.types import Box
 
@@ -146,8 +149,30 @@ def test_tiny_overshoot_is_clipped(tmp_path: Path) -> None:
     _png(tmp_path / "i" / "a.png", 10, 10, 0)
     (tmp_path / "l").mkdir()
     (tmp_path / "l" / "a.txt").write_text("0 0.5 0.5 1.0000005 1.0000001\n")
-    (b,) = next(iter(D.read_yolo(tmp_path / "i", tmp_path / "l", classes=CLASSES).boxes.values()))
+    ds = D.read_yolo(tmp_path / "i", tmp_path / "l", classes=CLASSES)
+    (b,) = next(iter(ds.boxes.values()))
     assert (b.x1, b.y1, b.x2, b.y2) == (0.0, 0.0, 10.0, 10.0)
+    assert ds.clipped == 0 and not any("clipped" in n for n in ds.notes)  # float noise, not worth a warning
+
+
+def test_yolo_within_ultralytics_range_is_clipped_and_counted(tmp_path: Path) -> None:
+    """The user's case: hand-drawn boxes with an edge at 1.001 (Ultralytics accepts every value
+    in -0.01..1.01 and clips the box to the image)."""
+    _png(tmp_path / "i" / "a.png", 200, 100, 0)
+    (tmp_path / "l").mkdir()
+    (tmp_path / "l" / "a.txt").write_text(
+        "0 0.9005 0.5 0.201 0.2\n"    # x2 = 1.001
+        "1 0.95 0.5 0.2 0.2\n"        # x2 = 1.05: every value in range, so Ultralytics keeps it
+        "0 0.5 0.5 1.01 1.01\n"       # w = h = 1.01: the range's edge
+        "1 0.4 0.4 0.2 0.2\n")        # inside
+    ds = D.read_yolo(tmp_path / "i", tmp_path / "l", classes=CLASSES)
+    boxes = next(iter(ds.boxes.values()))
+    assert len(boxes) == 4 and ds.clipped == 3 and not ds.quarantined
+    assert boxes[0].x2 == 200.0 and boxes[0].x1 == pytest.approx(0.8 * 200)
+    assert (boxes[1].x1, boxes[1].x2) == pytest.approx((170.0, 200.0))
+    assert (boxes[2].x1, boxes[2].y1, boxes[2].x2, boxes[2].y2) == (0.0, 0.0, 200.0, 100.0)
+    (note,) = [n for n in ds.notes if "clipped" in n]
+    assert "3 box(es)" in note and "-0.01..1.01" in note
 
 
 # --------------------------------------------------------------------------- invalid YOLO
@@ -156,30 +181,59 @@ def test_tiny_overshoot_is_clipped(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "task,line,match",
     [
-        ("detect", "0 0.5 0.5 1.2 0.4", "outside the image"),
-        ("detect", "0 0.9 0.5 0.4 0.4", r"cx \+ w/2 = 1\.1 lies outside the image \(accepted: 0\.\.1"),
-        ("detect", "0 0.5 0.1 0.4 0.4", r"cy - h/2 = -0\.1 lies outside the image"),
-        ("detect", "0 0.5 0.5 0 0.2", "degenerate"),
-        ("detect", "2 0.5 0.5 0.2 0.2", r"class id 2 is out of range; accepted 0\.\.1 \(0=cat, 1=dog\)"),
-        ("detect", "-1 0.5 0.5 0.2 0.2", "out of range"),
+        # The exact value as written, and the range that would be accepted.
+        ("detect", "0 0.5 0.5 1.0125 0.4", r"w = 1\.0125 lies outside -0\.01\.\.1\.01, the range Ultralytics accepts"),
+        ("detect", "0 0.5 -0.02 0.4 0.4", r"cy = -0\.02 lies outside -0\.01\.\.1\.01"),
+        ("detect", "0 0.5 0.5 -0.005 0.2", r"negative size w = -0\.005"),
+        ("detect", "-1 0.5 0.5 0.2 0.2", "class id '-1' is not a non-negative integer"),
         ("detect", "x 0.5 0.5 0.2 0.2", "not a non-negative integer"),
         ("detect", "0 0.5 0.5 0.2", "4 fields; expected 5"),
         ("detect", "0 0.5 0.5 0.2 0.2 0.1", "6 fields; expected 5"),
         ("detect", "0 0.5 abc 0.2 0.2", "'abc' is not a number"),
-        ("detect", "0 0.5 nan 0.2 0.2", "not a finite number"),
+        ("detect", "0 0.5 nan 0.2 0.2", "cy = nan lies outside"),
         ("segment", "0 0.1 0.1 0.2 0.2", "at least 3 points"),
         ("segment", "0 0.1 0.1 0.2 0.2 0.3 0.3 0.4", "odd number of coordinates"),
-        ("segment", "1 0.1 0.1 0.5 0.1 1.5 0.5", "outside the image"),
+        ("segment", "1 0.1 0.1 0.5 0.1 1.5 0.5", r"x\[2\] = 1\.5 lies outside"),
     ],
 )
-def test_invalid_yolo_names_file_and_line(tmp_path: Path, task: str, line: str, match: str) -> None:
+def test_malformed_yolo_line_quarantines_its_image_only(tmp_path: Path, task: str, line: str, match: str) -> None:
     _png(tmp_path / "i" / "a.png", 20, 10, 0)
+    _png(tmp_path / "i" / "b.png", 20, 10, 1)
     (tmp_path / "l").mkdir()
     good = "0 0.5 0.5 0.2 0.2" if task == "detect" else "0 0.1 0.1 0.5 0.1 0.5 0.5"
-    (tmp_path / "l" / "a.txt").write_text(f"{good}\n{line}\n")
-    with pytest.raises(ValueError, match=match) as err:
-        D.read_yolo(tmp_path / "i", tmp_path / "l", classes=CLASSES, task=task)  # type: ignore[arg-type]
-    assert f"{tmp_path / 'l' / 'a.txt'}:2:" in str(err.value)
+    bad_file = tmp_path / "l" / "a.txt"
+    bad_file.write_text(f"{good}\n{line}\n")
+    (tmp_path / "l" / "b.txt").write_text(f"{good}\n")
+    ds = D.read_yolo(tmp_path / "i", tmp_path / "l", classes=CLASSES, task=task)  # type: ignore[arg-type]
+    assert [it.path.name for it in ds.items] == ["b.png"]  # the other image is read
+    (q,) = ds.quarantined
+    assert q.path == bad_file and q.reason.startswith("line 2: ") and "a.png left out" in q.reason
+    assert re.search(match, q.reason), q.reason
+    # Read on its own, the file raises with file and line.
+    with pytest.raises(LabelProblem, match=match) as err:
+        D.read_yolo_labels(bad_file, classes=CLASSES, width=20, height=10, task=task)  # type: ignore[arg-type]
+    assert f"{bad_file}:2:" in str(err.value)
+
+
+def test_yolo_zero_area_box_is_skipped_with_a_row(tmp_path: Path) -> None:
+    _png(tmp_path / "i" / "a.png", 20, 10, 0)
+    (tmp_path / "l").mkdir()
+    (tmp_path / "l" / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n1 0.5 0.5 0 0.2\n1 1.005 0.5 0.01 0.2\n")
+    ds = D.read_yolo(tmp_path / "i", tmp_path / "l", classes=CLASSES)
+    (b,) = next(iter(ds.boxes.values()))  # the image keeps its good box
+    assert b.label == "cat"
+    assert [q.reason.split(":")[0] for q in ds.quarantined] == ["line 2", "line 3"]
+    assert all("zero-area box" in q.reason and "object skipped" in q.reason for q in ds.quarantined)
+    with pytest.raises(DegenerateBox):
+        D.read_yolo_labels(tmp_path / "l" / "a.txt", classes=CLASSES, width=20, height=10)
+
+
+def test_yolo_class_id_out_of_range_is_an_error(tmp_path: Path) -> None:
+    _png(tmp_path / "i" / "a.png", 20, 10, 0)
+    (tmp_path / "l").mkdir()
+    (tmp_path / "l" / "a.txt").write_text("2 0.5 0.5 0.2 0.2\n")
+    with pytest.raises(DataError, match=r"a\.txt:1: class id 2 is out of range; accepted 0\.\.1 \(0=cat, 1=dog\)"):
+        D.read_yolo(tmp_path / "i", tmp_path / "l", classes=CLASSES)
 
 
 def test_yolo_label_without_image_raises(yolo_detect: tuple[Path, Path]) -> None:
@@ -231,13 +285,16 @@ def test_read_yolo_names(tmp_path: Path) -> None:
 
 def _coco(tmp_path: Path, ann: dict, *, seg: bool = False) -> Path:
     _png(tmp_path / "img" / "a.png", 100, 50, 0)
+    _png(tmp_path / "img" / "b.png", 100, 50, 1)
     good = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "iscrowd": 0}
     if seg:
         good["segmentation"] = [[10, 10, 30, 10, 30, 30]]
     data = {
-        "images": [{"id": 1, "file_name": "a.png", "width": 100, "height": 50}],
+        "images": [{"id": 1, "file_name": "a.png", "width": 100, "height": 50},
+                   {"id": 2, "file_name": "b.png", "width": 100, "height": 50}],
         "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
-        "annotations": [good, {"id": 7, "image_id": 1, "category_id": 2, "iscrowd": 0} | ann],
+        "annotations": [good, {"id": 7, "image_id": 1, "category_id": 2, "iscrowd": 0} | ann,
+                        {"id": 8, "image_id": 2, "category_id": 1, "bbox": [1, 1, 5, 5], "iscrowd": 0}],
     }
     path = tmp_path / "c.json"
     path.write_text(json.dumps(data))
@@ -247,36 +304,64 @@ def _coco(tmp_path: Path, ann: dict, *, seg: bool = False) -> Path:
 @pytest.mark.parametrize(
     "ann,match",
     [
-        ({"bbox": [90, 10, 20, 10]}, "x2 = 110 lies outside the image"),
-        ({"bbox": [10, -5, 20, 10]}, "y1 = -5 lies outside"),
-        ({"bbox": [10, 10, 0, 10]}, "degenerate"),
+        ({"bbox": [90, 10, 20, 10]}, r"x2 = 110\.0 lies outside the image \(accepted: -1\.\.101"),
+        ({"bbox": [10, -5, 20, 10]}, r"y1 = -5\.0 lies outside"),
+        ({"bbox": [10, 10, -1, 10]}, "negative width or height"),
         ({"bbox": [10, 10, 5]}, r"is not \[x, y, w, h\]"),
         ({"bbox": [10, "a", 5, 5]}, "'a' is not a number"),
         ({"bbox": [10, 10, 5, 5], "category_id": 9}, r"category_id 9 is not one of the categories \[1, 2\]"),
-        ({"bbox": [10, 10, 5, 5], "image_id": 4}, "image_id 4 is not in 'images'"),
         ({"bbox": [10, 10, 5, 5], "segmentation": [[10, 10, 12, 12]]}, "at least 3"),
         ({"bbox": [10, 10, 5, 5], "segmentation": [[10, 10, 12, 12, 13]]}, "odd number"),
         ({"bbox": [10, 10, 5, 5], "segmentation": {"counts": "x", "size": [50, 100]}}, "RLE"),
-        ({"bbox": [10, 10, 5, 5], "iscrowd": 1}, "iscrowd"),
-        ({"bbox": [10, 10, 5, 5], "segmentation": [[10, 10, 12, 10, 12, 12], [1, 1, 2, 1, 2, 2]]}, "2 polygon parts"),
+        ({"bbox": [10, 10, 5, 5], "segmentation": [[10, 10, 12, 10, 12, 12], [1, 1, 2, 1, 2, 2]]},
+         "2 polygon parts.*multipart: largest"),
     ],
 )
-def test_invalid_coco_names_annotation_id(tmp_path: Path, ann: dict, match: str) -> None:
+def test_malformed_coco_annotation_quarantines_its_image(tmp_path: Path, ann: dict, match: str) -> None:
     path = _coco(tmp_path, ann)
-    with pytest.raises(ValueError, match=match) as err:
-        D.read_coco(path, image_root=tmp_path / "img")
-    assert f"{path}: annotation id 7" in str(err.value)
+    ds = D.read_coco(path, image_root=tmp_path / "img")
+    assert [it.path.name for it in ds.items] == ["b.png"]  # the other image is read
+    (q,) = ds.quarantined
+    assert q.path == path and q.reason.startswith("annotation id 7: ") and "a.png left out" in q.reason
+    assert re.search(match, q.reason), q.reason
+
+
+def test_coco_zero_size_bbox_and_unknown_image_id_are_rows(tmp_path: Path) -> None:
+    path = _coco(tmp_path, {"bbox": [10, 10, 0, 10]})
+    ds = D.read_coco(path, image_root=tmp_path / "img")
+    assert len(ds.items) == 2 and not ds.clipped
+    (q,) = ds.quarantined
+    assert q.reason.startswith("annotation id 7: zero-area box") and "object skipped" in q.reason
+    path = _coco(tmp_path, {"bbox": [10, 10, 5, 5], "image_id": 4})
+    (q,) = D.read_coco(path, image_root=tmp_path / "img").quarantined
+    assert q.reason == "annotation id 7: image_id 4 is not in 'images'; annotation skipped"
+
+
+def test_coco_crowd_object_is_a_flagged_box(tmp_path: Path) -> None:
+    """One iscrowd=1 object (as in the official COCO files: RLE segmentation) no longer
+    refuses the file: it is a crowd box, left out of training."""
+    rle = {"counts": [0, 10, 40], "size": [50, 100]}
+    path = _coco(tmp_path, {"bbox": [10, 10, 5, 5], "iscrowd": 1, "segmentation": rle})
+    ds = D.read_coco(path, image_root=tmp_path / "img")
+    a = next(it for it in ds.items if it.path.name == "a.png")
+    cat, crowd = ds.boxes[a.id]
+    assert not cat.crowd and crowd.crowd and crowd.polygon is None and crowd.label == "dog"
+    assert (crowd.x1, crowd.y1, crowd.x2, crowd.y2) == (10, 10, 15, 15)
+    assert training_boxes(ds.boxes[a.id]) == (cat,)
 
 
 def test_coco_unknown_class_name_and_size_mismatch(tmp_path: Path) -> None:
     path = _coco(tmp_path, {"bbox": [1, 1, 2, 2]})
-    with pytest.raises(ValueError, match=r"class 'dog' is not one of the accepted classes \['cat'\]"):
+    with pytest.raises(DataError, match=r"class name\(s\) not in the config's classes: 'dog' \(first at .*annotation "
+                                        r"id 7\)\. Config classes \(in order\): \['cat'\]; names in the files: "
+                                        r"\['cat', 'dog'\]"):
         D.read_coco(path, image_root=tmp_path / "img", classes=["cat"])
     data = json.loads(path.read_text())
     data["images"][0]["width"] = 99
     path.write_text(json.dumps(data))
-    with pytest.raises(ValueError, match="declares 99x50 but the file is 100x50"):
-        D.read_coco(path, image_root=tmp_path / "img")
+    ds = D.read_coco(path, image_root=tmp_path / "img")
+    (q,) = ds.quarantined
+    assert "declares 99x50 but the image a.png is 100x50" in q.reason and [it.path.name for it in ds.items] == ["b.png"]
 
 
 def test_coco_multipart_largest_and_tolerance(tmp_path: Path) -> None:
@@ -293,14 +378,14 @@ def test_coco_multipart_largest_and_tolerance(tmp_path: Path) -> None:
 
 def _voc(tmp_path: Path, obj: str) -> Path:
     _png(tmp_path / "img" / "a.png", 100, 50, 0)
+    _png(tmp_path / "img" / "b.png", 100, 50, 1)
     (tmp_path / "ann").mkdir(exist_ok=True)
-    xml = (
-        "<annotation><filename>a.png</filename><size><width>100</width><height>50</height></size>"
-        "<object><name>cat</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>5</xmax><ymax>5</ymax></bndbox></object>"
-        f"<object>{obj}</object></annotation>"
-    )
+    head = "<annotation><filename>{}</filename><size><width>100</width><height>50</height></size>"
+    first = ("<object><name>cat</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>5</xmax><ymax>5</ymax></bndbox>"
+             "</object>")
+    (tmp_path / "ann" / "b.xml").write_text(head.format("b.png") + first + "</annotation>")
     path = tmp_path / "ann" / "a.xml"
-    path.write_text(xml)
+    path.write_text(head.format("a.png") + first + f"<object>{obj}</object></annotation>")
     return path
 
 
@@ -311,32 +396,53 @@ def _bnd(x1: object, y1: object, x2: object, y2: object) -> str:
 @pytest.mark.parametrize(
     "obj,match",
     [
-        ("<name>cat</name>" + _bnd(10, 10, 150, 20), "x2 = 150 lies outside"),
-        ("<name>cat</name>" + _bnd(10, 10, 10, 20), "degenerate"),
-        ("<name>bird</name>" + _bnd(10, 10, 20, 20), r"class 'bird' is not one of the accepted classes \['cat', 'dog'\]"),
+        ("<name>cat</name>" + _bnd(10, 10, 150, 20), r"x2 = 150\.0 lies outside"),
+        ("<name>cat</name>" + _bnd(20, 10, 10, 20), "not ordered"),
         ("<name>cat</name>", "missing <bndbox>"),
         ("<name></name>" + _bnd(10, 10, 20, 20), "missing or empty <name>"),
         ("<name>cat</name>" + _bnd(10, "ten", 20, 20), "<ymin> = 'ten' is not a number"),
-        ("<name>cat</name>" + _bnd(10, 10, 20, 20) + "<polygon><x1>1</x1><y1>1</y1><x2>2</x2><y2>2</y2></polygon>", "at least 3"),
-        ("<name>cat</name>" + _bnd(10, 10, 20, 20) + "<polygon><x1>1</x1><y1>1</y1><x2>2</x2><y2>2</y2><x3>3</x3></polygon>", "y3"),
+        ("<name>cat</name><difficult>maybe</difficult>" + _bnd(10, 10, 20, 20), "<difficult> = 'maybe'"),
+        ("<name>cat</name>" + _bnd(10, 10, 20, 20) + "<polygon><x1>1</x1><y1>1</y1><x2>2</x2><y2>2</y2></polygon>",
+         "at least 3"),
+        ("<name>cat</name>" + _bnd(10, 10, 20, 20)
+         + "<polygon><x1>1</x1><y1>1</y1><x2>2</x2><y2>2</y2><x3>3</x3></polygon>", "y3"),
     ],
 )
-def test_invalid_voc_names_file_and_object(tmp_path: Path, obj: str, match: str) -> None:
+def test_malformed_voc_object_quarantines_its_image(tmp_path: Path, obj: str, match: str) -> None:
     path = _voc(tmp_path, obj)
-    with pytest.raises(ValueError, match=match) as err:
+    ds = D.read_voc(tmp_path / "ann", image_root=tmp_path / "img", classes=CLASSES)
+    assert [it.path.name for it in ds.items] == ["b.png"]
+    (q,) = ds.quarantined
+    assert q.path == path and q.reason.startswith("object 2: ") and "a.png left out" in q.reason
+    assert re.search(match, q.reason), q.reason
+
+
+def test_voc_zero_area_box_is_skipped_and_unknown_names_listed(tmp_path: Path) -> None:
+    # Label Studio's VOC export truncates with int(): a 0.64 px box becomes xmin = xmax = 64.
+    _voc(tmp_path, "<name>cat</name>" + _bnd(64, 10, 64, 20))
+    ds = D.read_voc(tmp_path / "ann", image_root=tmp_path / "img", classes=CLASSES)
+    assert len(ds.items) == 2 and all(len(b) == 1 for b in ds.boxes.values())
+    (q,) = ds.quarantined
+    assert q.reason.startswith("object 2: zero-area box x1=64.0") and "object skipped" in q.reason
+    _voc(tmp_path, "<name>bird</name>" + _bnd(10, 10, 20, 20))
+    with pytest.raises(DataError, match=r"'bird' \(first at .*a\.xml: object 2\)\. Config classes \(in order\): "
+                                        r"\['cat', 'dog'\]; names in the files: \['bird', 'cat'\]"):
         D.read_voc(tmp_path / "ann", image_root=tmp_path / "img", classes=CLASSES)
-    assert f"{path}: object 2" in str(err.value)
 
 
 def test_voc_missing_image_and_bad_xml(tmp_path: Path) -> None:
     (tmp_path / "ann").mkdir()
     (tmp_path / "img").mkdir()
     (tmp_path / "ann" / "a.xml").write_text("<annotation><filename>zz.png</filename></annotation>")
-    with pytest.raises(ValueError, match=r"a\.xml: image 'zz.png' not found"):
+    with pytest.raises(DataError, match=r"a\.xml: image not found \(<filename> 'zz.png'"):
         D.read_voc(tmp_path / "ann", image_root=tmp_path / "img")
     (tmp_path / "ann" / "a.xml").write_text("<annotation>\n<filename>zz.png</filename>\n<oops></annotation>")
-    with pytest.raises(ValueError, match=r"a\.xml:3: not valid XML"):
-        D.read_voc(tmp_path / "ann", image_root=tmp_path / "img")
+    _voc(tmp_path, "<name>cat</name>" + _bnd(10, 10, 20, 20))
+    (tmp_path / "ann" / "a.xml").write_text("<annotation>\n<filename>a.png</filename>\n<oops></annotation>")
+    ds = D.read_voc(tmp_path / "ann", image_root=tmp_path / "img")
+    (q,) = ds.quarantined
+    assert q.path.name == "a.xml" and q.reason.startswith("line 3: not valid XML")
+    assert [it.path.name for it in ds.items] == ["b.png"]
 
 
 # --------------------------------------------------------------------------- writers / export
@@ -353,7 +459,7 @@ def test_writers_reject_unknown_class_and_missing_item(yolo_detect: tuple[Path, 
         D.write_yolo(tmp_path / "o", ds.items, ds.boxes, classes=CLASSES, task="segment")
     a = next(it for it in ds.items if it.path.name == "a.png")
     for bad, match in [(Box(90, 0, 101.5, 10, "cat"), "x2 = 101.5 lies outside the image"),
-                       (Box(5, 5, 5, 10, "cat"), "degenerate"),
+                       (Box(5, 5, 5, 10, "cat"), "zero-area box"),
                        (Box(1, 1, 5, 5, "cat", polygon=((1, 1), (5, 5))), "at least 3")]:
         for write in (D.write_yolo, D.write_coco, D.write_voc):
             with pytest.raises(ValueError, match=match) as err:
@@ -372,30 +478,33 @@ def test_writers_reject_unknown_class_and_missing_item(yolo_detect: tuple[Path, 
         _same({a.id: back.boxes[a.id]}, {a.id: clipped})
 
 
-@pytest.mark.parametrize("fmt", ["yolo", "coco", "voc"])
+@pytest.mark.parametrize("fmt", D.EXPORT_FORMATS)
 def test_export_labels_reads_back(yolo_segment: tuple[Path, Path], tmp_path: Path, fmt: str) -> None:
     images, labels = yolo_segment
     ds = D.read_yolo(images, labels, classes=CLASSES, task="segment")
     out = tmp_path / "export"
     path = D.export_labels(fmt, out, ds.items, ds.boxes, classes=CLASSES, task="segment")
+    D.export_labels(fmt, out, ds.items[:1], ds.boxes, classes=CLASSES, task="segment", split="val")
     if fmt == "yolo":
         data = yaml.safe_load(path.read_text())
-        assert data["names"] == {0: "cat", 1: "dog"}
-        assert (Path(data["path"]) / data["train"]).is_dir() and data["val"] == "images/train"
+        assert data["names"] == {0: "cat", 1: "dog"} and data["val"] == "images/val"
+        assert (Path(data["path"]) / data["train"]).is_dir()
+        assert (out / "classes.txt").read_text() == "cat\ndog\n"  # what Label Studio's YOLO importer reads
         back = D.read_yolo(out / "images" / "train", out / "labels" / "train",
                            classes=D.read_yolo_names(path), task="segment")
-        D.export_labels(fmt, out, ds.items[:1], ds.boxes, classes=CLASSES, split="val")
-        assert yaml.safe_load(path.read_text())["val"] == "images/val"
-    elif fmt == "coco":
-        back = D.read_coco(path, image_root=out / "images" / "train")
-    else:
+    elif fmt == "voc":
         assert sorted(path.read_text().split()) == ["a", "b"]
-        back = D.read_voc(out / "Annotations", image_root=out / "JPEGImages")
+        assert D.voc_splits(out) == ["train", "val"]
+        back = D.read_objects("voc", out / "Annotations", classes=CLASSES, split="train")
+    else:
+        back = D.read_objects(fmt, path, classes=CLASSES, task="segment",
+                              image_root=out if fmt == "labelstudio" else None)
     _same(ds.boxes, back.boxes)
 
 
 def test_export_unknown_format_lists_choices(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="unknown export format 'tfrecord'; choose one of 'yolo', 'coco', 'voc'"):
+    with pytest.raises(DataError, match="unknown export format 'tfrecord'; choose one of 'yolo', 'coco', 'voc', "
+                                        "'labelme', 'cvat', 'labelstudio'"):
         D.export_labels("tfrecord", tmp_path, [], {}, classes=CLASSES)
 
 

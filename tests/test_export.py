@@ -12,6 +12,7 @@ from loops.export import export_campaign
 from loops.round import ingest, ledger_for
 from pseudolabel.config import load_config
 from pseudolabel.data.detformats import read_yolo
+from pseudolabel.data.formats import read_labels
 from pseudolabel.types import Annotation, Box
 
 
@@ -47,8 +48,21 @@ def test_classify_export_csv_and_imagefolder(tmp_path: Path, digits_campaign) ->
 
         with pytest.raises(ValueError, match="not empty"):
             export_campaign(cfg, ledger, tmp_path / "out-if", fmt="imagefolder")
-        with pytest.raises(ValueError, match="does not fit task classify; choose one of: imagefolder, csv"):
+        with pytest.raises(ValueError, match="does not fit task classify; choose one of: imagefolder, csv, labelme, "
+                                             "cvat, labelstudio"):
             export_campaign(cfg, ledger, tmp_path / "out-yolo", fmt="yolo")
+
+
+@pytest.mark.parametrize("fmt", ["labelme", "cvat", "labelstudio"])
+def test_classify_export_in_tool_formats_reads_back(tmp_path: Path, digits_campaign, fmt: str) -> None:  # noqa: ANN001
+    cfg, pool = digits_campaign
+    with ledger_for(cfg) as ledger:
+        res = export_campaign(cfg, ledger, tmp_path / "out", fmt=fmt)
+        current = {k: r.label for k, r in ledger.current_labels().items() if r.source != "pseudo"}
+    root = tmp_path / "out"
+    back = read_labels(fmt, res.entry, classes=cfg.classes, image_root=root if fmt == "labelstudio" else None)
+    assert back.labels == {k: v for k, v in current.items() if k in back.labels} and len(back.labels) == 11
+    assert back.labels[pool[0].id] == "7"  # the human correction, not the truth
 
 
 def test_detection_export_yolo_round_trip(tmp_path: Path) -> None:

@@ -3,7 +3,8 @@
 Real files, real SQLite, real small models: a pool file deleted and a seed file replaced
 between rounds never stop the next round (the item is gone, its labels kept, the new bytes are
 a new item); a file deleted or replaced between select and push is not pushed; an image above
-``data.max_pixels`` is quarantined from its header, so memory stays bounded."""
+``data.max_pixels`` is quarantined from its header, so memory stays bounded; both hold in
+every label format (YOLO, COCO, VOC, Labelme, CVAT, Label Studio, CSV)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from pseudolabel.data import ingest as ingest_mod
 from pseudolabel.data.formats import read_csv_labels
 from pseudolabel.data.images import sha256_file
 from pseudolabel.data.ingest import (DEFAULT_MAX_PIXELS, PILLOW_MAX_PIXELS, read_quarantine_csv, recheck,
-                                     scan_folder)
+                                     scan_files, scan_folder)
 from pseudolabel.types import Annotation, Item
 
 
@@ -184,6 +185,130 @@ def test_detection_sets_quarantine_a_deleted_image_when_asked(tmp_path: Path) ->
         assert [it.path.name for it in ds.items] == ["a.png"], name
         assert len(ds.boxes[ds.items[0].id]) == 1, name
         assert [q.path.name for q in ds.quarantined] == ["b.txt" if name == "yolo" else "b.png"], name
+
+
+def _abc(folder: Path, *, shade: int = 0) -> list[Item]:
+    """a.png and b.png (40 x 30 = 1,200 px) and c.png (60 x 50 = 3,000 px), distinct bytes
+    (another ``shade``: other bytes again)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, size, grey in (("a", (40, 30), 250), ("b", (40, 30), 128), ("c", (60, 50), 5)):
+        Image.new("L", size, grey - shade).save(folder / f"{name}.png")
+    return scan_files(sorted(folder.glob("*.png"))).items
+
+
+TOO_LARGE_C = "image too large: 60x50 = 3,000 pixels > max_pixels 2,000 (raise data.max_pixels to accept it)"
+
+
+@pytest.mark.parametrize("fmt", ["yolo", "coco", "voc", "labelme", "cvat", "labelstudio"])
+def test_every_object_format_honours_max_pixels_and_on_missing(tmp_path: Path, fmt: str) -> None:
+    from pseudolabel.data import detformats
+    from pseudolabel.data.errors import DataError
+    from pseudolabel.types import Box
+
+    items = _abc(tmp_path / "src")
+    out = tmp_path / "out"
+    entry = detformats.export_labels(fmt, out, items, {it.id: (Box(2, 2, 20, 20, "x"),) for it in items},
+                                     classes=["x"])
+    path = {"yolo": out / "images" / "train", "voc": out / "Annotations"}.get(fmt, entry)
+    kw: dict[str, object] = {"classes": ["x"], "image_root": out if fmt == "labelstudio" else None,
+                             "split": "train" if fmt == "voc" else None}
+    ds = detformats.read_objects(fmt, path, max_pixels=2_000, **kw)  # type: ignore[arg-type]
+    assert sorted(it.path.name for it in ds.items) == ["a.png", "b.png"]
+    assert [(q.path.name, q.reason) for q in ds.quarantined] == [("c.png", TOO_LARGE_C)]
+    assert all([(b.label, *(round(v, 6) for v in (b.x1, b.y1, b.x2, b.y2))) for b in ds.boxes[it.id]]
+               == [("x", 2, 2, 20, 20)] for it in ds.items)                # YOLO: normalised, exact to 1e-6
+
+    next(it.path for it in ds.items if it.path.name == "b.png").unlink()   # deleted after the first read
+    gone = "b.txt" if fmt == "yolo" else "b.png"
+    with pytest.raises(DataError, match=gone.replace(".", r"\.")) as err:  # a first read: an error
+        detformats.read_objects(fmt, path, **kw)  # type: ignore[arg-type]
+    assert "\n" not in str(err.value)
+    ds = detformats.read_objects(fmt, path, on_missing="quarantine", **kw)  # type: ignore[arg-type]
+    assert sorted(it.path.name for it in ds.items) == ["a.png", "c.png"]
+    assert [q.path.name for q in ds.quarantined] == [gone]
+    assert "not found" in ds.quarantined[0].reason or "no image" in ds.quarantined[0].reason
+    if fmt == "voc":  # an id of the split list whose XML is gone too
+        (out / "Annotations" / "b.xml").unlink()
+        with pytest.raises(DataError, match=r"train\.txt: id 'b' has no annotation file"):
+            detformats.read_objects(fmt, path, **kw)  # type: ignore[arg-type]
+        ds = detformats.read_objects(fmt, path, on_missing="quarantine", **kw)  # type: ignore[arg-type]
+        assert [(q.path.name, q.reason.split(" (")[0]) for q in ds.quarantined] == [
+            ("b.xml", "annotation file not found")]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "labelme", "cvat", "labelstudio"])
+def test_every_classification_format_honours_max_pixels_and_on_missing(tmp_path: Path, fmt: str) -> None:
+    from pseudolabel.data import cvat, labelme, labelstudio
+    from pseudolabel.data.errors import DataError
+    from pseudolabel.data.formats import read_labels
+
+    src = tmp_path / "src"
+    items = _abc(src)
+    labels = {it.id: "y" if it.path.name == "b.png" else "x" for it in items}
+    classes = ["x", "y"]
+    if fmt == "csv":
+        path = src / "labels.csv"
+        path.write_text("path,label\n" + "".join(f"{it.path.name},{labels[it.id]}\n" for it in items))
+    elif fmt == "labelme":
+        labelme.write_labelme_classes(src, items, labels, classes=classes, image_root=src)
+        path = src
+    elif fmt == "cvat":
+        path = cvat.write_cvat_tags(src / "annotations.xml", items, labels, classes=classes, image_root=src)
+    else:
+        path = labelstudio.write_labelstudio_choices(src / "ls.json", items, labels, classes=classes,
+                                                     document_root=src)
+    root = src if fmt == "labelstudio" else None
+    ls = read_labels(fmt, path, classes=classes, image_root=root, max_pixels=2_000)
+    assert sorted((it.path.name, ls.labels[it.id]) for it in ls.items) == [("a.png", "x"), ("b.png", "y")]
+    assert [(q.path.name, q.reason) for q in ls.quarantined] == [("c.png", TOO_LARGE_C)]
+
+    (src / "b.png").unlink()
+    with pytest.raises(DataError, match=r"b\.png") as err:
+        read_labels(fmt, path, classes=classes, image_root=root)
+    assert "\n" not in str(err.value)
+    ls = read_labels(fmt, path, classes=classes, image_root=root, on_missing="quarantine")
+    assert sorted(it.path.name for it in ls.items) == ["a.png", "c.png"]
+    assert [(q.path.name, q.reason.split(" (")[0]) for q in ls.quarantined] == [("b.png", "image file not found")]
+
+
+def test_detection_ingest_reads_every_format_with_both_options(tmp_path: Path) -> None:
+    """The round's ingest passes data.max_pixels and on_missing through read_labelled: a seed
+    in Labelme JSON whose image is deleted after the first ingest is quarantined (the item is
+    gone, its label kept) instead of stopping the round; on a first ingest it is an error."""
+    from loops.detection import read_labelled
+    from pseudolabel.data import labelme
+    from pseudolabel.data.errors import DataError
+    from pseudolabel.types import Box
+
+    items = _abc(tmp_path / "seed")
+    labelme.write_labelme(tmp_path / "seed", items, {it.id: (Box(2, 2, 20, 20, "x"),) for it in items},
+                          classes=["x"], image_root=tmp_path / "seed")
+    hold = _abc(tmp_path / "hold", shade=3)
+    labelme.write_labelme(tmp_path / "hold", hold, {it.id: () for it in hold}, classes=["x"],
+                          image_root=tmp_path / "hold")
+    (tmp_path / "pool").mkdir()
+    raw = {"project": "formats-and-files", "task": "detect", "workdir": str(tmp_path / "work"), "classes": ["x"],
+           "data": {"max_pixels": 2_000, "pool": {"path": str(tmp_path / "pool")},
+                    "seed": {"format": "labelme", "path": str(tmp_path / "seed")},
+                    "holdout": {"format": "labelme", "path": str(tmp_path / "hold")}}}
+    cfg = load_config(data=raw, environ={})
+    (tmp_path / "hold" / "b.png").unlink()                        # missing at the first ingest: a typo
+    with ledger_for(cfg) as led, pytest.raises(DataError, match=r"b\.json: image 'b\.png' not found"):
+        ingest(cfg, led)
+    _abc(tmp_path / "hold", shade=3)                              # the same bytes again
+    with ledger_for(cfg) as led:
+        first = ingest(cfg, led)
+        assert (first["seed"], first["holdout"], first["gone"]) == (2, 2, 0)   # c.png: above max_pixels
+        b = next(it for it in items if it.path.name == "b.png")
+        (tmp_path / "seed" / "b.png").unlink()
+        again = ingest(cfg, led)
+        assert again["gone"] == 1 and b.id in led.gone_items()
+        assert [r.source for r in led.label_history(b.id)] == ["seed"]
+    rows = {(Path(r["path"]).name, r["reason"]) for r in read_quarantine_csv(cfg.workdir / "quarantine.csv")}
+    assert ("c.png", TOO_LARGE_C) in rows and ("b.png", "file deleted since it was scanned") in rows
+    assert any(name == "b.png" and reason.startswith("image file not found (named by ") for name, reason in rows)
+    with pytest.raises(DataError, match=r"b\.json: image 'b\.png' not found"):
+        read_labelled(cfg, "seed")                                  # read_labelled's default: a first read
 
 
 def test_ingest_marks_deleted_and_replaced_files_gone_and_keeps_their_labels(tmp_path: Path) -> None:

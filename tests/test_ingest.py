@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from pseudolabel.data import ingest
+from pseudolabel.data.errors import DataError
 from pseudolabel.data.formats import (
     FORMATS,
     read_csv_labels,
@@ -175,10 +176,10 @@ def test_scan_folder_progress_bar_does_not_change_result(tmp_path: Path) -> None
 
 def test_scan_folder_bad_root(tmp_path: Path) -> None:
     missing = tmp_path / "nope"
-    with pytest.raises(ValueError, match="nope.*does not exist"):
+    with pytest.raises(DataError, match="nope.*does not exist"):
         scan_folder(missing)
     f = save_png(tmp_path / "file.png")
-    with pytest.raises(ValueError, match="file.png.*not a directory"):
+    with pytest.raises(DataError, match="file.png.*not a directory"):
         scan_folder(f)
 
 
@@ -216,7 +217,7 @@ def test_imagefolder_labels_every_item_by_folder(tmp_path: Path) -> None:
 def test_imagefolder_unknown_class_folder_names_folder_and_choices(tmp_path: Path) -> None:
     make_imagefolder(tmp_path)
     save_png(tmp_path / "horse" / "h.png", seed=9)
-    with pytest.raises(ValueError, match="horse") as err:
+    with pytest.raises(DataError, match="horse") as err:
         read_imagefolder(tmp_path, classes=["cat", "dog"])
     assert "'cat'" in str(err.value) and "'dog'" in str(err.value)
     # Given classes keep their order, even with a class that has no folder.
@@ -228,7 +229,7 @@ def test_imagefolder_unknown_class_folder_names_folder_and_choices(tmp_path: Pat
 def test_imagefolder_same_bytes_two_classes_is_an_error(tmp_path: Path) -> None:
     make_imagefolder(tmp_path)
     shutil.copy(tmp_path / "cat" / "c1.png", tmp_path / "dog" / "also_c1.png")
-    with pytest.raises(ValueError, match="conflicting labels") as err:
+    with pytest.raises(DataError, match="conflicting labels") as err:
         read_imagefolder(tmp_path, classes=None)
     assert "c1.png" in str(err.value) and "also_c1.png" in str(err.value)
 
@@ -244,7 +245,7 @@ def test_imagefolder_same_bytes_same_class_collapses(tmp_path: Path) -> None:
 def test_imagefolder_image_at_root_has_no_class(tmp_path: Path) -> None:
     make_imagefolder(tmp_path)
     save_png(tmp_path / "loose.png", seed=11)
-    with pytest.raises(ValueError, match="loose.png"):
+    with pytest.raises(DataError, match="loose.png"):
         read_imagefolder(tmp_path, classes=None)
 
 
@@ -278,14 +279,14 @@ def test_csv_unknown_class_names_line_and_choices(tmp_path: Path) -> None:
     save_png(tmp_path / "a.png", seed=1)
     save_png(tmp_path / "b.png", seed=2)
     p = write_csv(tmp_path / "l.csv", [["path", "label"], ["a.png", "cat"], ["b.png", "horse"]])
-    with pytest.raises(ValueError, match=r"l\.csv:3: unknown class 'horse'") as err:
+    with pytest.raises(DataError, match=r"l\.csv:3: unknown class 'horse'") as err:
         read_csv_labels(p, classes=["cat", "dog"])
     assert "'cat', 'dog'" in str(err.value)
 
 
 def test_csv_missing_column_says_which(tmp_path: Path) -> None:
     p = write_csv(tmp_path / "l.csv", [["path", "class"], ["a.png", "cat"]])
-    with pytest.raises(ValueError, match=r"l\.csv:1: missing required column\(s\) label"):
+    with pytest.raises(DataError, match=r"l\.csv:1: missing required column\(s\) label"):
         read_csv_labels(p, classes=None)
 
 
@@ -295,14 +296,14 @@ def test_csv_missing_file_names_line(tmp_path: Path) -> None:
         tmp_path / "l.csv", [["path", "label"], ["a.png", "cat"], [], ["gone.png", "cat"]]
     )
     # Line 3 is blank and skipped; the missing file is on line 4.
-    with pytest.raises(ValueError, match=r"l\.csv:4: image file 'gone.png' not found"):
+    with pytest.raises(DataError, match=r"l\.csv:4: image file 'gone.png' not found"):
         read_csv_labels(p, classes=None)
 
 
 def test_csv_empty_label_names_line(tmp_path: Path) -> None:
     save_png(tmp_path / "a.png", seed=1)
     p = write_csv(tmp_path / "l.csv", [["path", "label"], ["a.png", "  "]])
-    with pytest.raises(ValueError, match=r"l\.csv:2: empty label"):
+    with pytest.raises(DataError, match=r"l\.csv:2: empty label"):
         read_csv_labels(p, classes=None)
 
 
@@ -314,7 +315,7 @@ def test_csv_conflicting_labels_for_identical_bytes_names_both_lines(tmp_path: P
         tmp_path / "l.csv",
         [["path", "label"], ["a.png", "cat"], ["b.png", "dog"], ["a_copy.png", "dog"]],
     )
-    with pytest.raises(ValueError, match=r"l\.csv:2.*'cat'.*l\.csv:4.*'dog'"):
+    with pytest.raises(DataError, match=r"l\.csv:2.*'cat'.*l\.csv:4.*'dog'"):
         read_csv_labels(p, classes=None)
 
     # Same bytes with the same label collapse into one item.
@@ -324,6 +325,29 @@ def test_csv_conflicting_labels_for_identical_bytes_names_both_lines(tmp_path: P
     ls = read_csv_labels(p2, classes=None)
     assert [i.path for i in ls.items] == [a]
     assert ls.duplicates == [(tmp_path / "a_copy.png", sha(a))]
+
+
+def test_csv_in_latin1_names_file_line_and_encoding(tmp_path: Path) -> None:
+    """Excel on Windows saves "CSV" as Windows-1252: the error is one line naming the file,
+    the line of the first bad byte and the encoding expected (not a bare UnicodeDecodeError)."""
+    save_png(tmp_path / "cafe.png", seed=1)
+    p = tmp_path / "l.csv"
+    p.write_bytes("path,label\ncafe.png,caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"l\.csv:2: not UTF-8 \(byte 0xe9 .*label CSVs must be UTF-8") as err:
+        read_csv_labels(p, classes=None)
+    assert "\n" not in str(err.value)
+    p.write_bytes("path,label\ncafe.png,caf\u00e9\n".encode("utf-8-sig"))  # the same file as UTF-8 reads
+    assert list(read_csv_labels(p, classes=None).labels.values()) == ["caf\u00e9"]
+
+
+def test_empty_labelled_set_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnope")
+    p = write_csv(tmp_path / "l.csv", [["path", "label"], ["bad.png", "cat"]])
+    with pytest.raises(DataError, match=r"l\.csv: no usable labelled image; quarantined: .*bad\.png"):
+        read_csv_labels(p, classes=None)
+    (tmp_path / "folder" / "cat").mkdir(parents=True)
+    with pytest.raises(DataError, match=r"no usable labelled image \(no image files found\)"):
+        read_imagefolder(tmp_path / "folder", classes=None)
 
 
 def test_csv_unreadable_image_is_quarantined(tmp_path: Path) -> None:
@@ -344,8 +368,8 @@ def test_read_labels_dispatches_and_rejects_unknown_format(tmp_path: Path) -> No
     via = read_labels("imagefolder", tmp_path / "folder", classes=None)
     direct = read_imagefolder(tmp_path / "folder", classes=None)
     assert via == direct
-    assert FORMATS == ("imagefolder", "csv")
-    with pytest.raises(ValueError, match="'yolo'.*'imagefolder', 'csv'"):
+    assert FORMATS == ("imagefolder", "csv", "labelme", "cvat", "labelstudio")
+    with pytest.raises(DataError, match="'yolo'.*'imagefolder', 'csv', 'labelme', 'cvat', 'labelstudio'"):
         read_labels("yolo", tmp_path, classes=None)
 
 

@@ -44,9 +44,27 @@ def _plain(x: Any) -> Any:
     return json.loads(json.dumps(x, default=str))
 
 
+NEW_BOX_FLAGS = ("crowd", "difficult")
+"""Box fields the first release did not have (issue 14): a box from its ledger must read back
+with both False; they are then left out of the comparison with what that release read."""
+
+
+def _as_release(x: Any) -> Any:
+    """``x`` (plain JSON) without :data:`NEW_BOX_FLAGS`, each asserted False first."""
+    if isinstance(x, list):
+        return [_as_release(v) for v in x]
+    if isinstance(x, dict):
+        if {"x1", "y1", "x2", "y2", "label"} <= set(x):
+            assert all(x.get(f) is False for f in NEW_BOX_FLAGS), x
+            x = {k: v for k, v in x.items() if k not in NEW_BOX_FLAGS}
+        return {k: _as_release(v) for k, v in x.items()}
+    return x
+
+
 def _read_back(led: Ledger) -> dict[str, Any]:
-    """Everything the first release's API read, through this release's API."""
-    return _plain({
+    """Everything the first release's API read, through this release's API (boxes as that
+    release's :class:`Box` had them, see :func:`_as_release`)."""
+    return _as_release(_plain({
         "items": {s: [[i.id, str(i.path), i.width, i.height] for i in led.items(s)] for s in ("seed", "pool", "holdout")},
         "all_items": [[i.id, str(i.path), i.width, i.height] for i in led.items()],
         "split_counts": led.split_counts(),
@@ -60,7 +78,7 @@ def _read_back(led: Ledger) -> dict[str, Any]:
         "task_counts": led.task_counts(),
         "queued_item_ids": sorted(led.queued_item_ids()),
         "known_files": {k: list(v) for k, v in led.known_files().items()},
-    })
+    }))
 
 
 @pytest.mark.parametrize("name", ["ledger_v1_classify", "ledger_v1_detect"])

@@ -1,207 +1,90 @@
-"""Detection / segmentation label formats: YOLO txt, COCO JSON, Pascal VOC XML.
+"""Detection / segmentation label formats: YOLO txt, COCO JSON, Pascal VOC XML, and the
+dispatch to every object format (:func:`read_objects`, :func:`export_labels`).
 
-Our representation, per image: ``tuple[Box, ...]`` with **pixel** ``xyxy`` corners of the
-original image (after EXIF orientation), a class name, and optionally a **pixel** polygon
-``((x, y), ...)`` (instance segmentation). Readers return a :class:`DetSet`; writers take
-``items`` and ``boxes`` (item id -> boxes) and write the format's files.
-
-Units per format:
+Our representation and the tolerance rules are in :mod:`pseudolabel.data.objects`; Labelme,
+CVAT and Label Studio JSON live in their own modules. Units per format here:
 
 - YOLO: one ``.txt`` per image, one object per line, coordinates **normalised** to 0..1 by
   the image width/height: ``cls cx cy w h`` (detection) or ``cls x1 y1 x2 y2 ...`` (polygon,
-  segmentation); ``cls`` is a 0-based index into the class list (``data.yaml`` ``names``).
-  An image **without** a label file is an image with no objects (Ultralytics' convention:
-  background images are allowed), not an unlabelled image.
-- COCO: ``bbox`` ``[x, y, w, h]`` in pixels; ``segmentation`` a list of flat pixel polygons
-  ``[x1, y1, x2, y2, ...]``; ``category_id`` refers to ``categories[].id``.
+  segmentation); ``cls`` is a 0-based index into the class names. When a names file sits
+  next to the labels (``data.yaml`` / ``dataset.yaml`` ``names``, ``classes.txt``,
+  ``obj.names``; or the one ``names=`` gives), ids are mapped **by name** to the config's
+  classes; without one, ids are taken in the config's order. An image **without** a label
+  file is an image with no objects (Ultralytics' convention). Each value as written must
+  lie in −0.01…1.01 (Ultralytics' ``verify_image_label``); corners are then clipped.
+- COCO: ``bbox`` ``[x, y, w, h]`` in pixels; ``segmentation`` a list of flat pixel polygons;
+  ``category_id`` refers to ``categories[].id`` (names mapped to the config's classes);
+  ``iscrowd=1`` objects become ``crowd`` boxes (no polygon).
 - VOC: one XML per image; ``<object><name>`` and ``<bndbox>`` ``xmin ymin xmax ymax`` in
-  pixels, read and written as continuous coordinates (no 1-based shift). Polygons travel in
-  an optional ``<polygon><x1/><y1/><x2/>...`` element (as Roboflow writes it); readers that
-  do not know it ignore it.
-
-Validation (all raise ``ValueError`` naming the file and line, the COCO annotation id, or
-the VOC object index, and what would be accepted): coordinates outside the image by more
-than the tolerance (:data:`PIXEL_TOL` pixels, :data:`NORM_TOL` normalised) — smaller
-overshoots are clipped to the image; boxes with zero or negative width/height; unknown class
-ids or names (listing the accepted ones); malformed lines (wrong number of fields,
-non-numeric values); polygons with fewer than 3 points or an odd coordinate count.
-Images that cannot be decoded are quarantined (see :mod:`pseudolabel.data.ingest`).
+  pixels, read and written as continuous coordinates (no 1-based shift);
+  ``<difficult>1</difficult>`` becomes a ``difficult`` box. Polygons travel in an optional
+  ``<polygon><x1/><y1/><x2/>...`` element (as Roboflow writes it). ``ImageSets/Main/<split>.txt``
+  selects the images of a split.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import warnings
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from pseudolabel.data.formats import OnMissing, check_on_missing
-from pseudolabel.data.ingest import DEFAULT_MAX_PIXELS, Quarantined, list_image_files, scan_files
-from pseudolabel.types import Box, Item, validate_classes
+from pseudolabel.data.errors import DataError, LabelProblem
+from pseudolabel.data.images import IMAGE_SUFFIXES, sha256_file
+from pseudolabel.data.ingest import (
+    DEFAULT_MAX_PIXELS,
+    OnMissing,
+    Quarantined,
+    check_on_missing,
+    list_image_files,
+    scan_files,
+)
+from pseudolabel.data.objects import (
+    PIXEL_TOL,
+    DegenerateBox,
+    DetSet,
+    DetTask,
+    Multipart,
+    Reading,
+    assemble,
+    bounds,
+    check_classes,
+    check_task,
+    check_write,
+    fmt_num,
+    make_box,
+    one_polygon,
+    pairs,
+    polygon_area,
+    reason_of,
+    size_check,
+    unique_names,
+)
+from pseudolabel.types import Box, Item
 from pseudolabel.utils import atomic_write_text
 
-PIXEL_TOL = 1.0
-"""Pixels a coordinate may lie outside the image before it is an error (then clipped)."""
-NORM_TOL = 1e-6
-"""The same tolerance for normalised (0..1) YOLO coordinates."""
+__all__ = [
+    "DetSet", "DetTask", "PIXEL_TOL", "NORM_RANGE", "polygon_area", "read_yolo", "read_yolo_names",
+    "read_names_file", "find_names_file", "read_coco", "read_voc", "write_yolo", "write_coco", "write_voc",
+    "coco_dict", "voc_xml", "yolo_lines", "export_labels", "read_objects", "polygon_to_mask", "mask_to_polygon",
+]
 
-DetTask = Literal["detect", "segment"]
-EXPORT_FORMATS: tuple[str, ...] = ("yolo", "coco", "voc")
+NORM_RANGE = (-0.01, 1.01)
+"""Accepted range of every normalised YOLO value as written (Ultralytics' verify_image_label)."""
 
-Polygon = tuple[tuple[float, float], ...]
+OBJECT_FORMATS: tuple[str, ...] = ("yolo", "coco", "voc", "labelme", "cvat", "labelstudio")
+EXPORT_FORMATS: tuple[str, ...] = OBJECT_FORMATS
 
-
-@dataclass
-class DetSet:
-    """Images with their objects.
-
-    - ``items``: usable images, one per distinct content (id = sha256 of the bytes);
-    - ``boxes``: item id -> pixel boxes, for every item (``()`` = no objects);
-    - ``quarantined``: files that could not be decoded (not in ``boxes``);
-    - ``classes``: class names in index order (YOLO index i / COCO category order);
-    - ``duplicates``: ``(path, item_id)`` for files whose bytes equal an earlier item's
-      (their labels must be the same, else reading raises).
-    """
-
-    items: list[Item]
-    boxes: dict[str, tuple[Box, ...]]
-    quarantined: list[Quarantined] = field(default_factory=list)
-    classes: tuple[str, ...] = ()
-    duplicates: list[tuple[Path, str]] = field(default_factory=list)
+NAMES_FILES: tuple[str, ...] = ("data.yaml", "dataset.yaml", "classes.txt", "obj.names")
+"""Files that give YOLO class ids their names, looked up beside the labels and two folders up."""
 
 
-# --------------------------------------------------------------------------- helpers
-
-
-def _check_task(task: str) -> None:
-    if task not in ("detect", "segment"):
-        raise ValueError(f"task {task!r} is not one of 'detect', 'segment'")
-
-
-def _fmt(v: float) -> str:
-    # 12 significant digits: exact to ~1e-8 px on a 10,000 px image, still readable.
-    return format(float(v), ".12g")
-
-
-def _clip(v: float, hi: float, *, tol: float, what: str, where: str) -> float:
-    if not math.isfinite(v):
-        raise ValueError(f"{where}: {what} = {v!r} is not a finite number")
-    if v < -tol or v > hi + tol:
-        raise ValueError(
-            f"{where}: {what} = {v:.6g} lies outside the image (accepted: 0..{hi:.6g}, "
-            f"tolerance {tol:g})"
-        )
-    return min(max(v, 0.0), hi)
-
-
-def _make_box(
-    x1: float, y1: float, x2: float, y2: float, label: str, *, width: int, height: int,
-    where: str, tol: float = PIXEL_TOL, polygon: Sequence[tuple[float, float]] | None = None,
-) -> Box:
-    """Validate pixel corners (and polygon) against a ``width`` x ``height`` image, clip, build."""
-    x1 = _clip(x1, width, tol=tol, what="x1", where=where)
-    x2 = _clip(x2, width, tol=tol, what="x2", where=where)
-    y1 = _clip(y1, height, tol=tol, what="y1", where=where)
-    y2 = _clip(y2, height, tol=tol, what="y2", where=where)
-    if not (x2 > x1 and y2 > y1):
-        raise ValueError(
-            f"{where}: degenerate box x1={x1:.6g} y1={y1:.6g} x2={x2:.6g} y2={y2:.6g} "
-            "(width and height must be > 0)"
-        )
-    poly: Polygon | None = None
-    if polygon is not None:
-        if len(polygon) < 3:
-            raise ValueError(f"{where}: polygon has {len(polygon)} point(s); at least 3 are needed")
-        poly = tuple(
-            (_clip(px, width, tol=tol, what=f"polygon x[{i}]", where=where),
-             _clip(py, height, tol=tol, what=f"polygon y[{i}]", where=where))
-            for i, (px, py) in enumerate(polygon)
-        )
-    return Box(x1, y1, x2, y2, label, polygon=poly)
-
-
-def _bounds(points: Sequence[tuple[float, float]]) -> tuple[float, float, float, float]:
-    xs = [p[0] for p in points]
-    ys = [p[1] for p in points]
-    return min(xs), min(ys), max(xs), max(ys)
-
-
-def _pairs(flat: Sequence[float], *, where: str) -> list[tuple[float, float]]:
-    if len(flat) % 2:
-        raise ValueError(
-            f"{where}: polygon has an odd number of coordinates ({len(flat)}); "
-            "expected x y pairs"
-        )
-    if len(flat) < 6:
-        raise ValueError(
-            f"{where}: polygon has {len(flat) // 2} point(s); at least 3 (6 numbers) are needed"
-        )
-    return [(float(flat[i]), float(flat[i + 1])) for i in range(0, len(flat), 2)]
-
-
-def _check_write(
-    items: Sequence[Item], boxes: Mapping[str, Sequence[Box]], classes: Sequence[str] | None
-) -> dict[str, tuple[Box, ...]]:
-    """Refuse to write what the readers would refuse to read: every item needs an entry in
-    ``boxes``; every box a known class, corners inside the image (within :data:`PIXEL_TOL`)
-    with positive size, and a polygon (if any) of >= 3 points inside the image.
-
-    Returns the boxes clipped to their image (scores kept), which is what gets written."""
-    missing = [it.path for it in items if it.id not in boxes]
-    if missing:
-        raise ValueError(
-            f"{len(missing)} item(s) have no entry in boxes, e.g. {str(missing[0])!r}; "
-            "give () for an image with no objects"
-        )
-    out: dict[str, tuple[Box, ...]] = {}
-    for it in items:
-        clipped = []
-        for k, b in enumerate(boxes[it.id]):
-            where = f"{it.path}: box {k}"
-            if classes is not None and b.label not in classes:
-                raise ValueError(
-                    f"{where}: class {b.label!r} is not one of the accepted classes {list(classes)!r}"
-                )
-            c = _make_box(b.x1, b.y1, b.x2, b.y2, b.label, width=it.width, height=it.height,
-                          where=where, polygon=b.polygon)
-            clipped.append(replace(c, score=b.score))
-        out[it.id] = tuple(clipped)
-    return out
-
-
-def _label_index(box: Box, index: Mapping[str, int], *, where: str) -> int:
-    if box.label not in index:
-        raise ValueError(
-            f"{where}: class {box.label!r} is not one of the accepted classes {list(index)!r}"
-        )
-    return index[box.label]
-
-
-def _merge(
-    ids: Mapping[Path, str], per_path: Sequence[tuple[Path, tuple[Box, ...], str]]
-) -> dict[str, tuple[Box, ...]]:
-    """item id -> boxes, checking that identical bytes carry identical labels."""
-    out: dict[str, tuple[Box, ...]] = {}
-    first: dict[str, str] = {}
-    for path, bxs, where in per_path:
-        item_id = ids.get(path)
-        if item_id is None:  # quarantined
-            continue
-        if item_id in out and out[item_id] != bxs:
-            raise ValueError(
-                f"conflicting labels for identical image bytes: {first[item_id]} and {where} "
-                "describe the same image differently; keep one"
-            )
-        out.setdefault(item_id, bxs)
-        first.setdefault(item_id, where)
-    return out
+# --------------------------------------------------------------------------- class names
 
 
 def read_yolo_names(data_yaml: Path) -> tuple[str, ...]:
@@ -209,210 +92,275 @@ def read_yolo_names(data_yaml: Path) -> tuple[str, ...]:
     import yaml  # light, but only needed here
 
     data_yaml = Path(data_yaml)
-    with open(data_yaml, encoding="utf-8") as f:
-        data = yaml.safe_load(f) or {}
+    try:
+        with open(data_yaml, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise DataError(f"names file {data_yaml} does not exist") from None
+    except yaml.YAMLError as e:
+        raise DataError(f"{data_yaml}: not valid YAML ({str(e).splitlines()[0]})") from None
     names = data.get("names") if isinstance(data, dict) else None
     if isinstance(names, dict):
         keys = sorted(names)
         if keys != list(range(len(keys))):
-            raise ValueError(f"{data_yaml}: names keys {keys} are not 0..{len(keys) - 1}")
+            raise DataError(f"{data_yaml}: names keys {keys} are not 0..{len(keys) - 1}")
         names = [names[k] for k in keys]
     if not isinstance(names, list):
-        raise ValueError(f"{data_yaml}: no 'names' list or mapping found")
-    return validate_classes([str(n) for n in names], where=data_yaml)
+        raise DataError(f"{data_yaml}: no 'names' list or mapping found (Ultralytics' data.yaml has "
+                        "names: [a, b] or names: {0: a, 1: b})")
+    return check_classes([str(n) for n in names], where=data_yaml)
+
+
+def read_names_file(path: Path) -> tuple[str, ...]:
+    """Class names by index from a ``.yaml`` (:func:`read_yolo_names`) or a one-name-per-line
+    text file (``classes.txt`` as Label Studio and LabelImg write it, Darknet's ``obj.names``).
+    Trailing blank lines are allowed; a blank line between names would shift every later id
+    and is an error."""
+    path = Path(path)
+    if path.suffix.lower() in (".yaml", ".yml"):
+        return read_yolo_names(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise DataError(f"names file {path} does not exist") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
+    lines = [ln.strip() for ln in text.splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    for i, ln in enumerate(lines, start=1):
+        if not ln:
+            raise DataError(f"{path}:{i}: blank line between class names (it would shift every later id)")
+    return check_classes(lines, where=path)
+
+
+def find_names_file(labels_dir: Path) -> Path | None:
+    """The names file of a YOLO labels folder: the first folder of ``labels_dir``, its parent
+    and grandparent holding one of :data:`NAMES_FILES` (two there must agree)."""
+    labels_dir = Path(labels_dir)
+    for folder in (labels_dir, labels_dir.parent, labels_dir.parent.parent):
+        found = [folder / n for n in NAMES_FILES if (folder / n).is_file()]
+        if not found:
+            continue
+        first = read_names_file(found[0])
+        for other in found[1:]:
+            names = read_names_file(other)
+            if names != first:
+                raise DataError(f"{found[0]} lists {list(first)!r} but {other} lists {list(names)!r}; make them "
+                                "agree or set the source's names: to the right file")
+        return found[0]
+    return None
+
+
+def _id_names(names_file: Path | None, classes: tuple[str, ...], reading: Reading) -> tuple[str, ...]:
+    """Class name of each YOLO id: from the names file when there is one (a note when its
+    order differs from the config's), else the config's (a note says so: nothing in the files
+    can confirm that order)."""
+    if names_file is None:
+        reading.notes.append(f"no names file ({', '.join(NAMES_FILES)}) beside the labels: class ids taken in the "
+                             f"config's order {list(classes)!r}; set the source's names: to map them by name")
+        return classes
+    names = read_names_file(names_file)
+    unknown = [n for n in names if n not in classes]
+    if names != classes[: len(names)] or unknown:
+        reading.notes.append(
+            f"{names_file}: class ids mapped by name: file order {list(names)!r}, config order {list(classes)!r}"
+            + (f" (names not in the config, an error if used: {unknown!r})" if unknown else "")
+        )
+    return names
 
 
 # --------------------------------------------------------------------------- YOLO
 
 
+def _norm_value(tok: str, name: str, *, where: str) -> float:
+    try:
+        v = float(tok)
+    except ValueError:
+        raise LabelProblem(f"{where}: {tok!r} is not a number") from None
+    lo, hi = NORM_RANGE
+    if not lo <= v <= hi:  # also refuses nan / inf
+        raise LabelProblem(f"{where}: {name} = {tok} lies outside {lo:g}..{hi:g}, the range Ultralytics accepts "
+                           "for normalised values (0..1 by the image size)")
+    return v
+
+
 def parse_yolo_line(
-    line: str, *, classes: Sequence[str], width: int, height: int, task: DetTask, where: str
+    line: str, *, classes: Sequence[str], width: int, height: int, task: DetTask, where: str,
+    reading: Reading | None = None,
 ) -> Box:
     """One YOLO label line -> pixel :class:`Box` on a ``width`` x ``height`` image.
 
-    ``detect``: ``cls cx cy w h`` (5 fields) or a polygon line (converted to its enclosing
-    box, polygon kept, as Ultralytics accepts); ``segment``: ``cls x1 y1 x2 y2 x3 y3 ...``
-    (an even number >= 6 of normalised coordinates).
+    ``classes``: the name of each id. ``detect``: ``cls cx cy w h`` (5 fields) or a polygon
+    line (converted to its enclosing box, polygon kept, as Ultralytics accepts);
+    ``segment``: ``cls x1 y1 x2 y2 x3 y3 ...`` (an even number >= 6 of normalised values).
+    Every value must lie in :data:`NORM_RANGE`; the box is then clipped to the image.
+
+    Raises :class:`DataError` for a class id out of range (the class list is wrong),
+    :class:`DegenerateBox` for zero width or height, :class:`LabelProblem` for the rest.
     """
     fields = line.split()
     try:
         cls = int(fields[0])
-        if str(cls) != fields[0].lstrip("+"):
+        if str(cls) != fields[0].lstrip("+") or cls < 0:
             raise ValueError
     except (ValueError, IndexError):
-        raise ValueError(
-            f"{where}: class id {fields[0] if fields else ''!r} is not a non-negative integer"
-        ) from None
-    if not 0 <= cls < len(classes):
-        raise ValueError(
+        raise LabelProblem(f"{where}: class id {fields[0] if fields else ''!r} is not a non-negative integer") from None
+    if cls >= len(classes):
+        raise DataError(
             f"{where}: class id {cls} is out of range; accepted 0..{len(classes) - 1} "
-            f"({', '.join(f'{i}={c}' for i, c in enumerate(classes))})"
+            f"({', '.join(f'{i}={c}' for i, c in enumerate(classes))}); give the right names file "
+            "(data.yaml / classes.txt) or classes"
         )
-    try:
-        vals = [float(v) for v in fields[1:]]
-    except ValueError:
-        bad = next(v for v in fields[1:] if not _is_float(v))
-        raise ValueError(f"{where}: {bad!r} is not a number") from None
     label = classes[cls]
-    if task == "detect" and len(vals) == 4:
-        cx, cy, w, h = vals
-        for name, v in (("cx", cx), ("cy", cy), ("w", w), ("h", h)):
-            _clip(v, 1.0, tol=NORM_TOL, what=name, where=where)
-        if w <= 0 or h <= 0:
-            raise ValueError(f"{where}: degenerate box w={w:g} h={h:g} (must be > 0)")
-        nx1, ny1, nx2, ny2 = (
-            _clip(cx - w / 2, 1.0, tol=NORM_TOL, what="cx - w/2", where=where),
-            _clip(cy - h / 2, 1.0, tol=NORM_TOL, what="cy - h/2", where=where),
-            _clip(cx + w / 2, 1.0, tol=NORM_TOL, what="cx + w/2", where=where),
-            _clip(cy + h / 2, 1.0, tol=NORM_TOL, what="cy + h/2", where=where),
+    inf = float("inf")
+    if task == "detect" and len(fields) == 5:
+        cx, cy, w, h = (_norm_value(t, n, where=where) for t, n in zip(fields[1:], ("cx", "cy", "w", "h")))
+        if w < 0 or h < 0:
+            raise LabelProblem(f"{where}: negative size w = {fields[3]} h = {fields[4]}")
+        return make_box((cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height,
+                        label, width=width, height=height, where=where, reading=reading, tol_x=inf, tol_y=inf)
+    if task == "detect" and len(fields) < 7:
+        raise LabelProblem(
+            f"{where}: {len(fields)} fields; expected 5 ('cls cx cy w h') or a polygon 'cls x1 y1 x2 y2 x3 y3 ...'"
         )
-        return _make_box(nx1 * width, ny1 * height, nx2 * width, ny2 * height, label,
-                         width=width, height=height, where=where, tol=0.0)
-    if task == "detect" and len(vals) < 6:
-        raise ValueError(
-            f"{where}: {len(fields)} fields; expected 5 ('cls cx cy w h') or a polygon "
-            "'cls x1 y1 x2 y2 x3 y3 ...'"
+    if task == "segment" and len(fields) < 7 and len(fields) % 2 == 1:
+        raise LabelProblem(
+            f"{where}: {len(fields)} fields; segmentation lines are polygons 'cls x1 y1 x2 y2 x3 y3 ...' "
+            "(at least 3 points)"
         )
-    if task == "segment" and len(vals) < 6 and len(vals) % 2 == 0:
-        raise ValueError(
-            f"{where}: {len(fields)} fields; segmentation lines are polygons "
-            "'cls x1 y1 x2 y2 x3 y3 ...' (at least 3 points)"
-        )
-    norm = _pairs(vals, where=where)
-    pts = [
-        (_clip(x, 1.0, tol=NORM_TOL, what=f"polygon x[{i}]", where=where) * width,
-         _clip(y, 1.0, tol=NORM_TOL, what=f"polygon y[{i}]", where=where) * height)
-        for i, (x, y) in enumerate(norm)
-    ]
-    return _make_box(*_bounds(pts), label, width=width, height=height, where=where,
-                     tol=0.0, polygon=pts)
-
-
-def _is_float(s: str) -> bool:
-    try:
-        float(s)
-    except ValueError:
-        return False
-    return True
+    vals = [_norm_value(t, f"{'xy'[i % 2]}[{i // 2}]", where=where) for i, t in enumerate(fields[1:])]
+    norm = pairs(vals, where=where)
+    pts = [(x * width, y * height) for x, y in norm]
+    return make_box(*bounds(pts), label, width=width, height=height, where=where, polygon=pts, reading=reading,
+                    tol_x=inf, tol_y=inf)
 
 
 def read_yolo_labels(
-    label_file: Path, *, classes: Sequence[str], width: int, height: int, task: DetTask = "detect"
+    label_file: Path, *, classes: Sequence[str], width: int, height: int, task: DetTask = "detect",
+    reading: Reading | None = None,
 ) -> tuple[Box, ...]:
-    """All objects of one YOLO label file (blank lines skipped); a missing file means none."""
+    """All objects of one YOLO label file (blank lines skipped); a missing file means none.
+
+    With ``reading``, zero-area boxes are skipped with a quarantine row; without it they raise
+    :class:`DegenerateBox`. Other problems raise (see :func:`parse_yolo_line`)."""
     label_file = Path(label_file)
     if not label_file.exists():
         return ()
     out: list[Box] = []
-    with open(label_file, encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            out.append(parse_yolo_line(line, classes=classes, width=width, height=height,
-                                       task=task, where=f"{label_file}:{lineno}"))
+    try:
+        text = label_file.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise LabelProblem(f"{label_file}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{label_file}:{lineno}"
+        try:
+            out.append(parse_yolo_line(line, classes=classes, width=width, height=height, task=task, where=where,
+                                       reading=reading))
+        except DegenerateBox as e:
+            if reading is None:
+                raise
+            reading.skip_object(label_file, reason_of(str(e), label_file))
     return tuple(out)
 
 
 def read_yolo(
     images_dir: Path, labels_dir: Path, *, classes: Sequence[str], task: DetTask = "detect",
-    progress: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS, on_missing: OnMissing = "error",
+    names: Path | None = None, progress: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    on_missing: OnMissing = "error",
 ) -> DetSet:
     """Read a YOLO dataset: images under ``images_dir`` (recursive), labels under ``labels_dir``.
 
     The label file of ``images_dir/a/b.jpg`` is ``labels_dir/a/b.txt``. An image without a
-    label file has no objects. ``classes``: names by index (see :func:`read_yolo_names`).
-    A label file with no matching image raises (a typo in a file name would otherwise lose
-    its labels), or with ``on_missing="quarantine"`` is quarantined (its image was deleted).
-    Images of more than ``max_pixels`` pixels are quarantined.
+    label file has no objects. ``classes``: the config's class names. ``names``: the file
+    naming the ids (default: :func:`find_names_file`); ids are mapped by name through it,
+    else taken in ``classes`` order. A label file with no matching image raises (a typo in a
+    file name would otherwise lose its labels), or with ``on_missing="quarantine"`` is
+    quarantined (its image was deleted since the set was first read); a label file with a
+    malformed line leaves its image out (quarantined with the reason); zero-area boxes are
+    skipped (a row each); images of more than ``max_pixels`` pixels are quarantined.
     """
     check_on_missing(on_missing)
     images_dir, labels_dir = Path(images_dir), Path(labels_dir)
-    _check_task(task)
-    names = validate_classes(classes, where=labels_dir)
+    check_task(task)
+    config = check_classes(classes, where=labels_dir)
     if not labels_dir.is_dir():
-        raise ValueError(f"YOLO labels folder {labels_dir} does not exist or is not a directory")
+        raise DataError(f"YOLO labels folder {labels_dir} does not exist or is not a directory")
+    reading = Reading()
+    names_file = Path(names) if names is not None else find_names_file(labels_dir)
+    id_names = _id_names(names_file, config, reading)
     files = list_image_files(images_dir)
     stems: dict[str, Path] = {}
     for p in files:
         stem = p.relative_to(images_dir).with_suffix("").as_posix()
         if stem in stems:
-            raise ValueError(f"images {stems[stem]} and {p} would share the label file "
-                             f"{labels_dir / stem}.txt; rename one of them")
+            raise DataError(f"images {stems[stem]} and {p} would share the label file "
+                            f"{labels_dir / stem}.txt; rename one of them")
         stems[stem] = p
-    orphans: list[Quarantined] = []
     for txt in sorted(labels_dir.rglob("*.txt")):
+        if txt.name in NAMES_FILES or txt == names_file:
+            continue  # LabelImg writes classes.txt among the label files
         if txt.relative_to(labels_dir).with_suffix("").as_posix() not in stems:
-            if on_missing == "quarantine":
-                orphans.append(Quarantined(txt, f"label file has no image with the same name under {images_dir}"))
-                continue
-            raise ValueError(f"{txt}: label file has no image with the same name under {images_dir}")
+            reading.missing(txt, f"label file has no image with the same name under {images_dir}",
+                            on_missing=on_missing,
+                            error=f"{txt}: label file has no image with the same name under {images_dir}")
     scan = scan_files(files, progress=progress, description=f"reading {images_dir}", max_pixels=max_pixels)
     ids = scan.id_of()
     by_id = {it.id: it for it in scan.items}
-    per_path = []
+    per_path: list[tuple[Path, tuple[Box, ...] | None, str]] = []
     for p in files:
         if p not in ids:
             continue
         it = by_id[ids[p]]
         txt = labels_dir / p.relative_to(images_dir).with_suffix(".txt")
-        per_path.append((p, read_yolo_labels(txt, classes=names, width=it.width,
-                                             height=it.height, task=task), str(txt)))
-    boxes = _merge(ids, per_path)
-    return DetSet(scan.items, boxes, [*orphans, *scan.quarantined], names, scan.duplicates)
+        try:
+            bxs: tuple[Box, ...] | None = read_yolo_labels(txt, classes=id_names, width=it.width,
+                                                           height=it.height, task=task, reading=reading)
+            for k, b in enumerate(bxs or ()):
+                reading.check_label(b.label, config, where=f"{txt} (object {k + 1})")
+        except LabelProblem as e:
+            reading.drop_image(txt, reason_of(str(e), txt), image=p)
+            bxs = None
+        per_path.append((p, bxs, str(txt)))
+    reading.raise_unknown(config, source=labels_dir, found=id_names)
+    return assemble(scan, per_path, reading, config, source=labels_dir)
 
 
 def yolo_lines(
-    boxes: Sequence[Box], *, classes: Sequence[str], width: int, height: int,
-    task: DetTask = "detect",
+    boxes: Sequence[Box], *, classes: Sequence[str], width: int, height: int, task: DetTask = "detect",
 ) -> list[str]:
     """YOLO label lines (normalised) for ``boxes`` on a ``width`` x ``height`` image.
 
     ``detect`` writes ``cls cx cy w h`` (polygons are dropped); ``segment`` writes the
-    polygon and raises for a box without one.
+    polygon and raises for a box without one. Crowd and difficult boxes are not written
+    (YOLO has no such flag; Ultralytics' COCO and VOC converters leave them out too).
     """
-    _check_task(task)
+    check_task(task)
     index = {c: i for i, c in enumerate(classes)}
     lines = []
     for k, b in enumerate(boxes):
         where = f"box {k} ({b.label!r})"
+        if b.crowd or b.difficult:
+            continue
         cls = _label_index(b, index, where=where)
         if task == "segment":
             if b.polygon is None or len(b.polygon) < 3:
-                raise ValueError(f"{where}: task 'segment' needs a polygon of >= 3 points")
-            coords = " ".join(f"{_fmt(x / width)} {_fmt(y / height)}" for x, y in b.polygon)
+                raise DataError(f"{where}: task 'segment' needs a polygon of >= 3 points")
+            coords = " ".join(f"{fmt_num(x / width)} {fmt_num(y / height)}" for x, y in b.polygon)
             lines.append(f"{cls} {coords}")
         else:
             cx, cy = (b.x1 + b.x2) / 2 / width, (b.y1 + b.y2) / 2 / height
             w, h = (b.x2 - b.x1) / width, (b.y2 - b.y1) / height
-            lines.append(f"{cls} {_fmt(cx)} {_fmt(cy)} {_fmt(w)} {_fmt(h)}")
+            lines.append(f"{cls} {fmt_num(cx)} {fmt_num(cy)} {fmt_num(w)} {fmt_num(h)}")
     return lines
 
 
-def _unique_names(items: Sequence[Item], root: Path | None) -> dict[str, str]:
-    """item id -> relative file name: relative to ``root`` when given, else the file name
-    (prefixed with the id when two items share a name)."""
-    if root is not None:
-        out: dict[str, str] = {}
-        stems: dict[str, Path] = {}
-        for it in items:
-            try:
-                out[it.id] = Path(it.path).resolve().relative_to(Path(root).resolve()).as_posix()
-            except ValueError:
-                raise ValueError(f"image {str(it.path)!r} is not under image_root {str(root)!r}") from None
-            stem = Path(out[it.id]).with_suffix("").as_posix()
-            if stem in stems and stems[stem] != Path(it.path):
-                raise ValueError(f"images {str(stems[stem])!r} and {str(it.path)!r} would share "
-                                 f"one label file {stem!r}; rename one of them")
-            stems[stem] = Path(it.path)
-        return out
-    counts: dict[str, int] = {}
-    for it in items:
-        counts[Path(it.path).stem] = counts.get(Path(it.path).stem, 0) + 1
-    return {
-        it.id: (Path(it.path).name if counts[Path(it.path).stem] == 1
-                else f"{it.id[:12]}_{Path(it.path).name}")
-        for it in items
-    }
+def _label_index(box: Box, index: Mapping[str, int], *, where: str) -> int:
+    if box.label not in index:
+        raise DataError(f"{where}: class {box.label!r} is not one of the accepted classes {list(index)!r}")
+    return index[box.label]
 
 
 def write_yolo(
@@ -423,20 +371,29 @@ def write_yolo(
 
     The file for ``image_root/a/b.jpg`` is ``labels_dir/a/b.txt``; without ``image_root``
     it is ``labels_dir/<image stem>.txt`` (the id is prefixed when two items share a stem).
+    Names files are written by :func:`write_yolo_names` / :func:`export_labels`.
     """
-    names = validate_classes(classes, where=labels_dir)
-    boxes = _check_write(items, boxes, names)
-    rel = _unique_names(items, image_root)
+    names = check_classes(classes, where=labels_dir)
+    boxes = check_write(items, boxes, names)
+    rel = unique_names(items, image_root)
     out = {}
     for it in items:
         path = Path(labels_dir) / Path(rel[it.id]).with_suffix(".txt")
         try:
             lines = yolo_lines(boxes[it.id], classes=names, width=it.width, height=it.height, task=task)
-        except ValueError as e:
-            raise ValueError(f"{it.path}: {e}") from None
+        except DataError as e:
+            raise DataError(f"{it.path}: {e}") from None
         atomic_write_text(path, "".join(line + "\n" for line in lines))
         out[it.id] = path
     return out
+
+
+def write_yolo_names(path: Path, classes: Sequence[str]) -> Path:
+    """``classes.txt``: one class name per line, line i = id i (what Label Studio's YOLO
+    importer and LabelImg read)."""
+    names = check_classes(classes, where=path)
+    atomic_write_text(Path(path), "".join(c + "\n" for c in names))
+    return Path(path)
 
 
 # --------------------------------------------------------------------------- COCO
@@ -444,137 +401,171 @@ def write_yolo(
 
 def _num(v: Any, *, where: str, what: str) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ValueError(f"{where}: {what} = {v!r} is not a number")
+        raise LabelProblem(f"{where}: {what} = {v!r} is not a number")
     return float(v)
 
 
+def _load_json(path: Path, *, what: str) -> Any:
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise DataError(f"{what} {path} does not exist") from None
+    except IsADirectoryError:
+        raise DataError(f"{what} {path} is a folder; give the JSON file") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); JSON files are UTF-8") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+
+
+def coco_image_roots(json_path: Path) -> list[Path]:
+    """Where a COCO JSON's ``file_name`` may resolve, by convention: the JSON's folder; for
+    ``annotations/instances_<split>.json``, ``<root>/images/<split>`` (our export, Ultralytics)
+    and ``<root>/<split>`` (the official ``val2017/`` layout)."""
+    json_path = Path(json_path)
+    out = [json_path.parent]
+    split = json_path.stem.removeprefix("instances_")
+    if split != json_path.stem:
+        out += [json_path.parent.parent / "images" / split, json_path.parent.parent / split]
+    return out
+
+
 def read_coco(
-    json_path: Path, *, image_root: Path, classes: Sequence[str] | None = None,
-    multipart: Literal["error", "largest"] = "error", progress: bool = False,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS, on_missing: OnMissing = "error",
+    json_path: Path, *, image_root: Path | None = None, classes: Sequence[str] | None = None,
+    multipart: Multipart = "quarantine", progress: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    on_missing: OnMissing = "error",
 ) -> DetSet:
-    """Read a COCO instances JSON; ``images[].file_name`` resolves against ``image_root``.
+    """Read a COCO instances JSON; ``images[].file_name`` resolves against ``image_root``
+    (``None``: the first of :func:`coco_image_roots` holding the first listed image that exists).
 
     ``classes=None``: the category names ordered by category id; otherwise every category
-    used by an annotation must be one of ``classes`` (which fixes the index order).
-    ``bbox`` gives the box; ``segmentation`` polygons (flat pixel lists) give the polygon.
-    A :class:`Box` holds one polygon: an annotation with several polygon parts raises unless
-    ``multipart="largest"`` (keeps the largest part by area; the box still encloses all).
-    RLE segmentations and ``iscrowd=1`` annotations raise (no :class:`Box` for a crowd).
-    Every image listed must exist on disk (``on_missing="quarantine"``: a missing one is
-    quarantined, its annotations skipped); images that do not decode or have more than
-    ``max_pixels`` pixels are quarantined; files under ``image_root`` that the JSON does not
-    list are not read.
+    name used by an annotation must be one of ``classes`` (one error lists them all).
+    ``bbox`` gives the box; ``segmentation`` polygons (flat pixel lists) give the polygon; an
+    object of several polygon parts quarantines its image unless ``multipart="largest"``
+    (keeps the largest part by area; the box still encloses all). ``iscrowd=1`` annotations
+    become ``crowd`` boxes without polygon (kept out of training, ignored in evaluation as
+    pycocotools does). A malformed annotation or a declared size that differs from the file
+    quarantines its image; a zero-size bbox is skipped (a row). Every image listed must exist
+    on disk (``on_missing="quarantine"``: a missing one is quarantined, its annotations
+    skipped); images of more than ``max_pixels`` pixels are quarantined; files under
+    ``image_root`` that the JSON does not list are not read.
     """
     check_on_missing(on_missing)
-    json_path, image_root = Path(json_path), Path(image_root)
-    if multipart not in ("error", "largest"):
-        raise ValueError(f"multipart {multipart!r} is not one of 'error', 'largest'")
-    try:
-        with open(json_path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise ValueError(f"COCO file {json_path} does not exist") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{json_path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    json_path = Path(json_path)
+    if multipart not in ("quarantine", "largest"):
+        raise DataError(f"multipart {multipart!r} is not one of 'quarantine', 'largest'")
+    data = _load_json(json_path, what="COCO file")
+    if not isinstance(data, dict):
+        raise DataError(f"{json_path}: the top level is a {type(data).__name__}; a COCO instances file is an object")
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
-            raise ValueError(f"{json_path}: missing list {key!r}; a COCO instances file has "
-                             "'images', 'annotations' and 'categories'")
-
+            raise DataError(f"{json_path}: missing list {key!r}; a COCO instances file has "
+                            "'images', 'annotations' and 'categories'")
     cats: dict[Any, str] = {}
-    for c in sorted(data["categories"], key=lambda c: c.get("id", 0)):
-        if "id" not in c or not isinstance(c.get("name"), str):
-            raise ValueError(f"{json_path}: category {c!r} needs an 'id' and a 'name'")
+    for c in sorted(data["categories"], key=lambda c: c.get("id", 0) if isinstance(c, dict) else 0):
+        if not isinstance(c, dict) or "id" not in c or not isinstance(c.get("name"), str):
+            raise DataError(f"{json_path}: category {c!r} needs an 'id' and a 'name'")
         cats[c["id"]] = c["name"]
-    if classes is None:
-        names = validate_classes(list(cats.values()), where=json_path)
-    else:
-        names = validate_classes(classes, where=json_path)
+    names = check_classes(list(cats.values()) if classes is None else classes, where=json_path)
+    if image_root is None:
+        # The root holding the first listed image that exists: on a re-read the first one may
+        # have been deleted since, and guessing another root would lose every image.
+        roots = coco_image_roots(json_path)
+        file_names = (img.get("file_name") for img in data["images"] if isinstance(img, dict))
+        image_root = next((r for fn in file_names if isinstance(fn, str) for r in roots if (r / fn).is_file()),
+                          roots[0])
+    image_root = Path(image_root)
 
+    reading = Reading()
     images: dict[Any, Path] = {}
-    absent: list[Quarantined] = []
+    absent: set[Path] = set()
     declared: dict[Any, tuple[Any, Any]] = {}
     for img in data["images"]:
-        if "id" not in img or not isinstance(img.get("file_name"), str):
-            raise ValueError(f"{json_path}: image entry {img!r} needs an 'id' and a 'file_name'")
+        if not isinstance(img, dict) or "id" not in img or not isinstance(img.get("file_name"), str):
+            raise DataError(f"{json_path}: image entry {img!r} needs an 'id' and a 'file_name'")
         if img["id"] in images:
-            raise ValueError(f"{json_path}: image id {img['id']!r} is listed twice")
+            raise DataError(f"{json_path}: image id {img['id']!r} is listed twice")
         path = image_root / img["file_name"]
         if not path.is_file():
-            if on_missing == "error":
-                raise ValueError(f"{json_path}: image id {img['id']!r}: file {img['file_name']!r} "
-                                 f"not found under {image_root}")
-            absent.append(Quarantined(path, f"image file not found (image id {img['id']!r} in {json_path})"))
+            reading.missing(path, f"image file not found (image id {img['id']!r} in {json_path})",
+                            on_missing=on_missing,
+                            error=f"{json_path}: image id {img['id']!r}: file {img['file_name']!r} not found under "
+                                  f"{image_root} (set the source's image_root to the folder file_name is relative to)")
+            absent.add(path)
         images[img["id"]] = path
         declared[img["id"]] = (img.get("width"), img.get("height"))
 
-    skip = {q.path for q in absent}
-    scan = scan_files([p for p in images.values() if p not in skip], progress=progress,
+    scan = scan_files([p for p in images.values() if p not in absent], progress=progress,
                       description=f"reading {json_path.name}", max_pixels=max_pixels)
     ids = scan.id_of()
     by_id = {it.id: it for it in scan.items}
     per_image: dict[Any, list[Box]] = {k: [] for k in images}
-    sizes: dict[Any, tuple[int, int]] = {}
+    problem: dict[Any, str] = {}
+    sizes: dict[Any, Item] = {}
     for img_id, path in images.items():
         if path in ids:
             it = by_id[ids[path]]
-            sizes[img_id] = (it.width, it.height)
-            w, h = declared[img_id]
-            if (w is not None and w != it.width) or (h is not None and h != it.height):
-                raise ValueError(
-                    f"{json_path}: image id {img_id!r} ({path.name}) declares {w}x{h} but the "
-                    f"file is {it.width}x{it.height} pixels (after EXIF orientation)"
-                )
+            sizes[img_id] = it
+            try:
+                size_check(declared[img_id], it, where=f"{json_path}: image id {img_id!r}")
+            except LabelProblem as e:
+                problem[img_id] = reason_of(str(e), json_path)
 
     for ann in data["annotations"]:
-        where = f"{json_path}: annotation id {ann.get('id')!r}"
-        if ann.get("image_id") not in images:
-            raise ValueError(f"{where}: image_id {ann.get('image_id')!r} is not in 'images'")
-        if ann.get("category_id") not in cats:
-            raise ValueError(f"{where}: category_id {ann.get('category_id')!r} is not one of "
-                             f"the categories {sorted(cats)!r}")
-        label = cats[ann["category_id"]]
-        if label not in names:
-            raise ValueError(f"{where}: class {label!r} is not one of the accepted classes {list(names)!r}")
-        if ann.get("iscrowd", 0):
-            raise ValueError(f"{where}: iscrowd=1 annotations are not supported (no Box for a crowd)")
-        if ann["image_id"] not in sizes:  # image quarantined
+        where = f"{json_path}: annotation id {ann.get('id') if isinstance(ann, dict) else None!r}"
+        if not isinstance(ann, dict) or ann.get("image_id") not in images:
+            got = ann.get("image_id") if isinstance(ann, dict) else ann
+            reading.quarantined.append(Quarantined(json_path, f"{reason_of(where, json_path)}: image_id {got!r} "
+                                                   "is not in 'images'; annotation skipped"))
             continue
-        width, height = sizes[ann["image_id"]]
-        bbox = ann.get("bbox")
-        if not isinstance(bbox, list) or len(bbox) != 4:
-            raise ValueError(f"{where}: bbox {bbox!r} is not [x, y, w, h]")
-        x, y, bw, bh = (_num(v, where=where, what="bbox value") for v in bbox)
-        if bw <= 0 or bh <= 0:
-            raise ValueError(f"{where}: degenerate bbox {bbox!r} (w and h must be > 0)")
-        seg = ann.get("segmentation") or []
-        polygon = None
+        img_id = ann["image_id"]
+        if img_id not in sizes or img_id in problem:  # image quarantined, or already left out
+            continue
+        try:
+            box = _coco_box(ann, cats, sizes[img_id], where=where, multipart=multipart, reading=reading)
+        except DegenerateBox as e:
+            reading.skip_object(json_path, reason_of(str(e), json_path))
+            continue
+        except LabelProblem as e:
+            problem[img_id] = reason_of(str(e), json_path)
+            continue
+        reading.check_label(box.label, names, where=where)
+        per_image[img_id].append(box)
+    for img_id, why in problem.items():
+        reading.drop_image(json_path, why, image=images[img_id])
+    reading.raise_unknown(names, source=json_path, found=cats.values())
+    per_path = [(images[k], None if k in problem else tuple(v), f"{json_path}: image id {k!r}")
+                for k, v in per_image.items()]
+    return assemble(scan, per_path, reading, names, source=json_path)
+
+
+def _coco_box(ann: Mapping[str, Any], cats: Mapping[Any, str], it: Item, *, where: str, multipart: str,
+              reading: Reading) -> Box:
+    if ann.get("category_id") not in cats:
+        raise LabelProblem(f"{where}: category_id {ann.get('category_id')!r} is not one of the categories "
+                           f"{sorted(cats)!r}")
+    label = cats[ann["category_id"]]
+    bbox = ann.get("bbox")
+    if not isinstance(bbox, list) or len(bbox) != 4:
+        raise LabelProblem(f"{where}: bbox {bbox!r} is not [x, y, w, h]")
+    x, y, bw, bh = (_num(v, where=where, what="bbox value") for v in bbox)
+    if bw < 0 or bh < 0:
+        raise LabelProblem(f"{where}: bbox {bbox!r} has a negative width or height")
+    crowd = bool(ann.get("iscrowd", 0))
+    seg = ann.get("segmentation") or []
+    polygon = None
+    if not crowd:  # a crowd region's RLE mask is not a polygon; its box is what evaluation uses
         if isinstance(seg, dict):
-            raise ValueError(f"{where}: RLE segmentation is not supported; give polygons")
+            raise LabelProblem(f"{where}: RLE segmentation on a non-crowd object is not supported; give polygons")
         if seg:
-            parts = [_pairs([_num(v, where=where, what="segmentation value") for v in part],
-                            where=where) for part in seg]
-            if len(parts) > 1 and multipart == "error":
-                raise ValueError(f"{where}: segmentation has {len(parts)} polygon parts; a Box holds "
-                                 "one (pass multipart='largest' to keep the largest part)")
-            polygon = max(parts, key=polygon_area)
-        per_image[ann["image_id"]].append(
-            _make_box(x, y, x + bw, y + bh, label, width=width, height=height, where=where,
-                      polygon=polygon))
-
-    per_path = [(images[k], tuple(v), f"{json_path}: image id {k!r}") for k, v in per_image.items()]
-    boxes = _merge(ids, per_path)
-    return DetSet(scan.items, boxes, [*absent, *scan.quarantined], names, scan.duplicates)
-
-
-def polygon_area(points: Sequence[tuple[float, float]]) -> float:
-    """Area (pixels²) of a simple polygon by the shoelace formula (absolute value)."""
-    if len(points) < 3:
-        return 0.0
-    xs = np.asarray([p[0] for p in points], dtype=float)
-    ys = np.asarray([p[1] for p in points], dtype=float)
-    return float(abs(np.dot(xs, np.roll(ys, -1)) - np.dot(ys, np.roll(xs, -1))) / 2.0)
+            if not isinstance(seg, list) or not all(isinstance(p, list) for p in seg):
+                raise LabelProblem(f"{where}: segmentation {str(seg)[:60]!r} is not a list of flat polygons")
+            parts = [pairs([_num(v, where=where, what="segmentation value") for v in part], where=where)
+                     for part in seg]
+            polygon = one_polygon(parts, multipart=multipart, where=where)
+    return make_box(x, y, x + bw, y + bh, label, width=it.width, height=it.height, where=where, polygon=polygon,
+                    crowd=crowd, difficult=bool(ann.get("difficult", 0)), reading=reading)
 
 
 def coco_dict(
@@ -583,24 +574,29 @@ def coco_dict(
 ) -> dict[str, Any]:
     """COCO instances dict: image ids 1..N in ``items`` order, category ids 1..C in
     ``classes`` order, ``bbox`` in pixels, ``segmentation`` = ``[flat polygon]`` or ``[]``,
-    ``area`` = polygon area, else box area. ``file_name`` is relative to ``image_root``
-    (else the file name, id-prefixed on clashes)."""
-    names = validate_classes(classes, where="coco export")
-    boxes = _check_write(items, boxes, names)
+    ``area`` = polygon area, else box area; crowd boxes with ``iscrowd: 1``, difficult ones
+    with ``"difficult": 1`` (not a COCO key: other tools read them as ordinary objects).
+    ``file_name`` is relative to ``image_root`` (else the file name, id-prefixed on clashes)."""
+    names = check_classes(classes, where="coco export")
+    boxes = check_write(items, boxes, names)
     index = {c: i + 1 for i, c in enumerate(names)}
-    rel = _unique_names(items, image_root)
-    images, anns = [], []
+    rel = unique_names(items, image_root)
+    images: list[dict[str, Any]] = []
+    anns: list[dict[str, Any]] = []
     for img_id, it in enumerate(items, start=1):
         images.append({"id": img_id, "file_name": rel[it.id], "width": it.width, "height": it.height})
         for k, b in enumerate(boxes[it.id]):
             cat = _label_index(b, index, where=f"{it.path}: box {k}")
             seg = [[float(v) for xy in b.polygon for v in xy]] if b.polygon else []
             area = polygon_area(b.polygon) if b.polygon else (b.x2 - b.x1) * (b.y2 - b.y1)
-            anns.append({
+            ann: dict[str, Any] = {
                 "id": len(anns) + 1, "image_id": img_id, "category_id": cat,
                 "bbox": [b.x1, b.y1, b.x2 - b.x1, b.y2 - b.y1],
-                "segmentation": seg, "area": float(area), "iscrowd": 0,
-            })
+                "segmentation": seg, "area": float(area), "iscrowd": int(b.crowd),
+            }
+            if b.difficult:
+                ann["difficult"] = 1
+            anns.append(ann)
     return {
         "images": images,
         "annotations": anns,
@@ -623,42 +619,58 @@ def write_coco(
 
 def _xml_float(el: ET.Element | None, tag: str, *, where: str) -> float:
     node = None if el is None else el.find(tag)
-    if node is None or node.text is None:
-        raise ValueError(f"{where}: missing <{tag}>")
+    if node is None or node.text is None or not node.text.strip():
+        raise LabelProblem(f"{where}: missing <{tag}>")
     try:
         return float(node.text.strip())
     except ValueError:
-        raise ValueError(f"{where}: <{tag}> = {node.text.strip()!r} is not a number") from None
+        raise LabelProblem(f"{where}: <{tag}> = {node.text.strip()!r} is not a number") from None
+
+
+def _xml_flag(el: ET.Element, tag: str, *, where: str) -> bool:
+    text = (el.findtext(tag) or "0").strip().lower()
+    if text in ("0", "", "false", "no"):
+        return False
+    if text in ("1", "true", "yes"):
+        return True
+    raise LabelProblem(f"{where}: <{tag}> = {text!r} is not 0 or 1")
+
+
+def _parse_xml(path: Path) -> ET.Element:
+    try:
+        return ET.parse(path).getroot()
+    except ET.ParseError as e:
+        raise LabelProblem(f"{path}:{e.position[0]}: not valid XML ({e})") from None
 
 
 def read_voc_file(
     xml_path: Path, *, width: int, height: int, classes: Sequence[str] | None = None,
+    reading: Reading | None = None,
 ) -> tuple[Box, ...]:
-    """Objects of one VOC XML on a ``width`` x ``height`` image (see module doc for units)."""
-    try:
-        root = ET.parse(xml_path).getroot()
-    except ET.ParseError as e:
-        raise ValueError(f"{xml_path}:{e.position[0]}: not valid XML ({e})") from None
+    """Objects of one VOC XML on a ``width`` x ``height`` image (see the module doc for units).
+
+    ``<difficult>1</difficult>`` gives a ``difficult`` box. With ``reading``, zero-area boxes
+    are skipped with a quarantine row and names not in ``classes`` are collected (reported by
+    the caller); without it they raise. Other problems raise :class:`LabelProblem`."""
+    xml_path = Path(xml_path)
+    root = _parse_xml(xml_path)
     size = root.find("size")
     if size is not None and size.find("width") is not None and size.find("height") is not None:
-        dw = _xml_float(size, "width", where=f"{xml_path}: <size>")
-        dh = _xml_float(size, "height", where=f"{xml_path}: <size>")
-        # Some tools write 0x0 when they did not know the size: nothing to check then.
-        if (dw, dh) != (0, 0) and (dw, dh) != (width, height):
-            raise ValueError(f"{xml_path}: <size> says {dw:g}x{dh:g} but the image is "
-                             f"{width}x{height} pixels (after EXIF orientation)")
+        size_check((size.findtext("width", "").strip(), size.findtext("height", "").strip()),
+                   Item("", xml_path, width, height), where=f"{xml_path}: <size>")
     out = []
     for k, obj in enumerate(root.findall("object"), start=1):
         where = f"{xml_path}: object {k}"
-        name_el = obj.find("name")
-        name = (name_el.text or "").strip() if name_el is not None else ""
+        name = (obj.findtext("name") or "").strip()
         if not name:
-            raise ValueError(f"{where}: missing or empty <name>")
+            raise LabelProblem(f"{where}: missing or empty <name>")
         if classes is not None and name not in classes:
-            raise ValueError(f"{where}: class {name!r} is not one of the accepted classes {list(classes)!r}")
+            if reading is None:
+                raise DataError(f"{where}: class {name!r} is not one of the accepted classes {list(classes)!r}")
+            reading.check_label(name, classes, where=where)
         bb = obj.find("bndbox")
         if bb is None:
-            raise ValueError(f"{where}: missing <bndbox>")
+            raise LabelProblem(f"{where}: missing <bndbox>")
         x1, y1, x2, y2 = (_xml_float(bb, t, where=where) for t in ("xmin", "ymin", "xmax", "ymax"))
         polygon = None
         poly_el = obj.find("polygon")
@@ -669,67 +681,157 @@ def read_voc_file(
                     break
                 flat += [_xml_float(poly_el, f"x{i}", where=where), _xml_float(poly_el, f"y{i}", where=where)]
             if len(poly_el) != len(flat):
-                raise ValueError(f"{where}: <polygon> must hold x1 y1 x2 y2 ... in order "
-                                 f"({len(poly_el)} children, {len(flat)} read)")
-            polygon = _pairs(flat, where=where)
-        out.append(_make_box(x1, y1, x2, y2, name, width=width, height=height, where=where,
-                             polygon=polygon))
+                raise LabelProblem(f"{where}: <polygon> must hold x1 y1 x2 y2 ... in order "
+                                   f"({len(poly_el)} children, {len(flat)} read)")
+            polygon = pairs(flat, where=where)
+        try:
+            out.append(make_box(x1, y1, x2, y2, name, width=width, height=height, where=where, polygon=polygon,
+                                difficult=_xml_flag(obj, "difficult", where=where), reading=reading))
+        except DegenerateBox as e:
+            if reading is None:
+                raise
+            reading.skip_object(xml_path, reason_of(str(e), xml_path))
     return tuple(out)
 
 
+def voc_splits(voc_root: Path) -> list[str]:
+    """Names of the split lists in ``voc_root/ImageSets/Main`` (``train``, ``val``, ...), not
+    the per-class lists (``<class>_<split>.txt``)."""
+    main = Path(voc_root) / "ImageSets" / "Main"
+    if not main.is_dir():
+        return []
+    stems = sorted(p.stem for p in main.glob("*.txt"))
+    return [s for s in stems if not any(s.endswith(f"_{t}") and s != t for t in stems)]
+
+
+def _voc_ids(list_file: Path) -> list[str]:
+    ids = []
+    for line in list_file.read_text(encoding="utf-8-sig").splitlines():
+        if line.strip():
+            ids.append(line.split()[0])
+    return ids
+
+
+def _voc_image(xml: Path, root: ET.Element, *, folder: Path, reading: Reading, on_missing: OnMissing = "error"
+               ) -> Path | None:
+    """The image an annotation XML describes, under ``folder``: ``<filename>``; with a known
+    image extension added when it has none (older LabelImg); ``<path>`` (as given, then its
+    file name); the XML's own stem with a known extension. None exists: :class:`DataError`, or
+    with ``on_missing="quarantine"`` a row for the first candidate in ``reading`` and ``None``."""
+    tried: list[Path] = []
+    exts = sorted(IMAGE_SUFFIXES) + sorted(s.upper() for s in IMAGE_SUFFIXES)
+
+    def with_exts(stem: str) -> list[Path]:
+        return [folder / f"{stem}{e}" for e in exts]
+
+    fn = (root.findtext("filename") or "").strip()
+    if fn:
+        tried.append(folder / fn)
+        if Path(fn).suffix.lower() not in IMAGE_SUFFIXES:
+            tried += with_exts(fn)
+    raw_path = (root.findtext("path") or "").strip()
+    if raw_path:
+        # LabelImg on Windows writes C:\...\img.jpg; PureWindowsPath reads both separators.
+        from pathlib import PureWindowsPath
+
+        tried.append(Path(raw_path))
+        tried.append(folder / PureWindowsPath(raw_path).name)
+    tried += with_exts(xml.stem)
+    for p in tried:
+        if p.is_file():
+            return p
+    shown = ", ".join(str(p) for p in tried[:3]) + (f" and {len(tried) - 3} more" if len(tried) > 3 else "")
+    reading.missing(tried[0], f"image file not found (named by {xml})", on_missing=on_missing,
+                    error=f"{xml}: image not found (<filename> {fn!r}, <path> {raw_path!r}); tried {shown}; set the "
+                          "source's image_root to the images folder")
+    return None
+
+
 def read_voc(
-    annotations_dir: Path, *, image_root: Path, classes: Sequence[str] | None = None,
+    annotations_dir: Path, *, image_root: Path, classes: Sequence[str] | None = None, split: str | None = None,
     progress: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS, on_missing: OnMissing = "error",
 ) -> DetSet:
-    """Read every ``*.xml`` under ``annotations_dir`` (recursive, sorted).
+    """Read the VOC XMLs under ``annotations_dir`` (recursive, sorted).
 
-    The image of ``annotations_dir/a/b.xml`` is ``image_root/a/<filename>`` with
-    ``<filename>`` from the XML. ``classes=None``: the sorted set of names found; otherwise
-    names must be in ``classes``. A missing image raises (``on_missing="quarantine"``: is
-    quarantined); an undecodable one, or one of more than ``max_pixels`` pixels, is
-    quarantined. Only the XML files define the set: images without an XML are not read.
+    ``split``: read only the ids listed in ``<annotations_dir>/../ImageSets/Main/<split>.txt``.
+    Without ``split``, a VOC root with two or more split lists is an error (reading them all
+    would mix train and val); with exactly one, that list is read; with none, every XML.
+
+    The image of ``annotations_dir/a/b.xml`` is found under ``image_root/a/`` (see
+    :func:`_voc_image` for the fallbacks). ``classes=None``: the sorted set of names found;
+    otherwise names must be in ``classes`` (one error lists them all). A missing image, or an
+    id of the split list without its XML, raises (``on_missing="quarantine"``: is quarantined);
+    an undecodable image, or one of more than ``max_pixels`` pixels, is quarantined; an XML
+    that does not parse or has a bad object leaves its image out (quarantined with the reason).
     """
     check_on_missing(on_missing)
     annotations_dir, image_root = Path(annotations_dir), Path(image_root)
     if not annotations_dir.is_dir():
-        raise ValueError(f"VOC annotations folder {annotations_dir} does not exist or is not a directory")
-    names = None if classes is None else validate_classes(classes, where=annotations_dir)
-    xmls = sorted(annotations_dir.rglob("*.xml"))
-    pairs: list[tuple[Path, Path]] = []
-    absent: list[Quarantined] = []
+        raise DataError(f"VOC annotations folder {annotations_dir} does not exist or is not a directory")
+    names = None if classes is None else check_classes(classes, where=annotations_dir)
+    reading = Reading()
+    voc_root = annotations_dir.parent
+    available = voc_splits(voc_root)
+    main = voc_root / "ImageSets" / "Main"
+    if split is None and len(available) > 1:
+        raise DataError(f"{main} has the split lists {', '.join(available)}; reading every XML would mix them: "
+                        "set the source's split to one of them")
+    if split is None and len(available) == 1:
+        split = available[0]
+        reading.notes.append(f"{main / (split + '.txt')}: the only split list; read its ids")
+    if split is not None:
+        list_file = main / f"{split}.txt"
+        if not list_file.is_file():
+            raise DataError(f"VOC split list {list_file} does not exist; splits here: "
+                            f"{', '.join(available) or 'none (leave split unset to read every XML)'}")
+        xmls = []
+        for i in _voc_ids(list_file):
+            x = annotations_dir / f"{i}.xml"
+            if not x.is_file():
+                reading.missing(x, f"annotation file not found (id {i!r} listed in {list_file})",
+                                on_missing=on_missing, error=f"{list_file}: id {i!r} has no annotation file {x}")
+                continue
+            xmls.append(x)
+    else:
+        xmls = sorted(annotations_dir.rglob("*.xml"))
+    pairs_: list[tuple[Path, Path]] = []
     for x in xmls:
         try:
-            root = ET.parse(x).getroot()
-        except ET.ParseError as e:
-            raise ValueError(f"{x}:{e.position[0]}: not valid XML ({e})") from None
-        fn = root.findtext("filename")
-        if not fn or not fn.strip():
-            raise ValueError(f"{x}: missing <filename>")
-        img = image_root / x.relative_to(annotations_dir).parent / fn.strip()
-        if not img.is_file():
-            if on_missing == "quarantine":
-                absent.append(Quarantined(img, f"image file not found (named by {x})"))
-                continue
-            raise ValueError(f"{x}: image {fn.strip()!r} not found ({img})")
-        pairs.append((x, img))
-    scan = scan_files([p for _, p in pairs], progress=progress, description=f"reading {annotations_dir}",
+            root = _parse_xml(x)
+        except LabelProblem as e:
+            reading.drop_image(x, reason_of(str(e), x))
+            continue
+        img = _voc_image(x, root, folder=image_root / x.relative_to(annotations_dir).parent, reading=reading,
+                         on_missing=on_missing)
+        if img is not None:
+            pairs_.append((x, img))
+    scan = scan_files([p for _, p in pairs_], progress=progress, description=f"reading {annotations_dir}",
                       max_pixels=max_pixels)
     ids = scan.id_of()
     by_id = {it.id: it for it in scan.items}
-    per_path = []
-    for x, img in pairs:
+    per_path: list[tuple[Path, tuple[Box, ...] | None, str]] = []
+    for x, img in pairs_:
         if img not in ids:
             continue
         it = by_id[ids[img]]
-        per_path.append((img, read_voc_file(x, width=it.width, height=it.height, classes=names), str(x)))
-    boxes = _merge(ids, per_path)
+        try:
+            bxs: tuple[Box, ...] | None = read_voc_file(x, width=it.width, height=it.height, classes=names,
+                                                        reading=reading)
+        except LabelProblem as e:
+            reading.drop_image(x, reason_of(str(e), x), image=img)
+            bxs = None
+        per_path.append((img, bxs, str(x)))
+    found = {b.label for _, bxs, _ in per_path for b in bxs or ()}
+    reading.raise_unknown(names, source=annotations_dir, found=found)
     if names is None:
-        names = tuple(sorted({b.label for bs in boxes.values() for b in bs}))
-    return DetSet(scan.items, boxes, [*absent, *scan.quarantined], names, scan.duplicates)
+        names = tuple(sorted(found))
+    return assemble(scan, per_path, reading, names, source=annotations_dir)
 
 
 def voc_xml(item: Item, boxes: Sequence[Box], *, filename: str | None = None) -> str:
-    """VOC XML text for one image (pixel coordinates; polygon in ``<polygon>`` if any)."""
+    """VOC XML text for one image (pixel coordinates; polygon in ``<polygon>`` if any;
+    ``<difficult>1</difficult>`` for difficult boxes and for crowd regions — VOC has no crowd
+    flag, and difficult is what keeps a region out of training and evaluation there)."""
     root = ET.Element("annotation")
     ET.SubElement(root, "folder").text = Path(item.path).parent.name
     ET.SubElement(root, "filename").text = filename or Path(item.path).name
@@ -743,15 +845,15 @@ def voc_xml(item: Item, boxes: Sequence[Box], *, filename: str | None = None) ->
         ET.SubElement(obj, "name").text = b.label
         ET.SubElement(obj, "pose").text = "Unspecified"
         ET.SubElement(obj, "truncated").text = "0"
-        ET.SubElement(obj, "difficult").text = "0"
+        ET.SubElement(obj, "difficult").text = "1" if (b.difficult or b.crowd) else "0"
         bb = ET.SubElement(obj, "bndbox")
         for tag, v in (("xmin", b.x1), ("ymin", b.y1), ("xmax", b.x2), ("ymax", b.y2)):
-            ET.SubElement(bb, tag).text = _fmt(v)
+            ET.SubElement(bb, tag).text = fmt_num(v)
         if b.polygon:
             poly = ET.SubElement(obj, "polygon")
             for i, (x, y) in enumerate(b.polygon, start=1):
-                ET.SubElement(poly, f"x{i}").text = _fmt(x)
-                ET.SubElement(poly, f"y{i}").text = _fmt(y)
+                ET.SubElement(poly, f"x{i}").text = fmt_num(x)
+                ET.SubElement(poly, f"y{i}").text = fmt_num(y)
     ET.indent(root)
     return ET.tostring(root, encoding="unicode") + "\n"
 
@@ -763,9 +865,9 @@ def write_voc(
     """One XML per item under ``annotations_dir`` (mirroring ``image_root``'s sub-folders,
     else named after the image, id-prefixed on clashes); returns id -> XML path.
     ``classes``, when given, is checked against every box label."""
-    names = None if classes is None else validate_classes(classes, where=annotations_dir)
-    boxes = _check_write(items, boxes, names)
-    rel = _unique_names(items, image_root)
+    names = None if classes is None else check_classes(classes, where=annotations_dir)
+    boxes = check_write(items, boxes, names)
+    rel = unique_names(items, image_root)
     out = {}
     for it in items:
         path = Path(annotations_dir) / Path(rel[it.id]).with_suffix(".xml")
@@ -774,14 +876,93 @@ def write_voc(
     return out
 
 
+# --------------------------------------------------------------------------- any object format
+
+
+def read_objects(
+    fmt: str, path: Path, *, classes: Sequence[str], task: DetTask = "detect", image_root: Path | None = None,
+    labels: Path | None = None, names: Path | None = None, split: str | None = None,
+    multipart: Multipart = "quarantine", progress: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    on_missing: OnMissing = "error",
+) -> DetSet:
+    """Read a detection / segmentation set in format ``fmt`` (one of :data:`OBJECT_FORMATS`).
+
+    ``path`` and the defaults per format:
+
+    - ``yolo``: the images folder; ``labels`` defaults to ``path`` with its last ``images``
+      component replaced by ``labels``; ``names`` to :func:`find_names_file`;
+    - ``coco``: the instances JSON; ``image_root`` defaults to the JSON's folder, or for
+      ``annotations/instances_<split>.json`` to ``images/<split>`` or ``<split>`` beside
+      ``annotations`` (:func:`coco_image_roots`: the first holding the first listed image that exists);
+    - ``voc``: the ``Annotations`` folder; ``image_root`` defaults to ``<path>/../JPEGImages``;
+      ``split`` selects ``ImageSets/Main/<split>.txt``;
+    - ``labelme``: the folder of Labelme JSON files (images beside them, or ``image_root``);
+    - ``cvat``: the CVAT for images XML (``annotations.xml``); ``image_root`` defaults to
+      ``images/`` beside it (CVAT's export layout), else its folder;
+    - ``labelstudio``: Label Studio's JSON export; ``image_root`` is the local-files document
+      root (default: the JSON's folder).
+
+    Options a format does not use must stay ``None`` (an error names them). Every format
+    quarantines images of more than ``max_pixels`` pixels; ``on_missing`` says what a file the
+    labels name that does not exist is: an error (``"error"``, a set's first read) or a
+    quarantine row (``"quarantine"``, a re-read: deleted since).
+    """
+    check_on_missing(on_missing)
+    limits: dict[str, Any] = {"max_pixels": max_pixels, "on_missing": on_missing}
+    path = Path(path)
+    unused = {k: v for k, v in (("labels", labels), ("names", names), ("split", split)) if v is not None}
+    uses = {"yolo": {"labels", "names"}, "voc": {"split"}}.get(fmt, set())
+    extra = sorted(set(unused) - uses)
+    if fmt in OBJECT_FORMATS and extra:
+        raise DataError(f"format {fmt!r} does not use {', '.join(extra)} (given for {path}); remove it")
+    if fmt == "yolo":
+        if image_root is not None:
+            raise DataError(f"format 'yolo' takes no image_root (images are under {path}); remove it")
+        if labels is None:
+            parts = list(path.parts)
+            if "images" not in parts:
+                raise DataError(f"{path} has no 'images' folder to replace by 'labels' (the YOLO convention); "
+                                "set the source's labels to the .txt folder")
+            i = len(parts) - 1 - parts[::-1].index("images")
+            labels = Path(*parts[:i], "labels", *parts[i + 1:])
+        return read_yolo(path, Path(labels), classes=classes, task=task, names=names, progress=progress, **limits)
+    if fmt == "coco":
+        return read_coco(path, image_root=image_root, classes=classes, multipart=multipart, progress=progress,
+                         **limits)
+    if fmt == "voc":
+        return read_voc(path, image_root=image_root or path.parent / "JPEGImages", classes=classes, split=split,
+                        progress=progress, **limits)
+    if fmt == "labelme":
+        from pseudolabel.data import labelme
+
+        return labelme.read_labelme(path, classes=classes, image_root=image_root, multipart=multipart,
+                                    progress=progress, **limits)
+    if fmt == "cvat":
+        from pseudolabel.data import cvat
+
+        return cvat.read_cvat(path, classes=classes, image_root=image_root, progress=progress, **limits)
+    if fmt == "labelstudio":
+        from pseudolabel.data import labelstudio
+
+        return labelstudio.read_labelstudio(path, classes=classes, image_root=image_root, progress=progress,
+                                            **limits)
+    raise DataError(f"unknown object label format {fmt!r}; accepted: {', '.join(map(repr, OBJECT_FORMATS))}")
+
+
 # --------------------------------------------------------------------------- export
 
 
 def _copy_images(items: Sequence[Item], dest: Path) -> dict[str, str]:
-    rel = _unique_names(items, None)
+    """Copy ``items`` into ``dest`` keeping their file names; a name already taken there by
+    other bytes (an earlier split) or by another item gets the id prefixed."""
+    rel = unique_names(items, None)
     dest.mkdir(parents=True, exist_ok=True)
     for it in items:
-        shutil.copy2(it.path, dest / rel[it.id])
+        target = dest / rel[it.id]
+        if target.exists() and sha256_file(target) != it.id:
+            rel[it.id] = f"{it.id[:12]}_{Path(it.path).name}"
+            target = dest / rel[it.id]
+        shutil.copy2(it.path, target)
     return rel
 
 
@@ -795,29 +976,39 @@ def export_labels(
     for a validation split):
 
     - ``yolo``: ``images/<split>/``, ``labels/<split>/``, ``data.yaml`` (``path``, one key
-      per split present, ``val`` = ``train`` until a ``val`` split exists, ``names``);
-      returns ``data.yaml``;
+      per split present, ``val`` = ``train`` until a ``val`` split exists, ``names``) and
+      ``classes.txt`` (Label Studio's YOLO importer reads it); returns ``data.yaml``;
     - ``coco``: ``images/<split>/``, ``annotations/instances_<split>.json``; returns the JSON;
     - ``voc``: ``JPEGImages/``, ``Annotations/``, ``ImageSets/Main/<split>.txt``; returns
-      the ``ImageSets`` file.
+      the ``ImageSets`` file;
+    - ``labelme``: ``<split>/`` with each image and its Labelme JSON beside it; returns the folder;
+    - ``cvat``: ``<split>/images/`` and ``<split>/annotations.xml`` (CVAT's export layout: zip the
+      folder to import it); returns the XML;
+    - ``labelstudio``: ``images/<split>/`` and ``<split>.json`` (tasks with annotations, image
+      URLs ``/data/local-files/?d=images/<split>/...``: serve ``out_dir`` as the document root);
+      returns the JSON.
 
-    Image files keep their names (id-prefixed when two share one). Raises ``ValueError``
+    Image files keep their names (id-prefixed when two share one). Raises :class:`DataError`
     for an unknown ``fmt`` (listing the choices), a label not in ``classes`` or an item
     missing from ``boxes``.
     """
     if fmt not in EXPORT_FORMATS:
-        raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(map(repr, EXPORT_FORMATS))}")
-    _check_task(task)
+        raise DataError(f"unknown export format {fmt!r}; choose one of {', '.join(map(repr, EXPORT_FORMATS))}")
+    check_task(task)
     if not split or "/" in split or split.startswith("."):
-        raise ValueError(f"split {split!r} must be a plain folder name such as 'train' or 'val'")
-    names = validate_classes(classes, where=f"export to {out_dir}")
-    boxes = _check_write(items, boxes, names)
+        raise DataError(f"split {split!r} must be a plain folder name such as 'train' or 'val'")
+    names = check_classes(classes, where=f"export to {out_dir}")
+    boxes = check_write(items, boxes, names)
     out_dir = Path(out_dir)
+
+    def copied_to(img_dir: Path) -> list[Item]:
+        rel = _copy_images(items, img_dir)
+        return [Item(it.id, img_dir / rel[it.id], it.width, it.height) for it in items]
+
     if fmt == "yolo":
         img_dir = out_dir / "images" / split
-        rel = _copy_images(items, img_dir)
-        copied = [Item(it.id, img_dir / rel[it.id], it.width, it.height) for it in items]
-        write_yolo(out_dir / "labels" / split, copied, boxes, classes=names, task=task, image_root=img_dir)
+        write_yolo(out_dir / "labels" / split, copied_to(img_dir), boxes, classes=names, task=task,
+                   image_root=img_dir)
         splits = sorted(p.name for p in (out_dir / "images").iterdir() if p.is_dir())
         lines = [f"path: {json.dumps(str(out_dir.resolve()))}"]
         lines += [f"{s}: images/{s}" for s in splits]
@@ -827,20 +1018,36 @@ def export_labels(
         lines += [f"  {i}: {json.dumps(c)}" for i, c in enumerate(names)]
         path = out_dir / "data.yaml"
         atomic_write_text(path, "\n".join(lines) + "\n")
+        write_yolo_names(out_dir / "classes.txt", names)
         return path
     if fmt == "coco":
         img_dir = out_dir / "images" / split
-        rel = _copy_images(items, img_dir)
-        copied = [Item(it.id, img_dir / rel[it.id], it.width, it.height) for it in items]
-        return write_coco(out_dir / "annotations" / f"instances_{split}.json", copied, boxes,
+        return write_coco(out_dir / "annotations" / f"instances_{split}.json", copied_to(img_dir), boxes,
                           classes=names, image_root=img_dir)
-    img_dir = out_dir / "JPEGImages"
-    rel = _copy_images(items, img_dir)
-    copied = [Item(it.id, img_dir / rel[it.id], it.width, it.height) for it in items]
-    write_voc(out_dir / "Annotations", copied, boxes, classes=names, image_root=img_dir)
-    path = out_dir / "ImageSets" / "Main" / f"{split}.txt"
-    atomic_write_text(path, "".join(Path(rel[it.id]).stem + "\n" for it in items))
-    return path
+    if fmt == "voc":
+        img_dir = out_dir / "JPEGImages"
+        copied = copied_to(img_dir)
+        write_voc(out_dir / "Annotations", copied, boxes, classes=names, image_root=img_dir)
+        path = out_dir / "ImageSets" / "Main" / f"{split}.txt"
+        atomic_write_text(path, "".join(Path(it.path).stem + "\n" for it in copied))
+        return path
+    if fmt == "labelme":
+        from pseudolabel.data.labelme import write_labelme
+
+        folder = out_dir / split
+        write_labelme(folder, copied_to(folder), boxes, classes=names, image_root=folder)
+        return folder
+    if fmt == "cvat":
+        from pseudolabel.data.cvat import write_cvat
+
+        img_dir = out_dir / split / "images"
+        return write_cvat(out_dir / split / "annotations.xml", copied_to(img_dir), boxes, classes=names,
+                          image_root=img_dir)
+    from pseudolabel.data.labelstudio import write_labelstudio
+
+    img_dir = out_dir / "images" / split
+    return write_labelstudio(out_dir / f"{split}.json", copied_to(img_dir), boxes, classes=names,
+                             document_root=out_dir, task=task)
 
 
 # --------------------------------------------------------------------------- masks

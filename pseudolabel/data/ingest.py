@@ -35,9 +35,11 @@ import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from PIL import Image
 
+from pseudolabel.data.errors import DataError
 from pseudolabel.data.images import IMAGE_SUFFIXES, ImageError, load_rgb, sha256_file
 from pseudolabel.utils import atomic_write_text
 from pseudolabel.types import Item, utcnow
@@ -56,6 +58,18 @@ PILLOW_MAX_PIXELS = 2 * 89_478_485
 
 DELETED = "file deleted since it was scanned"
 CHANGED = "file changed since it was scanned"
+
+OnMissing = Literal["error", "quarantine"]
+"""What a reader does with a file its list names (a CSV row, a COCO image, a VOC / Labelme /
+CVAT / Label Studio image, the image of a YOLO label file) that does not exist: ``"error"``
+(a set read for the first time: a typo to fix) or ``"quarantine"`` (a set re-read every round:
+a file deleted since must not stop the campaign)."""
+
+
+def check_on_missing(on_missing: str) -> None:
+    """:class:`~pseudolabel.data.errors.DataError` unless ``on_missing`` is an :data:`OnMissing`."""
+    if on_missing not in ("error", "quarantine"):
+        raise DataError(f"on_missing {on_missing!r} is not one of 'error', 'quarantine'")
 
 FileRecord = tuple[int, int, str, int, int]
 """What is remembered of a scanned file: ``(size in bytes, mtime_ns, item_id, width px, height px)``."""
@@ -257,13 +271,14 @@ def scan_files(
 def list_image_files(root: Path, *, recursive: bool = True) -> list[Path]:
     """Image-suffixed files under ``root``, sorted by relative path (deterministic).
 
-    Raises ValueError when ``root`` is missing or not a directory.
+    Raises :class:`~pseudolabel.data.errors.DataError` (a ValueError) when ``root`` is missing
+    or not a directory.
     """
     root = Path(root)
     if not root.exists():
-        raise ValueError(f"image folder {root} does not exist")
+        raise DataError(f"image folder {root} does not exist")
     if not root.is_dir():
-        raise ValueError(f"image folder {root} is not a directory")
+        raise DataError(f"image folder {root} is not a directory")
     found = root.rglob("*") if recursive else root.iterdir()
     files = [p for p in found if is_image_path(p) and p.is_file()]
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())

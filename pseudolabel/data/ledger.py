@@ -269,13 +269,19 @@ def _boxes_to_json(boxes: Sequence[Box], *, empty: bool = False) -> str | None:
     objects on this image" label, stored as ``[]`` so that it counts as a label)."""
     if not boxes:
         return "[]" if empty else None
-    return json.dumps(
-        [
-            {"xyxy": [b.x1, b.y1, b.x2, b.y2], "label": b.label, "score": b.score,
-             "polygon": [list(p) for p in b.polygon] if b.polygon else None}
-            for b in boxes
-        ]
-    )
+    return json.dumps([_box_dict(b) for b in boxes])
+
+
+def _box_dict(b: Box) -> dict[str, object]:
+    d: dict[str, object] = {"xyxy": [b.x1, b.y1, b.x2, b.y2], "label": b.label, "score": b.score,
+                            "polygon": [list(p) for p in b.polygon] if b.polygon else None}
+    # Ground-truth flags are written only when set, so rows written before they existed and
+    # rows written now read the same way.
+    if b.crowd:
+        d["crowd"] = True
+    if b.difficult:
+        d["difficult"] = True
+    return d
 
 
 def _boxes_from_json(text: str | None) -> tuple[Box, ...]:
@@ -285,7 +291,8 @@ def _boxes_from_json(text: str | None) -> tuple[Box, ...]:
     for d in json.loads(text):
         x1, y1, x2, y2 = d["xyxy"]
         poly = tuple((float(x), float(y)) for x, y in d["polygon"]) if d.get("polygon") else None
-        out.append(Box(x1, y1, x2, y2, d["label"], d.get("score"), poly))
+        out.append(Box(x1, y1, x2, y2, d["label"], d.get("score"), poly,
+                       crowd=bool(d.get("crowd", False)), difficult=bool(d.get("difficult", False))))
     return tuple(out)
 
 
