@@ -85,3 +85,57 @@ def test_demo_rejects_unknown_task() -> None:
     assert r.exit_code == 2 and "choose classify, detect or segment" in r.output
     r = runner.invoke(app, ["demo", "--task", "detect", "--strategy", "bald"])
     assert r.exit_code == 2 and "unknown strategy" in r.output
+
+
+def test_ctrl_c_says_where_the_round_stopped_and_the_rerun_resumes(cfg_file: Path, tmp_path: Path) -> None:
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    raw = yaml.safe_load(cfg_file.read_text())
+    raw["workdir"] = str(tmp_path / "work")
+    raw["model"]["min_steps"] = 3000          # long enough to interrupt while training
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml.safe_dump(raw))
+    cmd = [sys.executable, "-m", "pseudolabel.cli", "round", "-c", str(f), "--offline"]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    db = tmp_path / "work" / "ledger.sqlite"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and p.poll() is None:
+        try:
+            with sqlite3.connect(db) as con:
+                if con.execute("SELECT 1 FROM stages WHERE round = 1 AND stage = 'sync'").fetchone():
+                    break
+        except sqlite3.Error:
+            pass
+        time.sleep(0.2)
+    time.sleep(1.0)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 130, (out, err)
+    assert "interrupted: round 1 stopped in stage train" in err and "run the same command again" in err
+    assert "Traceback" not in err
+    raw["model"]["min_steps"] = 20
+    f.write_text(yaml.safe_dump(raw))
+    r = runner.invoke(app, ["round", "-c", str(f), "--offline"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output.strip().splitlines()[-1])["resumed"] is True
+
+
+def test_a_round_after_the_stop_rule_fired_says_so_and_exits_0(cfg_file: Path, tmp_path: Path) -> None:
+    raw = yaml.safe_load(cfg_file.read_text())
+    raw["workdir"] = str(tmp_path / "work")
+    raw["stop"]["max_rounds"] = 1
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml.safe_dump(raw))
+    r = runner.invoke(app, ["round", "-c", str(f), "--offline"])
+    assert r.exit_code == 0 and json.loads(r.output.strip().splitlines()[-1])["stop"].startswith("max_rounds")
+    r = runner.invoke(app, ["round", "-c", str(f), "--offline"])
+    assert r.exit_code == 0, r.output
+    last = json.loads(r.output.strip().splitlines()[-1])
+    assert last["idle"].startswith("the campaign stopped at round 1") and last["round"] == 1
+    assert "train:" not in r.output                               # nothing was trained
+    r = runner.invoke(app, ["round", "-c", str(f), "--offline", "--force"])
+    assert r.exit_code == 0 and json.loads(r.output.strip().splitlines()[-1])["round"] == 2
