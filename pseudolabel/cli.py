@@ -232,6 +232,12 @@ def studio(
                   f"  log in as {server.username} / {server.password} (change it in Account & Settings)\n"
                   f"  token: export {ls.token_env}=$(cat {data / 'token.txt'})\n"
                   "  Ctrl-C stops it", highlight=False)
+    import signal
+
+    def _stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)          # `kill`, systemd, docker stop: stop it cleanly too
     try:
         while server.running:
             _time.sleep(1)
