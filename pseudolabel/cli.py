@@ -329,6 +329,12 @@ def bench_select(ctx: typer.Context) -> None:
     raise typer.Exit(select_main(list(ctx.args)))
 
 
+# -- `pseudolabel weights ...`: pretrained weights store (fetch / pack / import / verify / list) --
+from pseudolabel.cli_weights import weights_app  # noqa: E402
+
+app.add_typer(weights_app, name="weights")
+
+
 def main() -> None:
     app()
 
