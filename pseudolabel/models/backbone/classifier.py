@@ -542,7 +542,8 @@ class FrozenBackboneClassifier(AdapterBase):
                              f"({str(info.get('identity'))[:12]}), this model uses {self.backbone_info_['backbone']!r} "
                              f"({str(self.backbone_info_['identity'])[:12]})")
         if config.get("finetune") != self.finetune or config.get("head") != self.head:
-            raise ValueError(f"{path}: checkpoint has head {config.get('head')!r} / finetune {config.get('finetune')!r}, "
+            raise ValueError(f"{path}: checkpoint has head {config.get('head')!r} / finetune "
+                             f"{config.get('finetune')!r}, "
                              f"this model {self.head!r} / {self.finetune!r}")
         sd = {k: v for k, v in obj["state_dict"].items() if not k.startswith("backbone.")}
         if list(config["classes"]) != list(self.classes):
@@ -560,7 +561,7 @@ class FrozenBackboneClassifier(AdapterBase):
         epochs = int(self.epochs)
         n = len(x)
         bs = int(self.batch_size)
-        n_batches = max(1, n // bs) if (n > bs and n % bs == 1) else max(1, -(-n // bs))
+        n_batches = max(1, -(-n // bs))  # the head has no batch norm: a last batch of one is fine
         if epochs > 0 and self.min_steps:
             epochs = max(epochs, -(-int(self.min_steps) // n_batches))
         params = [p for p in model.parameters() if p.requires_grad]
@@ -591,7 +592,7 @@ class FrozenBackboneClassifier(AdapterBase):
                     opt.step()
                     sched.step()
                     total += float(loss.detach()) * len(idx)
-                record = {"epoch": float(epoch + 1), "loss": total / max(1, min(n, n_batches * bs))}
+                record = {"epoch": float(epoch + 1), "loss": total / max(1, n)}
                 if x_val is not None and len(x_val):
                     probs = self._probs(model, x_val)
                     record["val_accuracy"] = float((probs.argmax(1) == y_val.cpu().numpy()).mean())
@@ -723,7 +724,8 @@ class FrozenBackboneClassifier(AdapterBase):
             net, found = load_backbone(str(info["backbone"]), allow_download=bool(model.allow_download))
             if found["weights"]["sha256"] != info["weights"]["sha256"]:
                 raise ValueError(f"{path}: trained on {info['backbone']!r} weights with sha256 "
-                                 f"{info['weights']['sha256'][:12]}, but this machine's copy ({found['weights']['path']}) "
+                                 f"{info['weights']['sha256'][:12]}, but this machine's copy "
+                                 f"({found['weights']['path']}) "
                                  f"has {found['weights']['sha256'][:12]}")
         model.image_size = int(config["input_size"])
         model._attach_backbone(net, info, dev)
