@@ -235,13 +235,43 @@ def _build_model(cfg: Config, *, progress: bool, n_train: int = 0, previous: Pat
     if is_detection(cfg):
         return detection.build_model(cfg, n_train=n_train, progress=progress, previous=previous)
     m = cfg.model
+    if m.arch == "frozen":
+        return _frozen_model(cfg, progress=progress)
     return TorchvisionClassifier(
         classes=cfg.classes, arch=m.arch, image_size=m.image_size, epochs=m.epochs,
         batch_size=m.batch_size, lr=m.lr, device=m.device, seed=m.seed, weights=m.weights,
         min_steps=m.min_steps, progress=progress, consistency=cfg.consistency.enabled,
         consistency_threshold=cfg.consistency.threshold, consistency_weight=cfg.consistency.weight,
-        unlabelled_ratio=cfg.consistency.unlabelled_ratio,
+        unlabelled_ratio=cfg.consistency.unlabelled_ratio, allow_download=m.allow_download,
     )
+
+
+# -- arch frozen (issue 12); to move into the model registry ------------------------------------
+def _frozen_model(cfg: Config, *, progress: bool) -> Any:
+    """A :class:`FrozenBackboneClassifier` for ``cfg``; ``backbone: ssl`` first pretrains (or
+    reuses) a self-supervised backbone on the pool. Embeddings are cached in
+    ``<workdir>/embeddings``, pretraining in ``<workdir>/pretrain``."""
+    from pseudolabel.models.backbone import FrozenBackboneClassifier
+    from pseudolabel.models.backbone.ssl import PretrainSettings, pretrain_backbone
+
+    m, p = cfg.model, cfg.pretrain
+    backbone = m.backbone
+    if backbone == "ssl":
+        with ledger_for(cfg) as led:
+            pool = led.items("pool")
+        settings = PretrainSettings(image_size=p.image_size, width=p.width, max_steps=p.max_steps,
+                                    max_minutes=p.max_minutes, batch_size=p.batch_size, lr=p.lr,
+                                    temperature=p.temperature, checkpoint_every=p.checkpoint_every,
+                                    max_images=p.max_images, seed=m.seed)
+        backbone = "ssl:" + str(pretrain_backbone(pool, settings=settings, cache_dir=cfg.workdir / "pretrain",
+                                                  allow_train=p.enabled, device=m.device, progress=progress).path)
+    return FrozenBackboneClassifier(
+        cfg.classes, backbone=backbone, weights=m.weights,
+        # image_size left at its default: the backbone's own (64 px for ImageNet, pretrain.image_size for ssl)
+        image_size=None if m.image_size == type(m).model_fields["image_size"].default else m.image_size, head=m.head,
+        finetune=m.finetune, epochs=m.epochs, batch_size=m.batch_size, lr=m.lr, min_steps=m.min_steps,
+        device=m.device, seed=m.seed, cache_dir=cfg.workdir / "embeddings", allow_download=m.allow_download,
+        progress=progress)
 
 
 def stop_reason(cfg: Config, ledger: Ledger, round_id: int, metrics: dict[str, Any], pool_left: int) -> str | None:
@@ -527,6 +557,10 @@ def training_plan(cfg: Config, n_train: int) -> dict[str, int]:
 def _load_model(cfg: Config, path: Path) -> Any:
     if is_detection(cfg):
         return detection.load_model(cfg, path)
+    if cfg.model.arch == "frozen":
+        from pseudolabel.models.backbone import FrozenBackboneClassifier
+
+        return FrozenBackboneClassifier.load(path, device=cfg.model.device, cache_dir=cfg.workdir / "embeddings")
     return TorchvisionClassifier.load(path)
 
 

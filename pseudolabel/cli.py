@@ -540,6 +540,12 @@ def bench_select(
     console.print(format_table(rows))
 
 
+# -- `pseudolabel weights ...`: pretrained weights store (fetch / pack / import / verify / list) --
+from pseudolabel.cli_weights import weights_app  # noqa: E402
+
+app.add_typer(weights_app, name="weights")
+
+
 def main() -> None:
     app()
 

@@ -112,9 +112,12 @@ class ModelConfig(_Section):
     """The model trained each round. Classification: a torchvision ``arch``; detection and
     segmentation: Ultralytics YOLO built from ``yolo_yaml`` (or ``weights``, a local .pt)."""
 
-    arch: Literal["small_cnn", "resnet18", "yolo"] | None = Field(
-        default=None, description="null: small_cnn for classify, yolo for detect/segment")
-    weights: Path | None = Field(default=None, description="local weights to start from; never downloaded")
+    arch: Literal["small_cnn", "resnet18", "yolo", "frozen"] | None = Field(
+        default=None, description="null: small_cnn for classify, yolo for detect/segment; frozen: a pretrained "
+        "backbone (model.backbone) with a light head")
+    weights: str | None = Field(default=None, description="weights to start from: a local file, or a named "
+                                "pretrained set (resnet18.IMAGENET1K_V1, efficientnet_lite0) found in the local "
+                                "cache; downloaded only with model.allow_download")
     yolo_yaml: str | None = Field(default=None, description="YOLO network YAML, e.g. yolo11n.yaml "
                                   "(default by task: yolo11n.yaml / yolo11n-seg.yaml)")
     warm_start: bool = Field(default=False, description="YOLO: start each round from the previous round's "
@@ -135,6 +138,38 @@ class ModelConfig(_Section):
     infer_batch_size: int | None = Field(
         default=None, ge=1, le=65_536, description="images per inference batch; null: automatic (YOLO: fitted "
         "to free GPU memory, or the CPU default; classifiers: 256)")
+    # -- representations (arch: frozen): a pretrained or self-supervised backbone, embedded once and
+    # cached, and a light head trained in seconds per round --
+    backbone: str = Field(default="efficientnet_lite0", description="arch frozen: efficientnet_lite0 (offline, "
+                          "from its wheel), a torchvision name (resnet18.IMAGENET1K_V1), ssl (self-supervised "
+                          "pretraining on the pool, see pretrain:) or ssl:<backbone file>")
+    head: Literal["linear", "mlp"] = Field(default="linear", description="arch frozen: the classifier on the "
+                                           "embeddings")
+    finetune: Literal["none", "last"] = Field(default="none", description="arch frozen: none = backbone frozen; "
+                                              "last = its last block trains too (on cached features)")
+    allow_download: bool = Field(default=False, description="download named weights missing from the local cache "
+                                 "(model.weights / model.backbone); off: a one-line error says what to fetch")
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, v: str) -> str:
+        v = v.strip()
+        if v in ("ssl", "efficientnet_lite0"):
+            return v
+        if v.startswith("ssl:"):
+            if not v[4:].strip():
+                raise ValueError("backbone 'ssl:' needs a file after the colon (ssl:<backbone file>), or use 'ssl'")
+            return v
+        from pseudolabel.models.weights import WeightsError, parse_weights_name
+
+        try:
+            spec = parse_weights_name(v)
+        except WeightsError as e:
+            raise ValueError(f"{e}; or 'ssl' (self-supervised pretraining on the pool)") from None
+        if spec.arch is None:
+            raise ValueError(f"backbone {v!r} names no network: use efficientnet_lite0, a torchvision name "
+                             "(resnet18.IMAGENET1K_V1) or ssl; a weights URL goes in model.weights")
+        return v
 
 
 class SelectionConfig(_Section):
@@ -213,6 +248,25 @@ class ConsistencyConfig(_Section):
     threshold: float = Field(default=0.95, gt=0, le=1)
     weight: float = Field(default=1.0, ge=0, le=100)
     unlabelled_ratio: int = Field(default=3, ge=1, le=64, description="unlabelled images per labelled one in a step")
+
+
+class PretrainConfig(_Section):
+    """Self-supervised pretraining (SimCLR) on the pool's images, for ``model.backbone: ssl``:
+    bounded by ``max_steps`` and ``max_minutes`` (counted over every run), checkpointed every
+    ``checkpoint_every`` steps (a rerun continues), cached per pool under
+    ``<workdir>/pretrain/`` (a changed pool trains anew)."""
+
+    enabled: bool = Field(default=True, description="false: never train here, use a finished pretraining from "
+                          "the cache (an error otherwise)")
+    max_minutes: float = Field(default=10.0, gt=0, le=10_000, description="training time budget, all runs together")
+    max_steps: int = Field(default=2000, ge=1, le=10_000_000)
+    batch_size: int = Field(default=128, ge=2, le=8192, description="images per step (two views each)")
+    image_size: int = Field(default=32, ge=8, le=512, description="pixels; also the backbone's input size")
+    width: int = Field(default=16, ge=4, le=256, description="channels of the first stage (x2, x4, x8 after)")
+    lr: float = Field(default=2e-3, gt=0, le=10)
+    temperature: float = Field(default=0.2, gt=0, le=10)
+    checkpoint_every: int = Field(default=100, ge=1)
+    max_images: int = Field(default=20_000, ge=2, description="pool images decoded and trained on at most")
 
 
 class QualityConfig(_Section):
@@ -324,6 +378,7 @@ class Config(_Section):
     selection: SelectionConfig = SelectionConfig()
     pseudo: PseudoConfig = PseudoConfig()
     consistency: ConsistencyConfig = ConsistencyConfig()
+    pretrain: PretrainConfig = PretrainConfig()
     quality: QualityConfig = QualityConfig()
     review: ReviewConfig = ReviewConfig()
     stop: StopConfig = StopConfig()
@@ -356,6 +411,15 @@ class Config(_Section):
                              "pseudo-labels (pseudo.enabled, pseudo.box_threshold)")
         if self.model.warm_start and not det:
             raise ValueError("model.warm_start is for YOLO (task detect / segment); classifiers retrain from scratch")
+        # values, not "was it set": a saved snapshot repeats every default
+        frozen_keys = [k for k in ("backbone", "head", "finetune")
+                       if getattr(self.model, k) != ModelConfig.model_fields[k].default]
+        if self.model.arch != "frozen" and frozen_keys:
+            raise ValueError(f"model.{frozen_keys[0]} is for model.arch frozen (a pretrained backbone with a light "
+                             f"head); arch is {self.model.arch!r}")
+        if self.model.arch == "frozen" and self.consistency.enabled:
+            raise ValueError("consistency (FixMatch) training needs a network trained on images; model.arch frozen "
+                             "trains a head on cached embeddings: use arch small_cnn / resnet18, or switch consistency off")
         if det and self.model.arch != "yolo":
             raise ValueError(f"task {self.task} trains YOLO: model.arch must be yolo (or null), got {self.model.arch!r}")
         for name, src in (("seed", self.data.seed), ("holdout", self.data.holdout)):
@@ -503,7 +567,13 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
         src.labels = r(src.labels)
         src.names = r(src.names)
     cfg.data.pool.path = r(cfg.data.pool.path)  # type: ignore[assignment]
-    cfg.model.weights = r(cfg.model.weights)
+    from pseudolabel.models.weights import looks_like_path
+
+    w = cfg.model.weights
+    if w is not None and looks_like_path(w):  # a file (resolved against the config's folder), not a name
+        cfg.model.weights = str(r(Path(w).expanduser()))
+    if cfg.model.backbone.startswith("ssl:"):
+        cfg.model.backbone = "ssl:" + str(r(Path(cfg.model.backbone[4:].strip()).expanduser()))
     cfg.label_studio.images_root = r(cfg.label_studio.images_root)
     cfg.label_studio.document_root = r(cfg.label_studio.document_root)
     _check_image_paths(cfg)

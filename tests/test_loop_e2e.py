@@ -11,8 +11,8 @@ import yaml
 
 from loops.campaign import run_campaign
 from loops.demo import demo_config, export_digits
+from crash import Killed, killed_after
 from loops.round import ledger_for, run_round
-from pseudolabel.data.ledger import Ledger
 from pseudolabel.config import load_config
 from pseudolabel.review.client import LabelStudioClient
 from pseudolabel.review.simulated import SimulatedReviewer
@@ -76,26 +76,13 @@ def test_three_rounds_grow_labels_and_improve(tmp_path: Path, digits, label_stud
     assert (cfg.workdir / "rounds" / "0001" / "config.yaml").exists()
 
 
-class Killed(Exception):
-    """Stands for the process dying at that point."""
-
-
-def test_interrupted_push_is_not_repeated(tmp_path: Path, digits, label_studio, monkeypatch) -> None:  # noqa: ANN001
+def test_interrupted_push_is_not_repeated(tmp_path: Path, digits, label_studio) -> None:  # noqa: ANN001
     # max_queued 40: round 2 may queue more while round 1's tasks still wait.
     cfg, client = _cfg(tmp_path, digits, label_studio, "crash", **{"model.epochs": 3, "selection.max_queued": 40})
 
     # 1) killed right after the push stage was recorded: re-running resumes and pushes nothing.
-    real_mark = Ledger.mark_stage
-
-    def mark_then_die(self, round_id, stage, info=None):  # noqa: ANN001, ANN202
-        real_mark(self, round_id, stage, info)
-        if stage == "push":
-            raise Killed(f"killed after stage {stage}")
-
-    monkeypatch.setattr(Ledger, "mark_stage", mark_then_die)
-    with pytest.raises(Killed):
+    with pytest.raises(Killed), killed_after("push"):
         run_round(cfg, client, progress=False)
-    monkeypatch.setattr(Ledger, "mark_stage", real_mark)
     assert client.count_tasks() == 20
     res = run_round(cfg, client, progress=False)
     assert res.resumed and res.round_id == 1

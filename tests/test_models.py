@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from sklearn.datasets import load_digits
 
 from pseudolabel.data.images import sha256_file
 from pseudolabel.models import Model, NotFittedError, get_adapter, resolve_device
+from pseudolabel.models.backbone import FrozenBackboneClassifier
 from pseudolabel.models.torchvision_cls import ARCHS, TorchvisionClassifier
 from pseudolabel.types import Annotation, Item
 
@@ -71,6 +73,7 @@ class AdapterSpec:
     n_train: int  # how many digits to train on in the contract tests
     embedding_dim: int
     learn_epochs: int  # epochs after which n_train digits are clearly learnt
+    embed_cache: bool = False  # make() takes a cache_dir (one per adapter, for the module)
 
 
 def _make_small_cnn(classes: Sequence[str], **kw: Any) -> TorchvisionClassifier:
@@ -84,15 +87,34 @@ def _make_resnet18(classes: Sequence[str], **kw: Any) -> TorchvisionClassifier:
     return TorchvisionClassifier(classes, **{**params, **kw})
 
 
+def _make_frozen(classes: Sequence[str], **kw: Any) -> FrozenBackboneClassifier:
+    # efficientnet_lite0 from its wheel (offline), a linear head on cached embeddings.
+    params: dict[str, Any] = dict(backbone="efficientnet_lite0", epochs=3, min_steps=100, device="cpu")
+    return FrozenBackboneClassifier(classes, **{**params, **kw})
+
+
+def _make_frozen_finetune(classes: Sequence[str], **kw: Any) -> FrozenBackboneClassifier:
+    # the last block trains too (on cached trunk features), with an MLP head
+    params: dict[str, Any] = dict(backbone="efficientnet_lite0", finetune="last", head="mlp", hidden=64, epochs=3,
+                                  min_steps=30, device="cpu")
+    return FrozenBackboneClassifier(classes, **{**params, **kw})
+
+
 ADAPTERS = [
     pytest.param(AdapterSpec("small_cnn", _make_small_cnn, 120, 64, 8), id="small_cnn"),
     pytest.param(AdapterSpec("resnet18", _make_resnet18, 48, 512, 2), id="resnet18"),
+    pytest.param(AdapterSpec("frozen", _make_frozen, 120, 704, 8, embed_cache=True), id="frozen_lite0"),
+    pytest.param(AdapterSpec("frozen_last", _make_frozen_finetune, 60, 704, 8, embed_cache=True),
+                 id="frozen_lite0_finetune_last"),
 ]
 
 
 @pytest.fixture(scope="module", params=ADAPTERS)
-def spec(request: pytest.FixtureRequest) -> AdapterSpec:
-    return request.param
+def spec(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AdapterSpec:
+    s: AdapterSpec = request.param
+    if s.embed_cache:
+        return replace(s, make=partial(s.make, cache_dir=tmp_path_factory.mktemp(f"emb-{s.name}")))
+    return s
 
 
 @pytest.fixture(scope="module")

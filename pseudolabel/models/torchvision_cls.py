@@ -16,12 +16,16 @@ Images are read with :func:`pseudolabel.data.images.load_rgb`, resized to
 ``image_size x image_size`` pixels (bilinear, aspect ratio not kept), scaled to [0, 1] and
 normalised with ``mean`` / ``std`` per RGB channel.
 
-Nothing is ever downloaded: networks are built with ``weights=None`` and initial weights come
-only from a local file named by ``weights``.
+Initial weights come from ``weights``: a local file, or a named pretrained set
+(``resnet18.IMAGENET1K_V1``) found by :func:`pseudolabel.models.weights.resolve_weights` in the
+local cache, downloaded only with ``allow_download``. Networks are built with ``weights=None``.
+Small images with a named ImageNet set: resnet18 keeps the set's ImageNet stem and images are
+resized up to 64 px (``input_size_``); a local file must fit the stem ``image_size`` chooses.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import pickle
@@ -42,7 +46,10 @@ from typing_extensions import Self
 from pseudolabel.augment import strong_augment, weak_augment
 from pseudolabel.data.images import load_rgb
 from pseudolabel.models.base import AdapterBase, EpochProgress, resolve_device, state_hash
+from pseudolabel.models.weights import ResolvedWeights, resolve_weights
 from pseudolabel.types import Annotation, Item, Prediction, TaskType
+
+logger = logging.getLogger("pseudolabel.models")
 
 ARCHS: tuple[str, ...] = ("small_cnn", "resnet18")
 CHECKPOINT_FORMAT = "pseudolabel.torchvision_cls/1"
@@ -198,8 +205,10 @@ class TorchvisionClassifier(AdapterBase):
     - ``device``: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``;
     - ``seed``: training is deterministic given the seed (on CPU; cuDNN may add noise on GPU);
     - ``weights``: optional local file to start from (a state_dict, or a checkpoint from
-      :meth:`save`); head weights are skipped when the classes differ (recorded in
-      ``weights_skipped_``), any other mismatch is an error;
+      :meth:`save`), or a named pretrained set (``resnet18.IMAGENET1K_V1``); head weights are
+      skipped when the classes differ (recorded in ``weights_skipped_``, with a logged
+      message), any other mismatch is an error;
+    - ``allow_download``: a named set missing from the local cache may be downloaded;
     - ``num_workers``: DataLoader worker processes for decoding;
     - ``augment``: random translation of up to ``pad`` pixels; ``hflip`` adds horizontal
       flips (off by default: digits and text are not flip-invariant);
@@ -245,6 +254,7 @@ class TorchvisionClassifier(AdapterBase):
         consistency_threshold: float = 0.95,
         consistency_weight: float = 1.0,
         unlabelled_ratio: int = 3,
+        allow_download: bool = False,
     ) -> None:
         self.classes = list(classes) if not isinstance(classes, str) else classes  # type: ignore[assignment]
         self.arch = arch
@@ -269,6 +279,7 @@ class TorchvisionClassifier(AdapterBase):
         self.consistency_threshold = consistency_threshold
         self.consistency_weight = consistency_weight
         self.unlabelled_ratio = unlabelled_ratio
+        self.allow_download = allow_download
 
     # ---- parameters -------------------------------------------------------------------
 
@@ -342,7 +353,12 @@ class TorchvisionClassifier(AdapterBase):
     def _build_net(self, num_classes: int) -> nn.Module:
         if self.arch == "small_cnn":
             return SmallCNN(num_classes, dropout=float(self.dropout))
-        return _build_resnet18(num_classes, int(self.image_size))
+        return _build_resnet18(num_classes, self._input_size())
+
+    def _input_size(self) -> int:
+        """Side images are resized to: ``image_size``, or 64 for resnet18 started from a named
+        ImageNet set at a smaller ``image_size`` (set by :meth:`fit` / :meth:`load`)."""
+        return int(getattr(self, "input_size_", None) or self.image_size)
 
     def _normalise(self, x: torch.Tensor, device: torch.device) -> torch.Tensor:
         """uint8 ``(B, 3, S, S)`` -> normalised float32 on ``device``."""
@@ -384,19 +400,19 @@ class TorchvisionClassifier(AdapterBase):
     def _decode_all(self, paths: Sequence[Path]) -> torch.Tensor:
         """Decode every file once: uint8 ``(N, 3, S, S)`` kept in memory for all epochs."""
         if not paths:
-            s = int(self.image_size)
+            s = self._input_size()
             return torch.empty((0, 3, s, s), dtype=torch.uint8)
         loader = DataLoader(
-            _ImageDataset(paths, int(self.image_size)),
+            _ImageDataset(paths, self._input_size()),
             batch_size=256,
             shuffle=False,
             num_workers=int(self.num_workers),
         )
         return torch.cat(list(loader))
 
-    def _load_initial_weights(self, net: nn.Module) -> list[str]:
-        """Copy weights from ``self.weights`` into ``net``; returns the head keys skipped."""
-        path = Path(self.weights)  # type: ignore[arg-type]
+    def _load_initial_weights(self, net: nn.Module, path: Path) -> list[str]:
+        """Copy weights from the file ``path`` (``self.weights`` resolved) into ``net``; returns
+        the head keys skipped."""
         obj = _read_state_file(path)
         skip_head = False
         if isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT:
@@ -433,6 +449,9 @@ class TorchvisionClassifier(AdapterBase):
             merged[key] = value
         skipped.extend(k for k in _HEAD_KEYS if k not in obj and k in own)
         net.load_state_dict(merged, strict=True)
+        if skipped:
+            logger.warning("head replaced: %s has a head for other classes; a new %d-class head is trained",
+                           self.weights, len(self.classes))
         return sorted(set(skipped))
 
     # ---- protocol ---------------------------------------------------------------------
@@ -497,8 +516,15 @@ class TorchvisionClassifier(AdapterBase):
         with torch.random.fork_rng(devices=fork_devices):
             # fork_rng: seeding here must not change the caller's global RNG streams.
             torch.manual_seed(self.seed)
+            resolved: ResolvedWeights | None = None
+            if self.weights is not None:
+                resolved = resolve_weights(self.weights, allow_download=bool(self.allow_download))
+            self.input_size_ = int(self.image_size)
+            if resolved is not None and resolved.source != "file" and self.arch == "resnet18":
+                # a named ImageNet set keeps its 7x7 stride-2 stem: images go in at 64 px at least
+                self.input_size_ = max(int(self.image_size), _SMALL_IMAGE)
             net = self._build_net(len(classes))
-            skipped = self._load_initial_weights(net) if self.weights is not None else []
+            skipped = self._load_initial_weights(net, resolved.path) if resolved is not None else []
             net.to(device)
             x_train = self._decode_all(paths)
             x_val = self._decode_all(val_paths)
@@ -506,7 +532,7 @@ class TorchvisionClassifier(AdapterBase):
             if u_paths:
                 stream = _UnlabelledStream(
                     u_paths,
-                    int(self.image_size),
+                    self._input_size(),
                     int(self.unlabelled_ratio) * int(self.batch_size),
                     torch.Generator().manual_seed(self.seed + 2),
                     _UNLABELLED_CACHE_BYTES,
@@ -520,6 +546,7 @@ class TorchvisionClassifier(AdapterBase):
         self.embedding_dim_ = int(net.fc.in_features)  # type: ignore[union-attr,arg-type]
         self.history_ = history
         self.weights_skipped_ = skipped
+        self.weights_info_ = None if resolved is None else resolved.as_dict()
         self.n_unlabelled_ = len(u_paths)
         self.model_version_ = state_hash(net.state_dict())
         return self
@@ -664,7 +691,7 @@ class TorchvisionClassifier(AdapterBase):
                     raise ValueError(f"images[{n_seen + j}] is a {type(item).__name__}, expected an Item")
             n_seen += len(chunk)
             loader = DataLoader(
-                _ImageDataset([it.path for it in chunk], int(self.image_size)),
+                _ImageDataset([it.path for it in chunk], self._input_size()),
                 batch_size=batch_size,
                 shuffle=False,
                 num_workers=int(self.num_workers),
@@ -708,6 +735,8 @@ class TorchvisionClassifier(AdapterBase):
             history=[dict(h) for h in self.history_],
             n_unlabelled=int(getattr(self, "n_unlabelled_", 0)),
             torch_version=str(torch.__version__),
+            input_size=self._input_size(),
+            weights_info=getattr(self, "weights_info_", None),
         )
         ckpt = {
             "format": CHECKPOINT_FORMAT,
@@ -735,6 +764,7 @@ class TorchvisionClassifier(AdapterBase):
         params["device"] = device
         model = cls(**params)
         model._check_params()
+        model.input_size_ = int(config.get("input_size", model.image_size))
         net = model._build_net(len(model.classes))
         try:
             net.load_state_dict(obj["state_dict"], strict=True)
@@ -748,6 +778,7 @@ class TorchvisionClassifier(AdapterBase):
         model.embedding_dim_ = int(config["embedding_dim"])
         model.history_ = list(config.get("history", []))
         model.weights_skipped_ = []
+        model.weights_info_ = config.get("weights_info")
         model.n_unlabelled_ = int(config.get("n_unlabelled", 0))
         model.model_version_ = str(config["model_version"])
         return model
