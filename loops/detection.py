@@ -116,18 +116,20 @@ def class_threshold(cfg: Config, label: str) -> float:
 
 
 def confident(cfg: Config, preds: Sequence[Prediction], items: Mapping[str, Item], human: set[str],
-              rid: int, model_version: str, *, skip_classes: Collection[str] = ()) -> list[Annotation]:
+              rid: int, model_version: str, *, skip_classes: Collection[str] = (),
+              cap: int | None = None) -> list[Annotation]:
     """Pseudo-labels from confident boxes (per-class thresholds, ``pseudo.class_thresholds`` over
     ``pseudo.box_threshold``), for pool images without a seed or human label.
 
     An image is pseudo-labelled only when it has at least one confident box and no *ambiguous*
     box (score between half its class threshold and the threshold): leaving a half-believed
-    object out would teach the detector that it is background. ``pseudo.max_per_class`` caps
-    images per class of their most confident box. YOLO has no per-sample loss weight, so
+    object out would teach the detector that it is background. ``cap`` (default
+    ``pseudo.max_per_class``) caps images per class of their most confident box. YOLO has no per-sample loss weight, so
     ``pseudo.weight`` is recorded but the thresholds are what guard the training set. An
     image with a box of a class in ``skip_classes`` (a class the model is not good enough at)
     is not pseudo-labelled: its box cannot be trusted, and leaving it out would teach background.
     """
+    cap = cfg.pseudo.max_per_class if cap is None else cap
     per_class: dict[str, int] = {}
     scored = []
     for p in preds:
@@ -149,7 +151,7 @@ def confident(cfg: Config, preds: Sequence[Prediction], items: Mapping[str, Item
     out: list[Annotation] = []
     for conf, iid, keep in sorted(scored, key=lambda t: (-t[0], t[1])):
         top = max(keep, key=lambda b: b.score or 0.0).label
-        if cfg.pseudo.max_per_class is not None and per_class.get(top, 0) >= cfg.pseudo.max_per_class:
+        if cap is not None and per_class.get(top, 0) >= cap:
             continue
         per_class[top] = per_class.get(top, 0) + 1
         out.append(Annotation(item=items[iid], boxes=keep, source="pseudo", round=rid,
@@ -209,7 +211,8 @@ def predraw(pred: Prediction, conf: float, *, fallback: int = 0) -> tuple[Predic
     The boxes at least ``conf`` confident. When there is none (a young model, whose boxes
     all score low), the ``fallback`` best boxes instead, with a note saying they are
     low-confidence guesses — a reviewer corrects a rough box faster than drawing one, and an
-    empty image looks like "no objects" when it is "no idea".
+    empty image looks like "no objects" when it is "no idea". A prediction with no box at all
+    says so in the note.
     """
     order = sorted(range(len(pred.boxes)), key=lambda i: -(pred.boxes[i].score or 0.0))
     keep = [i for i in order if (pred.boxes[i].score or 0.0) >= conf]
@@ -219,6 +222,9 @@ def predraw(pred: Prediction, conf: float, *, fallback: int = 0) -> tuple[Predic
         best = pred.boxes[keep[0]].score or 0.0
         note = (f"Low-confidence guesses: the model's best box scores {best:.2f} (< {conf:g}). "
                 "Check every box: fix, delete or add.")
+    if not pred.boxes:
+        note = ("The model found no object here: draw every object you see, or submit with none if there is "
+                "none.")
     keep.sort()
     bp = None if pred.box_probs is None or not len(pred.boxes) else np.asarray(pred.box_probs)[keep]
     return Prediction(item_id=pred.item_id, model_version=pred.model_version, embedding=pred.embedding,

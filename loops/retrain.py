@@ -29,7 +29,7 @@ from pseudolabel.config import Config
 from pseudolabel.data.ledger import Ledger
 from pseudolabel.metrics import classification_metrics
 from pseudolabel.models.torchvision_cls import TorchvisionClassifier
-from pseudolabel.selftrain import class_thresholds, pseudo_weights, select_pseudo_labels
+from pseudolabel.selftrain import class_cap, class_thresholds, pseudo_weights, select_pseudo_labels
 from pseudolabel.types import Annotation, utcnow
 from pseudolabel.utils import atomic_write_text
 
@@ -126,7 +126,9 @@ def retrain(
             thr, _ = class_thresholds(probs, threshold=cfg.pseudo.threshold, mode=mode, human_mask=human_mask)
             thresholds = thr.tolist()
             sel = select_pseudo_labels(probs, threshold=cfg.pseudo.threshold, mode=mode, human_mask=human_mask,
-                                       per_class_cap=cfg.pseudo.max_per_class)
+                                       per_class_cap=class_cap(max_per_class=cfg.pseudo.max_per_class,
+                                                               max_ratio=cfg.pseudo.max_ratio, n_labelled=len(human),
+                                                               n_classes=len(cfg.classes)))
             weights = pseudo_weights(sel.confidences, base=min(cfg.pseudo.weight, 0.999))
             for i, c, conf, w in zip(sel.indices, sel.labels, sel.confidences, weights):
                 it = pool[int(i)]

@@ -623,7 +623,8 @@ def _pseudo_label(r: _Round, scored: Sequence[Item], metrics: Mapping[str, Any],
         df, preds = load_box_predictions(pred_dir)
         if cfg.pseudo.enabled:
             new = detection.confident(cfg, preds, {it.id: it for it in ledger.items("pool")},
-                                      ledger.human_labelled_ids(), r.rid, model.model_version, skip_classes=set(gated))
+                                      ledger.human_labelled_ids(), r.rid, model.model_version, skip_classes=set(gated),
+                                      cap=pseudo_cap(cfg, ledger))
         scores = detection.image_scores(cfg, preds, {it.id: it for it in scored})
         late_stop = pool_stop_reason(cfg, r.rid, df, None, scores=scores)
     else:
@@ -871,6 +872,16 @@ def _per_class_line(cfg: Config, m: Mapping[str, Any]) -> str:
     return f"{name} " + ", ".join(f"{c} {'n/a' if v is None else f'{v:.2f}'}" for c, v in (per or {}).items())
 
 
+def pseudo_cap(cfg: Config, ledger: Ledger) -> int | None:
+    """Pseudo-labels allowed per class this round (see :func:`pseudolabel.selftrain.class_cap`)."""
+    from pseudolabel.selftrain import class_cap
+
+    holdout = {it.id for it in ledger.items("holdout")}
+    n = len(ledger.human_labelled_ids() - holdout)
+    return class_cap(max_per_class=cfg.pseudo.max_per_class, max_ratio=cfg.pseudo.max_ratio, n_labelled=n,
+                     n_classes=len(cfg.classes))
+
+
 def _confident(cfg: Config, ledger: Ledger, df: pd.DataFrame, probs: np.ndarray, rid: int,
                model_version: str, *, skip_classes: Collection[str] = ()) -> list[Annotation]:
     """Confident predictions as pseudo-labels (never for items a human or the seed labelled).
@@ -878,8 +889,9 @@ def _confident(cfg: Config, ledger: Ledger, df: pd.DataFrame, probs: np.ndarray,
     Thresholds per class: ``pseudo.mode`` ``global`` uses ``pseudo.threshold`` for every
     class; ``flexmatch`` / ``freematch`` scale it per class by how well the class is learned
     (see :mod:`pseudolabel.selftrain`; FreeMatch's EMA state is kept in the ledger across
-    rounds); ``pseudo.class_thresholds`` overrides single classes. ``pseudo.max_per_class``
-    keeps the most confident per class, so one easy class cannot flood the training set.
+    rounds); ``pseudo.class_thresholds`` overrides single classes. Per class, the most
+    confident are kept up to :func:`pseudo_cap` (``pseudo.max_per_class`` / ``pseudo.max_ratio``),
+    so the easy classes cannot flood the training set.
     Classes in ``skip_classes`` (the model is not good enough at them, :func:`class_gate`)
     get none.
     """
@@ -904,6 +916,7 @@ def _confident(cfg: Config, ledger: Ledger, df: pd.DataFrame, probs: np.ndarray,
     ledger.update_round(rid, info={"pseudo_thresholds": {c: round(float(t), 4) for c, t in zip(cfg.classes, thr)}})
     conf, pred = probs.max(1), probs.argmax(1)
     keep = np.flatnonzero((conf >= thr[pred]) & ~human_mask)
+    cap = pseudo_cap(cfg, ledger)
     per_class: dict[str, int] = {}
     out: list[Annotation] = []
     for j in keep[np.argsort(-conf[keep], kind="stable")]:
@@ -911,7 +924,7 @@ def _confident(cfg: Config, ledger: Ledger, df: pd.DataFrame, probs: np.ndarray,
         label = cfg.classes[int(pred[j])]
         if label in skip_classes:
             continue
-        if cfg.pseudo.max_per_class is not None and per_class.get(label, 0) >= cfg.pseudo.max_per_class:
+        if cap is not None and per_class.get(label, 0) >= cap:
             continue
         per_class[label] = per_class.get(label, 0) + 1
         out.append(Annotation(item=items[iid], label=label, source="pseudo", round=rid,

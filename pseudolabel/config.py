@@ -225,7 +225,10 @@ class PseudoConfig(_Section):
     class_thresholds: dict[str, float] = Field(
         default_factory=dict, description="per-class overrides of threshold / box_threshold")
     weight: float = Field(default=0.5, ge=0, le=1, description="loss weight relative to human labels")
-    max_per_class: int | None = Field(default=None, ge=1)
+    max_per_class: int | None = Field(default=None, ge=1, description="at most this many pseudo-labels per class")
+    max_ratio: float | None = Field(default=5.0, gt=0, description="at most this many times the mean number of "
+                                    "labelled items per class, per class (class-balanced: an easy class cannot "
+                                    "flood the training set); null: no relative cap")
     min_class_score: float = Field(default=0.5, ge=0, le=1, description="a class whose holdout F1 (classify) "
                                    "or AP50 (detect/segment) is below this gets no pseudo-labels: a model bad at "
                                    "a class would teach its own mistakes (0: off)")

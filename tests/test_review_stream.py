@@ -124,12 +124,15 @@ def test_stream_serves_most_uncertain_with_current_prediction(tmp_path: Path, la
             assert served["data"]["uncertainty"] == pytest.approx(scores[expected], abs=1e-5)
         else:
             # A fresh detector's boxes are all below predraw_conf: the reviewer still gets its
-            # best guesses, marked as such, instead of an empty image.
-            assert result, f"round {rnd}: nothing pre-drawn for a {task} task"
-            kind = "rectanglelabels" if task == "detect" else "polygonlabels"
-            assert {r["type"] for r in result} == {kind}
-            if all(r.get("score", 1.0) < cfg.selection.predraw_conf for r in result):
-                assert served["data"]["note"].startswith("Low-confidence guesses")
+            # best guesses, marked as such, instead of an empty image; with no box at all, a
+            # note says the model found nothing.
+            if not result:
+                assert served["data"]["note"].startswith("The model found no object"), served["data"]
+            else:
+                kind = "rectanglelabels" if task == "detect" else "polygonlabels"
+                assert {r["type"] for r in result} == {kind}
+                if all(r.get("score", 1.0) < cfg.selection.predraw_conf for r in result):
+                    assert served["data"]["note"].startswith("Low-confidence guesses")
         # Half the queue is answered before the next round (in the stream's order).
         reviewer.answer_pending(limit=max(1, len(scores) // 2))
     assert len(set(versions)) == 3                              # a new model every round

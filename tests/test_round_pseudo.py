@@ -17,6 +17,8 @@ from pseudolabel.types import Annotation, Box, Item, Prediction
 
 
 def _cfg(tmp_path: Path, task: str = "classify", **pseudo):  # noqa: ANN003, ANN202
+    # Thresholds are what these tests are about: no class-balance cap unless a test sets one.
+    pseudo.setdefault("max_ratio", None)
     det = task != "classify"
     fmt = "yolo" if det else "imagefolder"
     return load_config(data={
@@ -54,6 +56,21 @@ def test_class_adaptive_thresholds_and_human_rows(tmp_path: Path) -> None:
     assert {a.item.id for a in over} == {it.id for it in items[1:9]}
     free = _confident(_cfg(tmp_path, threshold=0.95, mode="freematch"), led, df, probs, 1, "v")
     assert led.freematch_state() is not None and len(free) >= 1
+
+
+def test_class_balance_cap_follows_the_labelled_set(tmp_path: Path) -> None:
+    # 10 confident a's and 2 confident b's; 2 labelled items (1 per class) and max_ratio 3:
+    # at most 3 pseudo-labels per class, the most confident ones.
+    probs = np.array([[0.99 - 0.001 * i, 0.01 + 0.001 * i] for i in range(10)] + [[0.01, 0.99]] * 2)
+    led, items = _pool(tmp_path, len(probs) + 2)
+    led.add_labels([Annotation(item=items[-2], label="a", source="human", round=1),
+                    Annotation(item=items[-1], label="b", source="human", round=1)])
+    df = pd.DataFrame({"item_id": [it.id for it in items[:-2]]})
+    out = _confident(_cfg(tmp_path, threshold=0.95, max_ratio=3), led, df, probs, 1, "v")
+    assert [a.item.id for a in out if a.label == "a"] == [it.id for it in items[:3]]
+    assert sorted(a.item.id for a in out if a.label == "b") == [items[10].id, items[11].id]
+    capped = _confident(_cfg(tmp_path, threshold=0.95, max_ratio=3, max_per_class=1), led, df, probs, 1, "v")
+    assert sorted(a.label for a in capped) == ["a", "b"]                    # the smaller cap wins
 
 
 def _pred(iid: str, *scores_labels: tuple[float, str]) -> Prediction:
