@@ -1,0 +1,187 @@
+"""``pseudolabel serve``: a campaign's published model as a Label Studio ML backend.
+
+Which model is served: the newest of the latest round's ``rounds/NNNN/model.pt`` (the model
+whose predictions that round pushed) and the retrain's published model
+(``models/published.json``, when written after that round's model). Before every ``/setup``
+and ``/predict`` the backend looks again (a directory listing and two ``stat`` calls) and
+loads a newer model when one appeared; a model that fails to load is reported and the
+previous one stays in service.
+
+A served prediction is the one a round would push for that image: the same converter
+(:func:`pseudolabel.review.convert.prediction_to_ls`), the same uncertainty score
+(``selection.uncertainty`` for classes; for boxes the round's image score) and, for boxes,
+the same choice of what is drawn (boxes at least ``selection.predraw_conf`` confident, else
+the ``selection.predraw_fallback`` best guesses). The reviewer's note that goes with such
+guesses lives in a pushed task's data and cannot travel in a ``/predict`` answer.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from loops import detection
+from loops.retrain import models_dir, published_info
+from loops.round import is_detection, uncertainty_of
+from pseudolabel.config import Config
+from pseudolabel.models.torchvision_cls import TorchvisionClassifier
+from pseudolabel.review import convert
+from pseudolabel.review.backend import BackendServer, MLBackend, NoModel
+from pseudolabel.review.decode import Decoder
+from pseudolabel.types import Item
+
+
+def load_model(cfg: Config, path: Path) -> Any:
+    """The model saved at ``path`` (a round's or a retrain's ``model.pt``) on ``model.device``."""
+    if is_detection(cfg):
+        return detection.load_model(cfg, path)
+    return TorchvisionClassifier.load(path, device=cfg.model.device)
+
+
+def published_model_path(cfg: Config) -> Path | None:
+    """The checkpoint to serve now (see the module doc), or None before the first round trains."""
+    latest: Path | None = None
+    rounds = cfg.workdir / "rounds"
+    if rounds.is_dir():
+        for d in sorted((p for p in rounds.iterdir() if p.name.isdigit()), key=lambda p: int(p.name), reverse=True):
+            if (d / "model.pt").is_file():
+                latest = d / "model.pt"
+                break
+    pointer = models_dir(cfg) / "published.json"
+    try:
+        info = published_info(cfg)
+    except (OSError, ValueError):
+        info = None  # unreadable pointer: the rounds' models still serve
+    if info and info.get("path") and Path(info["path"]).is_file():
+        published = Path(info["path"])
+        if latest is None or pointer.stat().st_mtime_ns > latest.stat().st_mtime_ns:
+            return published
+    return latest
+
+
+class PublishedModel:
+    """A campaign's current published model behind the :class:`~pseudolabel.review.backend.Predictor`
+    protocol (thread-safe: :meth:`refresh` swaps the model under a lock; a prediction uses the
+    model it started with).
+
+    ``batch_size``: images per forward pass (``None``: ``model.infer_batch_size``, or the
+    adapter's own choice); ``log``: where "loaded model ..." lines go.
+    """
+
+    def __init__(self, cfg: Config, *, batch_size: int | None = None,
+                 log: Callable[[str], None] | None = None) -> None:
+        self.cfg = cfg
+        self.batch_size = batch_size
+        self.log = log
+        self._lock = threading.Lock()
+        self._model: Any = None
+        self._signature: tuple[str, int, int] | None = None
+        self._failed: tuple[str, int, int] | None = None
+        self._loaded_at: float | None = None
+        self._error: str | None = None
+
+    def _say(self, msg: str) -> None:
+        if self.log is not None:
+            self.log(msg)
+
+    def refresh(self) -> str:
+        path = published_model_path(self.cfg)
+        with self._lock:
+            if path is None and self._model is None:
+                raise NoModel(f"no trained model in {self.cfg.workdir / 'rounds'} yet: run `pseudolabel round` first")
+            if path is not None:
+                try:
+                    st = path.stat()
+                    sig: tuple[str, int, int] | None = (str(path), st.st_mtime_ns, st.st_size)
+                except OSError:
+                    sig = None  # replaced between the listing and now: the next call sees the new one
+                if sig is not None and sig != self._signature and sig != self._failed:
+                    self._load(path, sig)
+            if self._model is None:
+                raise NoModel(f"the model at {path} could not be loaded: {self._error}")
+            return str(self._model.model_version)
+
+    def _load(self, path: Path, sig: tuple[str, int, int]) -> None:
+        t0 = time.monotonic()
+        try:
+            model = load_model(self.cfg, path)
+            if list(model.classes) != list(self.cfg.classes):
+                raise ValueError(f"its classes {list(model.classes)!r} are not the config's {list(self.cfg.classes)!r}")
+        except Exception as exc:  # noqa: BLE001 - a bad checkpoint must not take the backend down
+            self._failed, self._error = sig, f"{type(exc).__name__}: {exc}"
+            self._say(f"could not load {path}: {self._error}"
+                      + ("; still serving the previous model" if self._model is not None else ""))
+            return
+        self._model, self._signature, self._failed, self._error = model, sig, None, None
+        self._loaded_at = time.time()
+        self._say(f"loaded model {model.model_version} from {path} ({time.monotonic() - t0:.2f} s)")
+
+    def info(self) -> dict[str, Any]:
+        with self._lock:
+            return {"path": None if self._signature is None else self._signature[0],
+                    "version": None if self._model is None else str(self._model.model_version),
+                    "task": self.cfg.task, "classes": list(self.cfg.classes), "loaded_at": self._loaded_at,
+                    "load_error": self._error}
+
+    def predict(self, items: Sequence[Item]) -> list[dict[str, Any]]:
+        """One Label Studio prediction per item (see the module doc for what it holds)."""
+        with self._lock:
+            model = self._model
+        if model is None:
+            raise NoModel("no model loaded")
+        if not items:
+            return []
+        cfg = self.cfg
+        bs = self.batch_size or cfg.model.infer_batch_size or len(items)
+        if is_detection(cfg):
+            # Decode in this process: decode workers would be started (and stopped) per request.
+            preds = list(model.predict(items, batch_size=bs, workers=0))
+            scores = detection.image_scores(cfg, preds, {it.id: it for it in items})
+            shown = [detection.predraw(p, cfg.selection.predraw_conf, fallback=cfg.selection.predraw_fallback)[0]
+                     for p in preds]
+        else:
+            preds = list(model.predict(items, batch_size=bs))
+            scores = uncertainty_of(cfg, np.stack([np.asarray(p.probs, dtype=np.float64) for p in preds]))
+            shown = preds
+        return [convert.prediction_to_ls(p, classes=cfg.classes, task_type=cfg.task, width=it.width,
+                                         height=it.height, uncertainty=float(u))
+                for p, it, u in zip(shown, items, scores)]
+
+
+def make_backend(cfg: Config, *, token: str | None, batch_size: int = 32, cache_size: int = 20_000,
+                 log: Callable[[str], None] | None = None) -> MLBackend:
+    """The ML backend of a campaign: its published model, its Label Studio image paths."""
+    if cfg.label_studio.images_root is None:
+        raise ValueError("label_studio.images_root is not set: the backend maps task image URLs to files with it")
+    decoder = Decoder(tuple(cfg.classes), cfg.task, Path(cfg.label_studio.images_root),
+                      cfg.label_studio.effective_document_root())
+    return MLBackend(PublishedModel(cfg, batch_size=batch_size, log=log), decoder, token=token,
+                     batch_size=batch_size, max_pixels=cfg.data.max_pixels, cache_size=cache_size, log=log)
+
+
+def run_serve(cfg: Config, *, host: str, port: int, token: str | None, batch_size: int = 32,
+              connect: Any = None, public_url: str | None = None,
+              log: Callable[[str], None] = print) -> None:
+    """Serve until interrupted. ``connect``: a Label Studio client; when given, the backend is
+    registered with its project once it listens (see :meth:`LabelStudioClient.connect_ml_backend`),
+    under ``public_url`` (the address Label Studio reaches it at; default ``http://host:port``)."""
+    backend = make_backend(cfg, token=token, batch_size=batch_size, log=log)
+    version = backend.predictor.refresh()  # fail now, clearly, when there is nothing to serve
+    server = BackendServer(backend, host=host, port=port).start()
+    try:
+        url = public_url or server.url
+        log(f"ML backend for {cfg.project!r} on {server.url}: model {version} ({cfg.task}, {len(cfg.classes)} classes)"
+            + ("" if token else "; no token (loopback only)"))
+        if connect is not None:
+            ml_id = connect.connect_ml_backend(url, model_version=version, token=token)
+            log(f"connected to Label Studio project {connect.project_id} as ML backend {ml_id} ({url}); "
+                f"tasks opened in the labelling stream get this model's prediction")
+        log("Ctrl-C stops it")
+        server.wait()
+    finally:
+        server.stop()
