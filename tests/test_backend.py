@@ -299,3 +299,51 @@ def test_loaded_model_matches_what_the_round_saved(campaign: dict[str, Any]) -> 
     assert pm.info()["path"] == str(cfg.workdir / "rounds" / "0001" / "model.pt")
     with pytest.raises(ValueError, match="batch_size"):
         MLBackend(pm, make_backend(cfg, token=None).decoder, batch_size=0)
+
+
+def test_serve_command_serves_until_interrupted(campaign: dict[str, Any], tmp_path: Path) -> None:
+    """``pseudolabel serve`` as a user runs it: a process that answers, and stops on Ctrl-C."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from typer.testing import CliRunner
+
+    from pseudolabel.cli import app
+    from pseudolabel.config import dump_config
+    from pseudolabel.review.server import free_port, repo_root
+
+    cfg_file = tmp_path / "c.yaml"
+    dump_config(campaign["cfg"], cfg_file)
+    runner = CliRunner()
+    r = runner.invoke(app, ["serve", "-c", str(cfg_file), "--host", "0.0.0.0", "--token-env", "PL_TEST_NO_SUCH_VAR"])
+    assert r.exit_code == 2 and "token" in r.output
+    empty = campaign["cfg"].model_copy(deep=True)
+    empty.workdir = tmp_path / "empty"
+    dump_config(empty, tmp_path / "e.yaml")
+    r = runner.invoke(app, ["serve", "-c", str(tmp_path / "e.yaml"), "--port", str(free_port())])
+    assert r.exit_code != 0 and "pseudolabel round" in r.output
+
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(repo_root()), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "pseudolabel.cli", "serve", "-c", str(cfg_file), "--port", str(port),
+                             "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if "Ctrl-C stops it" in line:
+                break
+        assert any(f"on http://127.0.0.1:{port}: model {campaign['model'].model_version}" in x for x in seen), seen
+        url = f"http://127.0.0.1:{port}"
+        out = httpx.post(url + "/predict", json=_body([_task(1, _url(campaign["items"][3], campaign["root"]))]),
+                         timeout=60).json()
+        assert out["results"][0]["model_version"] == campaign["model"].model_version
+        proc.send_signal(signal.SIGINT)
+        rest = proc.communicate(timeout=30)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and "ML backend stopped" in rest and "predict: 1 task(s)" in rest
