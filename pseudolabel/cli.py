@@ -349,6 +349,34 @@ def serve(
 
 @app.command()
 @handles_errors
+def prelabel(
+    config: ConfigOpt,
+    set_: SetOpt = None,
+    chunk: Annotated[int, typer.Option(help="tasks per prediction import")] = 500,
+    batch_size: Annotated[int, typer.Option(help="images per model call")] = 32,
+    threads: Annotated[Optional[int], typer.Option(help="torch CPU threads")] = None,
+) -> None:
+    """Give every task still to be labelled (made by hand too) a prediction of the published
+    model now, imported in bulk: "Retrieve predictions" without its time-out."""
+    from loops.serve import make_backend
+    from loops.serve import prelabel as run_prelabel
+
+    cfg = _load(config, set_)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    client = _client(cfg)
+    log = lambda m: console.print(m, highlight=False)  # noqa: E731
+    res = run_prelabel(make_backend(cfg, token=None, batch_size=batch_size, log=log), client, chunk=chunk, log=log)
+    for tid, why in list(res.failed.items())[:10]:
+        console.print(f"  task {tid}: {why}", highlight=False)
+    console.print(json.dumps({"model_version": res.model_version, "predicted": res.predicted,
+                              "failed": len(res.failed), "seconds": round(res.seconds, 1)}), highlight=False)
+
+
+@app.command()
+@handles_errors
 def repair(config: ConfigOpt, set_: SetOpt = None,
            dry_run: Annotated[bool, typer.Option("--dry-run", help="only say what would change")] = False,
            wait_lock: WaitLockOpt = 0.0) -> None:

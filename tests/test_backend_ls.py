@@ -22,7 +22,7 @@ import torch
 from conftest import write_digit_pngs
 from loops.adopt import adopt_foreign
 from loops.round import uncertainty_of
-from loops.serve import make_backend
+from loops.serve import make_backend, prelabel
 from pseudolabel.config import load_config
 from pseudolabel.data.ingest import read_quarantine_csv
 from pseudolabel.data.ledger import Ledger
@@ -184,6 +184,26 @@ def test_latency_retrieve_predictions_for_100_tasks(env: dict[str, Any]) -> None
     assert all(len(t.predictions or []) == 1 for t in tasks)
     print(f"\nRetrieve predictions, 100 tasks: {t_action:.2f} s in Label Studio, backend /predict "
           f"{asked[0]['seconds']:.2f} s ({100 / asked[0]['seconds']:.0f} tasks/s, batches of 32, small CNN, 1 thread)")
+
+
+def test_latency_prelabel_100_tasks_in_bulk(env: dict[str, Any]) -> None:
+    """The bulk path: the backend's predictions imported in one call per chunk."""
+    client = _client(env, "prelabel in bulk")
+    ids = _import(client, env["items"][80:180])
+    (upload,) = [int(t) for t in client._sdk().projects.import_tasks(client.project_id, request=[
+        {"data": {"image": "/data/upload/1/elsewhere.png"}}], return_task_ids=True).task_ids]
+    lines: list[str] = []
+    backend = make_backend(env["cfg"], token=None, batch_size=32)  # its own cache: a cold start
+    res = prelabel(backend, client, chunk=64, log=lines.append)
+    assert (res.predicted, list(res.failed)) == (100, [upload])
+    assert res.model_version == env["model"].model_version
+    by_id = {int(t.id): t for t in client._list_tasks(fields="all")}
+    assert all([p.model_version for p in (by_id[i].predictions or [])] == [res.model_version] for i in ids)
+    assert not by_id[upload].predictions
+    assert any("prelabel: 64/101 tasks" in line and "s left" in line for line in lines)
+    again = prelabel(backend, client, chunk=64)
+    assert again.predicted == 0 and list(again.failed) == [upload]
+    print(f"\nprelabel (bulk import), 100 tasks: {res.seconds:.2f} s in all")
 
 
 def test_a_push_renames_the_backend_and_a_newer_model_is_served(env: dict[str, Any], tmp_path: Path) -> None:

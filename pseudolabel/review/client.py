@@ -524,6 +524,29 @@ class LabelStudioClient:
                         wid, url=hook, headers={"Authorization": f"Token {token}"}))
         return bid
 
+    def tasks_to_prelabel(self, model_version: str) -> list[dict[str, Any]]:
+        """Tasks still to be labelled (not done) that have no prediction of ``model_version``,
+        as ``{"id", "data"}`` (what an ML backend's ``/predict`` reads), in task-id order."""
+        out = []
+        for task in self._list_tasks(fields="all", what="list tasks to prelabel"):
+            if get(task, "is_labeled") or any(get(p, "model_version") == model_version
+                                              for p in (get(task, "predictions") or [])):
+                continue
+            out.append({"id": as_int(get(task, "id"), "task id"), "data": dict(get(task, "data") or {})})
+        return out
+
+    def add_predictions(self, predictions: Sequence[Mapping[str, Any]]) -> int:
+        """Import predictions in one call (``{"task", "result", "score", "model_version"}``
+        each): Label Studio saves them in bulk, where its "Retrieve predictions" action saves
+        them one by one. Not idempotent: a caller that retries looks the tasks up again first
+        (:meth:`tasks_to_prelabel`). Returns how many were sent."""
+        preds = [dict(p) for p in predictions]
+        if preds:
+            pid = self.project_id
+            self._call(f"add {len(preds)} predictions",
+                       lambda: self._sdk().projects.import_predictions(pid, request=preds), idempotent=False)
+        return len(preds)
+
     def _follow_ml_backends(self, model_version: str) -> None:
         """Rename our ML backends to ``model_version`` so the stream keeps asking them. Best
         effort: a backend that is down cannot be renamed (Label Studio checks it first); the
