@@ -210,21 +210,40 @@ def prelabel(backend: MLBackend, client: Any, *, chunk: int = 500,
 def run_serve(cfg: Config, *, host: str, port: int, token: str | None, batch_size: int = 32,
               connect: Any = None, public_url: str | None = None,
               log: Callable[[str], None] = print) -> None:
-    """Serve until interrupted. ``connect``: a Label Studio client; when given, the backend is
-    registered with its project once it listens (see :meth:`LabelStudioClient.connect_ml_backend`),
-    under ``public_url`` (the address Label Studio reaches it at; default ``http://host:port``)."""
+    """Serve until interrupted (Ctrl-C or SIGTERM). ``connect``: a Label Studio client; when
+    given, the backend is registered with its project once it listens
+    (:meth:`LabelStudioClient.connect_ml_backend`), under ``public_url`` (the address Label
+    Studio reaches it at; default ``http://host:port``), and removed again when it stops: a
+    registered backend that does not answer leaves the labelling stream with no prediction at
+    all (a crash does that: run ``pseudolabel serve --connect`` again, or remove the backend in
+    the project's Settings → Model)."""
+    import signal
+
     backend = make_backend(cfg, token=token, batch_size=batch_size, log=log)
     version = backend.predictor.refresh()  # fail now, clearly, when there is nothing to serve
+    if threading.current_thread() is threading.main_thread():
+        def stop(_sig: int, _frame: Any) -> None:
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, stop)  # a container's stop: the same clean exit as Ctrl-C
     server = BackendServer(backend, host=host, port=port).start()
+    connected: int | None = None
     try:
         url = public_url or server.url
         log(f"ML backend for {cfg.project!r} on {server.url}: model {version} ({cfg.task}, {len(cfg.classes)} classes)"
             + ("" if token else "; no token (loopback only)"))
         if connect is not None:
-            ml_id = connect.connect_ml_backend(url, model_version=version, token=token)
-            log(f"connected to Label Studio project {connect.project_id} as ML backend {ml_id} ({url}); "
+            connected = connect.connect_ml_backend(url, model_version=version, token=token)
+            log(f"connected to Label Studio project {connect.project_id} as ML backend {connected} ({url}); "
                 f"tasks opened in the labelling stream get this model's prediction")
         log("Ctrl-C stops it")
         server.wait()
     finally:
+        if connected is not None:
+            try:
+                connect.disconnect_ml_backend(connected)
+                log(f"ML backend {connected} removed from Label Studio project {connect.project_id}")
+            except Exception as exc:  # noqa: BLE001 - reported; stopping goes on
+                log(f"could not remove ML backend {connected} from the project ({exc}): remove it in Settings → "
+                    "Model, or the labelling stream shows no predictions")
         server.stop()

@@ -276,3 +276,61 @@ def test_answered_tasks_made_by_hand_are_adopted(env: dict[str, Any]) -> None:
         again = adopt_foreign(cfg, ledger, client)
         assert (again.adopted, again.labels, again.new_items) == (0, 0, 0)
         assert {a.item.id: a.label for a in client.collect()} == {good.id: "3", twin.id: None}
+
+
+def test_serve_connect_as_a_user_runs_it_and_leaves_cleanly(env: dict[str, Any], tmp_path: Path) -> None:
+    """``pseudolabel serve --connect`` in its own process: registered, asked by the stream,
+    and removed on SIGTERM (a registered backend that is down leaves the stream with no
+    prediction at all, pushed ones included), the project's model version kept."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from pseudolabel.config import dump_config
+    from pseudolabel.review.server import free_port, repo_root
+
+    items = env["items"]
+    cfg = env["cfg"].model_copy(deep=True)
+    cfg.label_studio.project_title = "serve connect"
+    cfg_file = tmp_path / "c.yaml"
+    dump_config(cfg, cfg_file)
+    client = _client(env, "serve connect")
+    pid = client.project_id
+    v1 = env["model"].model_version
+    queued = _candidates(env, items[183:184])
+    client.push(queued, round_id=1, model_version=v1)
+    (foreign,) = _import(client, items[184:185])
+    client.annotate(client.existing_tasks([items[183].id])[items[183].id], _truth(items[183]))
+
+    port = free_port()
+    penv = {**os.environ, "PYTHONPATH": str(repo_root()), "OMP_NUM_THREADS": "1",
+            "LABEL_STUDIO_API_KEY": env["server"].token}
+    proc = subprocess.Popen([sys.executable, "-m", "pseudolabel.cli", "serve", "-c", str(cfg_file), "--port", str(port),
+                             "--connect", "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=penv)
+    try:
+        assert proc.stdout is not None
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if "Ctrl-C stops it" in line:
+                break
+        assert any(f"connected to Label Studio project {pid}" in x for x in seen), seen
+        (ours,) = client.ml_backends()
+        assert ours.url == f"http://127.0.0.1:{port}" and ours.title == v1
+        opened = _next_task(env, pid)
+        assert opened["id"] == foreign and [p["model_version"] for p in opened["predictions"]] == [v1]
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.communicate(timeout=60)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, rest
+    assert "removed from Label Studio project" in rest and "ML backend stopped" in rest
+    assert client.ml_backends() == [] and client.project_model_version() == v1
+    # The backend is gone, the stored predictions show again in the stream.
+    client.annotate(foreign, "0")
+    client.push(_candidates(env, items[185:186]), round_id=1, model_version=v1)
+    again = _next_task(env, pid)
+    assert again["data"]["pseudolabel_id"] == items[185].id and len(again["predictions"]) == 1

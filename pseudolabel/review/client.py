@@ -547,6 +547,20 @@ class LabelStudioClient:
                        lambda: self._sdk().projects.import_predictions(pid, request=preds), idempotent=False)
         return len(preds)
 
+    def disconnect_ml_backend(self, backend_id: int) -> None:
+        """Remove an ML backend from the project, keeping the project's model version.
+
+        While the project names a backend that does not answer, Label Studio's labelling
+        stream shows *no* prediction at all, not even the pushed ones (measured with 1.23.2),
+        so a backend that stops must go. Label Studio clears the project's model version when
+        it named the removed backend; it is set back, so the pushed predictions show again.
+        """
+        version = self.project_model_version()
+        bid = int(backend_id)
+        self._call(f"remove ML backend {bid}", lambda: self._sdk().ml.delete(bid))
+        if version and self.project_model_version() != version:
+            self.set_model_version(version)
+
     def _follow_ml_backends(self, model_version: str) -> None:
         """Rename our ML backends to ``model_version`` so the stream keeps asking them. Best
         effort: a backend that is down cannot be renamed (Label Studio checks it first); the
