@@ -334,3 +334,32 @@ def test_serve_connect_as_a_user_runs_it_and_leaves_cleanly(env: dict[str, Any],
     client.push(_candidates(env, items[185:186]), round_id=1, model_version=v1)
     again = _next_task(env, pid)
     assert again["data"]["pseudolabel_id"] == items[185].id and len(again["predictions"]) == 1
+
+
+def test_the_labelling_ui_predraws_the_backends_choice(env: dict[str, Any], tmp_path: Path) -> None:
+    """Headless Chromium: "Label All Tasks" on a task made by hand opens with the class the
+    backend predicted already ticked (a screenshot is left in the test's tmp folder)."""
+    from browser import chromium_page
+
+    items = env["items"]
+    client = _client(env, "ui predraw")
+    pid = client.project_id
+    client.connect_ml_backend(env["backend"].url, model_version=env["model"].model_version)
+    (foreign,) = _import(client, items[186:187])
+    expected = CLASSES[int(np.argmax(next(env["model"].predict(items[186:187])).probs))]
+    server = env["server"]
+    with chromium_page(tmp_path) as page:
+        page.goto(server.url + "/user/login/")
+        page.fill("input[name=email]", server.username)
+        page.fill("input[name=password]", server.password)
+        page.click("button[type=submit]")
+        page.wait_for_load_state("networkidle")
+        page.goto(f"{server.url}/projects/{pid}/data?labeling=1")
+        page.wait_for_selector("input[type=checkbox]:checked", timeout=60_000)
+        page.screenshot(path=str(tmp_path / "stream.png"))
+        ticked = page.eval_on_selector_all(
+            "input[type=checkbox]", "els => els.filter(e => e.checked).map(e => e.closest('label').innerText)")
+        body = page.inner_text("body")
+    assert [t.split("[")[0].strip() for t in ticked] == [expected]
+    assert f"#{foreign}" in body  # the task made by hand is the one on screen
+    assert client.task_info(foreign).total_annotations == 0
