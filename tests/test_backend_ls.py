@@ -347,7 +347,9 @@ def test_the_labelling_ui_predraws_the_backends_choice(env: dict[str, Any], tmp_
     client.connect_ml_backend(env["backend"].url, model_version=env["model"].model_version)
     (foreign,) = _import(client, items[186:187])
     expected = CLASSES[int(np.argmax(next(env["model"].predict(items[186:187])).probs))]
+    assert client.count_tasks() == 1  # the stream can only open the task made by hand
     server = env["server"]
+    n0 = len(_calls(env))
     with chromium_page(tmp_path) as page:
         page.goto(server.url + "/user/login/")
         page.fill("input[name=email]", server.username)
@@ -359,7 +361,6 @@ def test_the_labelling_ui_predraws_the_backends_choice(env: dict[str, Any], tmp_
         page.screenshot(path=str(tmp_path / "stream.png"))
         ticked = page.eval_on_selector_all(
             "input[type=checkbox]", "els => els.filter(e => e.checked).map(e => e.closest('label').innerText)")
-        body = page.inner_text("body")
     assert [t.split("[")[0].strip() for t in ticked] == [expected]
-    assert f"#{foreign}" in body  # the task made by hand is the one on screen
+    assert [(c["tasks"], c["status"]) for c in _calls(env)[n0:] if c["path"] == "/predict"] == [(1, 200)]
     assert client.task_info(foreign).total_annotations == 0
