@@ -347,3 +347,56 @@ def test_serve_command_serves_until_interrupted(campaign: dict[str, Any], tmp_pa
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0 and "ML backend stopped" in rest and "predict: 1 task(s)" in rest
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["detect", "segment"])
+def test_boxes_and_polygons_as_the_round_pushes_them(task: str, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real (tiny, barely trained) YOLO: the backend draws what the round's push would draw
+    for the same image: confident boxes, else the best guesses; the round's image score."""
+    from loops import detection
+    from test_yolo import CLASSES as YCLASSES
+    from test_yolo import make_scenes
+
+    from pseudolabel.models.ultralytics_yolo import YoloModel
+    from pseudolabel.review.convert import boxes_from_result, prediction_to_ls
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    root = tmp_path / "doc" / "images"
+    scenes = make_scenes(root / "scenes", 12, polygons=task == "segment")
+    work = tmp_path / "work"
+    model = YoloModel(YCLASSES, task=task, image_size=64, epochs=1, batch_size=8, device="cpu", conf=0.001,
+                      max_det=20, workdir=work / "yolo").fit(scenes)
+    model.save(work / "rounds" / "0001" / "model.pt")
+    (tmp_path / "seed" / "images").mkdir(parents=True)
+    cfg = load_config(data={
+        "project": "backend boxes", "task": task, "workdir": str(work), "classes": YCLASSES,
+        "data": {"seed": {"format": "yolo", "path": str(tmp_path / "seed" / "images")},
+                 "pool": {"path": str(root / "scenes")},
+                 "holdout": {"format": "yolo", "path": str(tmp_path / "seed" / "images")}},
+        "model": {"device": "cpu", "image_size": 64}, "label_studio": {"images_root": str(root)},
+    }, environ={})
+    items = [a.item for a in scenes[:4]]
+    backend = make_backend(cfg, token=None, batch_size=4)
+    with BackendServer(backend, port=None) as server:
+        ok = httpx.post(server.url + "/setup", json={"schema": label_config(YCLASSES, task_type=task)})
+        assert ok.status_code == 200
+        out = httpx.post(server.url + "/predict", json={"tasks": [_task(i, _url(it, root)) for i, it in
+                                                                  enumerate(items)]}, timeout=120).json()
+    served = backend.predictor.refresh()
+    preds = list(detection.load_model(cfg, work / "rounds" / "0001" / "model.pt").predict(items, batch_size=4))
+    scores = detection.image_scores(cfg, preds, {it.id: it for it in items})
+    kinds = {"detect": "rectanglelabels", "segment": "polygonlabels"}
+    drawn = 0
+    for res, p, it, u in zip(out["results"], preds, items, scores):
+        shown, _note = detection.predraw(p, cfg.selection.predraw_conf, fallback=cfg.selection.predraw_fallback)
+        assert res["model_version"] == served
+        assert res == json.loads(json.dumps(prediction_to_ls(shown, classes=YCLASSES, task_type=task, width=it.width,
+                                                             height=it.height, uncertainty=float(u))))
+        assert {r["type"] for r in res["result"]} <= {kinds[task]}
+        assert len(res["result"]) <= max(cfg.selection.predraw_fallback, sum(
+            (b.score or 0) >= cfg.selection.predraw_conf for b in p.boxes))
+        assert all(b.label in YCLASSES for b in boxes_from_result(res["result"]))
+        drawn += len(res["result"])
+    assert drawn > 0  # the barely trained model still offers its best guesses
