@@ -93,33 +93,40 @@ class PublishedModel:
     def refresh(self) -> str:
         path = published_model_path(self.cfg)
         with self._lock:
-            if path is None and self._model is None:
-                raise NoModel(f"no trained model in {self.cfg.workdir / 'rounds'} yet: run `pseudolabel round` first")
-            if path is not None:
-                try:
-                    st = path.stat()
-                    sig: tuple[str, int, int] | None = (str(path), st.st_mtime_ns, st.st_size)
-                except OSError:
-                    sig = None  # replaced between the listing and now: the next call sees the new one
-                if sig is not None and sig != self._signature and sig != self._failed:
-                    self._load(path, sig)
+            loaded, failed, have = self._signature, self._failed, self._model is not None
+        if path is None and not have:
+            raise NoModel(f"no trained model in {self.cfg.workdir / 'rounds'} yet: run `pseudolabel round` first")
+        if path is not None:
+            try:
+                st = path.stat()
+                sig: tuple[str, int, int] | None = (str(path), st.st_mtime_ns, st.st_size)
+            except OSError:
+                sig = None  # replaced between the listing and now: the next call sees the new one
+            if sig is not None and sig != loaded and sig != failed:
+                self._load(path, sig)
+        with self._lock:
             if self._model is None:
                 raise NoModel(f"the model at {path} could not be loaded: {self._error}")
             return str(self._model.model_version)
 
     def _load(self, path: Path, sig: tuple[str, int, int]) -> None:
+        """Load outside the lock (a YOLO load takes seconds; ``/health`` must not wait), swap under it.
+        Callers serialise refreshes (the backend refreshes under its inference lock)."""
         t0 = time.monotonic()
         try:
             model = load_model(self.cfg, path)
             if list(model.classes) != list(self.cfg.classes):
                 raise ValueError(f"its classes {list(model.classes)!r} are not the config's {list(self.cfg.classes)!r}")
         except Exception as exc:  # noqa: BLE001 - a bad checkpoint must not take the backend down
-            self._failed, self._error = sig, f"{type(exc).__name__}: {exc}"
-            self._say(f"could not load {path}: {self._error}"
-                      + ("; still serving the previous model" if self._model is not None else ""))
+            with self._lock:
+                self._failed, self._error = sig, f"{type(exc).__name__}: {exc}"
+                previous = self._model is not None
+            self._say(f"could not load {path}: {type(exc).__name__}: {exc}"
+                      + ("; still serving the previous model" if previous else ""))
             return
-        self._model, self._signature, self._failed, self._error = model, sig, None, None
-        self._loaded_at = time.time()
+        with self._lock:
+            self._model, self._signature, self._failed, self._error = model, sig, None, None
+            self._loaded_at = time.time()
         self._say(f"loaded model {model.model_version} from {path} ({time.monotonic() - t0:.2f} s)")
 
     def info(self) -> dict[str, Any]:
