@@ -147,6 +147,17 @@ def _client(cfg: Any) -> Any:
     return client
 
 
+def _adopt_if_asked(cfg: Any, client: Any) -> None:
+    """``review.adopt_foreign``: adopt answered tasks made by hand before the sync (loops/adopt.py)."""
+    if not cfg.review.adopt_foreign:
+        return
+    from loops.adopt import adopt_foreign
+    from pseudolabel.data.ledger import Ledger
+
+    with Ledger(cfg.workdir / "ledger.sqlite") as ledger:
+        adopt_foreign(cfg, ledger, client, log=lambda m: console.print(m, highlight=False))
+
+
 def _lock(cfg: Any, wait: float) -> Any:
     from pseudolabel.lock import workdir_lock
 
@@ -261,6 +272,8 @@ def round_(config: ConfigOpt, set_: SetOpt = None,
         from loops.round import run_round
 
         client = None if offline else _client(cfg)
+        if client is not None:
+            _adopt_if_asked(cfg, client)
         res = run_round(cfg, client, log=lambda m: console.print(m, highlight=False), force=force)
     console.print(json.dumps(_round_summary(cfg, res)), highlight=False, soft_wrap=True)
 
@@ -279,6 +292,7 @@ def run(config: ConfigOpt, set_: SetOpt = None,
         from loops.review import wait_for_reviews
 
         client = _client(cfg)
+        _adopt_if_asked(cfg, client)
         answer = None
         if wait > 0:
             def answer(res: Any) -> dict[str, Any]:
@@ -301,6 +315,7 @@ def sync(config: ConfigOpt, set_: SetOpt = None,
     cfg = _load(config, set_)
     with _lock(cfg, wait_lock):
         client = _client(cfg)
+        _adopt_if_asked(cfg, client)
         with Ledger(cfg.workdir / "ledger.sqlite") as ledger:
             res = sync_reviews(ledger, client, round_id=None, full=full, overlap=cfg.review.overlap,
                                consensus=cfg.review.consensus, min_agreement=cfg.review.min_agreement,
@@ -324,6 +339,95 @@ def status(config: ConfigOpt, set_: SetOpt = None,
         print(json.dumps(info, indent=2, default=str))
         return
     print_status(info, console)
+
+
+@app.command()
+@handles_errors
+def adopt(config: ConfigOpt, set_: SetOpt = None, wait_lock: WaitLockOpt = 0.0) -> None:
+    """Adopt answered tasks made by hand in Label Studio (no pseudolabel item id): ingest their
+    images into the pool and store their answers as human labels (see loops/adopt.py)."""
+    from loops.adopt import adopt_foreign
+    from pseudolabel.data.ledger import Ledger
+
+    cfg = _load(config, set_)
+    with _lock(cfg, wait_lock):
+        client = _client(cfg)
+        with Ledger(cfg.workdir / "ledger.sqlite") as ledger:
+            res = adopt_foreign(cfg, ledger, client, log=lambda m: console.print(m, highlight=False))
+    console.print(json.dumps({"adopted": res.adopted, "labels": res.labels, "new_items": res.new_items,
+                              "quarantined": res.quarantined, "rejected": res.rejected,
+                              "not_local": {str(k): v for k, v in res.not_local.items()}}), highlight=False)
+
+
+@app.command()
+@handles_errors
+def serve(
+    config: ConfigOpt,
+    set_: SetOpt = None,
+    host: Annotated[str, typer.Option(help="address to listen on (beyond loopback a token is required)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 9090,
+    token_env: Annotated[str, typer.Option(help="environment variable holding the backend's token (required "
+                                                "off loopback; Label Studio sends it as the Basic Auth "
+                                                "password)")] = "PSEUDOLABEL_BACKEND_TOKEN",
+    connect: Annotated[bool, typer.Option(help="register the backend with the campaign's Label Studio project "
+                                               "and make the labelling stream ask it")] = False,
+    public_url: Annotated[Optional[str], typer.Option(help="the URL Label Studio reaches the backend at "
+                                                           "(default http://HOST:PORT)")] = None,
+    batch_size: Annotated[int, typer.Option(help="images per model call")] = 32,
+    threads: Annotated[Optional[int], typer.Option(help="torch CPU threads")] = None,
+) -> None:
+    """Serve the campaign's published model as a Label Studio ML backend (reloaded when a round
+    publishes a new one): any task opened in Label Studio gets a prediction."""
+    import os
+
+    from loops.serve import run_serve
+    from pseudolabel.review.backend import check_bind
+
+    cfg = _load(config, set_)
+    token = os.environ.get(token_env) or None
+    check_bind(host, token)
+    if public_url is not None and not public_url.startswith(("http://", "https://")):
+        raise _fail(f"--public-url {public_url!r} must start with http:// or https://", 2)
+    if batch_size < 1:
+        raise _fail(f"--batch-size must be >= 1, got {batch_size}", 2)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    client = _client(cfg) if connect else None
+    try:
+        run_serve(cfg, host=host, port=port, token=token, batch_size=batch_size, connect=client,
+                  public_url=public_url, log=lambda m: console.print(m, highlight=False, soft_wrap=True))
+    except KeyboardInterrupt:
+        console.print("ML backend stopped")
+
+
+@app.command()
+@handles_errors
+def prelabel(
+    config: ConfigOpt,
+    set_: SetOpt = None,
+    chunk: Annotated[int, typer.Option(help="tasks per prediction import")] = 500,
+    batch_size: Annotated[int, typer.Option(help="images per model call")] = 32,
+    threads: Annotated[Optional[int], typer.Option(help="torch CPU threads")] = None,
+) -> None:
+    """Give every task still to be labelled (made by hand too) a prediction of the published
+    model now, imported in bulk: "Retrieve predictions" without its time-out."""
+    from loops.serve import make_backend
+    from loops.serve import prelabel as run_prelabel
+
+    cfg = _load(config, set_)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    client = _client(cfg)
+    log = lambda m: console.print(m, highlight=False)  # noqa: E731
+    res = run_prelabel(make_backend(cfg, token=None, batch_size=batch_size, log=log), client, chunk=chunk, log=log)
+    for tid, why in list(res.failed.items())[:10]:
+        console.print(f"  task {tid}: {why}", highlight=False)
+    console.print(json.dumps({"model_version": res.model_version, "predicted": res.predicted,
+                              "failed": len(res.failed), "seconds": round(res.seconds, 1)}), highlight=False)
 
 
 @app.command()

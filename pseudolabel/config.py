@@ -290,6 +290,10 @@ class ReviewConfig(_Section):
     overlap: int = Field(default=1, ge=1, le=10)
     consensus: Literal["majority", "dawid_skene"] = "majority"
     min_agreement: float = Field(default=0.5, gt=0, le=1)
+    adopt_foreign: bool = Field(
+        default=False, description="before each sync (sync, round, run): adopt answered tasks made by hand in Label "
+        "Studio (no pseudolabel item id) whose image is a local file under document_root: ingest the image into the "
+        "pool and store the answers as human labels (`pseudolabel adopt` does it on demand)")
 
 
 class StopConfig(_Section):

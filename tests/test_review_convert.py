@@ -220,3 +220,71 @@ def test_same_boxes_detects_changes() -> None:
     assert C.same_boxes(p, [Box(1, 2, 3, 4, "a", polygon=tuple((x + 0.2, y) for x, y in tri))])
     assert not C.same_boxes(p, [Box(1, 2, 3, 4, "a", polygon=moved)])
     assert not C.same_boxes(p, [Box(1, 2, 3, 4, "a")])
+
+
+# --------------------------------------------------------------------------- whole predictions
+
+
+def test_prediction_to_ls_classification_and_score_direction() -> None:
+    import numpy as np
+
+    from pseudolabel.types import Prediction
+
+    p = Prediction("a" * 64, "v7", probs=np.array([0.1, 0.7, 0.2]))
+    sure = C.prediction_to_ls(p, classes=CLASSES, task_type="classify", width=0, height=0, uncertainty=0.1)
+    unsure = C.prediction_to_ls(p, classes=CLASSES, task_type="classify", width=0, height=0, uncertainty=2.0,
+                                model_version="override")
+    assert sure["result"] == C.choices_result("dog") and sure["model_version"] == "v7"
+    assert unsure["model_version"] == "override"
+    assert unsure["score"] < sure["score"]  # more uncertain -> served first under uncertainty sampling
+    with pytest.raises(ValueError, match=r"item 'aaaa.*probs has 2 entries"):
+        C.prediction_to_ls(Prediction("a" * 64, "v", probs=np.array([0.5, 0.5])), classes=CLASSES,
+                           task_type="classify", width=0, height=0, uncertainty=0.0)
+    with pytest.raises(ValueError, match="without probs"):
+        C.prediction_to_ls(Prediction("b", "v"), classes=CLASSES, task_type="classify", width=0, height=0,
+                           uncertainty=0.0)
+
+
+def test_prediction_to_ls_boxes_round_trip() -> None:
+    from pseudolabel.types import Prediction
+
+    boxes = (Box(10, 20, 50, 60, "cat", score=0.9),
+             Box(0, 0, 100, 40, "dog", score=0.4, polygon=((0, 0), (100, 0), (50, 40))))
+    det = C.prediction_to_ls(Prediction("c", "v", boxes=boxes[:1]), classes=CLASSES, task_type="detect",
+                             width=200, height=100, uncertainty=0.3)
+    assert [r["type"] for r in det["result"]] == ["rectanglelabels"]
+    assert C.boxes_from_result(det["result"]) == (Box(10, 20, 50, 60, "cat", score=0.9),)
+    seg = C.prediction_to_ls(Prediction("c", "v", boxes=boxes[1:]), classes=CLASSES, task_type="segment",
+                             width=200, height=100, uncertainty=0.3)
+    (back,) = C.boxes_from_result(seg["result"])
+    assert back.polygon == ((0, 0), (100, 0), (50, 40)) and back.label == "dog"
+    empty = C.prediction_to_ls(Prediction("c", "v"), classes=CLASSES, task_type="detect", width=5, height=5,
+                               uncertainty=1.0)
+    assert empty["result"] == [] and empty["score"] == C.ls_prediction_score(1.0)
+    with pytest.raises(ValueError, match=r"box labels \['cow'\]"):
+        C.prediction_to_ls(Prediction("c", "v", boxes=(Box(1, 1, 2, 2, "cow"),)), classes=CLASSES,
+                           task_type="detect", width=5, height=5, uncertainty=0.0)
+    with pytest.raises(ValueError, match="task_type"):
+        C.prediction_to_ls(Prediction("c", "v"), classes=CLASSES, task_type="track", width=5,  # type: ignore[arg-type]
+                           height=5, uncertainty=0.0)
+
+
+def test_decoder_image_path_accepts_only_local_files_under_the_document_root(tmp_path: Path) -> None:
+    from pseudolabel.review.decode import Decoder
+
+    root = tmp_path / "doc" / "images"
+    (root / "a b").mkdir(parents=True)
+    img = root / "a b" / "x#1.png"
+    img.write_bytes(b"")
+    dec = Decoder(("cat",), "classify", root, None)
+    url = C.local_files_url(img, root)
+    assert dec.image_path({"image": url}) == img.resolve()
+    assert dec.image_path({"image": "http://ls.example:8080" + url}) == img.resolve()
+    for bad, why in (({"image": "/data/upload/3/x.png"}, "not a local file"),
+                     ({"image": "s3://bucket/x.png"}, "not a local file"),
+                     ({"image": "junk/data/local-files/?d=images/x.png"}, "not a local file"),
+                     ({"image": "/data/local-files/?d=../../../etc/passwd"}, "outside the document root"),
+                     ({"image": "/data/local-files/?d=images/..%2F..%2Fsecret"}, "outside the document root"),
+                     ({"text": "hello"}, "no image URL")):
+        with pytest.raises(ValueError, match=why):
+            dec.image_path(bad)

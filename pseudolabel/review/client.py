@@ -52,14 +52,19 @@ from pseudolabel.review.transport import (
     RetryPolicy,
     call,
 )
-from pseudolabel.types import Annotation, Box, Candidate, TaskType
+from pseudolabel.types import Annotation, Box, Candidate, Item, TaskType
 
 if TYPE_CHECKING:
     from label_studio_sdk import LabelStudio
 
-__all__ = ["LabelStudioClient", "LabelStudioError", "PendingTask", "PullResult", "Rejected", "TaskInfo"]
+__all__ = ["ForeignTask", "LabelStudioClient", "LabelStudioError", "PendingTask", "PullResult", "Rejected",
+           "TaskInfo"]
 
 SAMPLING = "Uncertainty sampling"
+# The description of the ML backends pseudolabel registers (their title must follow the
+# project's model version: see connect_ml_backend).
+ML_BACKEND_DESCRIPTION = "pseudolabel serve"
+ML_BACKEND_USER = "pseudolabel"
 REVIEW_VIEW = "pseudolabel review"
 _DM_DATETIME = "%Y-%m-%dT%H:%M:%S.%fZ"
 # Item ids per Data Manager lookup: keeps the GET query string well under URL limits.
@@ -105,6 +110,16 @@ class TaskInfo:
         if self.total_annotations > 0:
             return "answered"
         return "skipped" if self.cancelled_annotations > 0 else "queued"
+
+
+@dataclass(frozen=True)
+class ForeignTask:
+    """A task that does not carry our item id (imported by hand, made in the UI) but has at
+    least one annotation: ``task`` is the task as listed (data, annotations, predictions)."""
+
+    task_id: int
+    data: dict[str, Any]
+    task: Any
 
 
 @dataclass
@@ -429,6 +444,149 @@ class LabelStudioClient:
         pid = self.project_id
         self._call("set project model version", lambda: self._sdk().projects.update(
             pid, model_version=model_version, show_collab_predictions=True))
+        self._follow_ml_backends(model_version)
+
+    # ------------------------------------------------------------------ ML backend
+
+    def ml_backends(self) -> list[Any]:
+        """The project's ML backends that pseudolabel registered (``pseudolabel serve --connect``).
+
+        Listing them makes Label Studio call each backend's ``/health`` and ``/setup``."""
+        pid = self.project_id
+        found = self._call("list ML backends", lambda: list(self._sdk().ml.list(project=pid)))
+        return [b for b in found if (get(b, "description") or "").startswith(ML_BACKEND_DESCRIPTION)]
+
+    def connect_ml_backend(self, url: str, *, model_version: str, token: str | None = None,
+                           timeout: float = 100.0) -> int:
+        """Register the ML backend at ``url`` with the project (or update the one registered
+        there) and make the labelling stream ask it; returns its Label Studio id.
+
+        Label Studio asks a backend for predictions only while the project's model version
+        (Settings → Annotation → predictions) equals the backend's *title*. The title is set
+        to the project's model version (the version of the last push, whose predictions the
+        stream serves as they are), or to ``model_version`` (the served model) when nothing
+        was pushed yet; every later push renames it (:meth:`set_model_version`). ``token``:
+        the backend's token, sent by Label Studio as the Basic Auth password (also set on
+        the webhook Label Studio creates for the backend). Label Studio calls the backend's
+        ``/health`` and ``/setup`` while registering it: it must be up, and reachable from the
+        server (a loopback address needs ``ML_BLOCK_LOCAL_IP=false`` or
+        ``USE_DEFAULT_BANNED_SUBNETS=false`` on the server).
+        """
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"ML backend url {url!r} must start with http:// or https://")
+        url = url.rstrip("/")
+        pid = self.project_id
+        sdk = self._sdk()
+        title = self.project_model_version() or model_version
+        auth: dict[str, Any] = {"auth_method": "NONE"}
+        if token:
+            auth = {"auth_method": "BASIC_AUTH", "basic_auth_user": ML_BACKEND_USER, "basic_auth_pass": token}
+        fields: dict[str, Any] = {"url": url, "title": title, "description": f"{ML_BACKEND_DESCRIPTION}: "
+                                  f"{self.project_title}", "is_interactive": False, "timeout": float(timeout), **auth}
+        every = self._call("list ML backends", lambda: list(sdk.ml.list(project=pid)))
+        same = [b for b in every if (get(b, "url") or "").rstrip("/") == url]
+        # Label Studio asks one backend per project (the first it finds): ours from an earlier
+        # address are stale and go; someone else's is reported.
+        for b in every:
+            if b in same:
+                continue
+            bid = as_int(get(b, "id"), "ML backend id")
+            if (get(b, "description") or "").startswith(ML_BACKEND_DESCRIPTION):
+                self._call(f"remove stale ML backend {bid}", lambda bid=bid: sdk.ml.delete(bid))
+                if self.log:
+                    self.log(f"removed ML backend {bid} ({get(b, 'url')}): registered by an earlier `pseudolabel serve`")
+            elif self.log:
+                self.log(f"the project also has ML backend {bid} ({get(b, 'url')}, {get(b, 'title')!r}); Label Studio "
+                         "asks only one backend per project: remove it if predictions do not come from pseudolabel")
+        try:
+            if same:
+                bid = as_int(get(same[0], "id"), "ML backend id")
+                self._call("update ML backend", lambda: sdk.ml.update(bid, project=pid, **fields))
+            else:
+                made = self._call("register ML backend", lambda: sdk.ml.create(project=pid, **fields),
+                                  idempotent=False)
+                bid = as_int(get(made, "id"), "ML backend id")
+        except LabelStudioError as exc:
+            if "reserved network address" in str(exc):
+                raise LabelStudioError(
+                    f"Label Studio at {self.url} refuses ML backends on loopback and private addresses ({url}): "
+                    "start it with USE_DEFAULT_BANNED_SUBNETS=false, or give --public-url an address it may "
+                    "reach") from None
+            raise
+        if self.project_model_version() != title:
+            self.set_model_version(title)
+        if token:
+            hook = f"{url}/webhook"
+            for w in self._call("list webhooks", lambda: list(sdk.webhooks.list(project=str(pid)))):
+                if (get(w, "url") or "").rstrip("/") == hook:
+                    wid = as_int(get(w, "id"), "webhook id")
+                    self._call("set webhook token", lambda wid=wid: sdk.webhooks.update(
+                        wid, url=hook, headers={"Authorization": f"Token {token}"}))
+        return bid
+
+    def tasks_to_prelabel(self, model_version: str) -> list[dict[str, Any]]:
+        """Tasks still to be labelled (not done) that have no prediction of ``model_version``,
+        as ``{"id", "data"}`` (what an ML backend's ``/predict`` reads), in task-id order."""
+        out = []
+        for task in self._list_tasks(fields="all", what="list tasks to prelabel"):
+            if get(task, "is_labeled") or any(get(p, "model_version") == model_version
+                                              for p in (get(task, "predictions") or [])):
+                continue
+            out.append({"id": as_int(get(task, "id"), "task id"), "data": dict(get(task, "data") or {})})
+        return out
+
+    def add_predictions(self, predictions: Sequence[Mapping[str, Any]]) -> int:
+        """Import predictions in one call (``{"task", "result", "score", "model_version"}``
+        each): Label Studio saves them in bulk, where its "Retrieve predictions" action saves
+        them one by one. Not idempotent: a caller that retries looks the tasks up again first
+        (:meth:`tasks_to_prelabel`). Returns how many were sent."""
+        preds = [dict(p) for p in predictions]
+        if preds:
+            pid = self.project_id
+            self._call(f"add {len(preds)} predictions",
+                       lambda: self._sdk().projects.import_predictions(pid, request=preds), idempotent=False)
+        return len(preds)
+
+    def disconnect_ml_backend(self, backend_id: int) -> None:
+        """Remove an ML backend from the project, keeping the project's model version.
+
+        While the project names a backend that does not answer, Label Studio's labelling
+        stream shows *no* prediction at all, not even the pushed ones (measured with 1.23.2),
+        so a backend that stops must go. Label Studio clears the project's model version when
+        it named the removed backend; it is set back, so the pushed predictions show again.
+        """
+        version = self.project_model_version()
+        bid = int(backend_id)
+        self._call(f"remove ML backend {bid}", lambda: self._sdk().ml.delete(bid))
+        if version and self.project_model_version() != version:
+            self.set_model_version(version)
+
+    def _follow_ml_backends(self, model_version: str) -> None:
+        """Rename our ML backends to ``model_version`` so the stream keeps asking them. Best
+        effort: a backend that is down cannot be renamed (Label Studio checks it first); the
+        stream then shows pushed predictions only, until ``pseudolabel serve --connect``."""
+        try:
+            backends = self.ml_backends()
+        except LabelStudioError as exc:
+            if self.log:
+                self.log(f"could not list the project's ML backends: {exc}")
+            return
+        pid = self.project_id
+        for b in backends:
+            if get(b, "title") == model_version:
+                continue
+            bid = as_int(get(b, "id"), "ML backend id")
+            fields: dict[str, Any] = {"project": pid, "url": get(b, "url"), "title": model_version}
+            if str(get(b, "auth_method") or "") == "BASIC_AUTH":
+                # An empty password keeps the stored one.
+                fields |= {"auth_method": "BASIC_AUTH", "basic_auth_user": get(b, "basic_auth_user"),
+                           "basic_auth_pass": ""}
+            try:
+                self._call("rename ML backend", lambda bid=bid, f=fields: self._sdk().ml.update(bid, **f))
+            except LabelStudioError as exc:
+                if self.log:
+                    self.log(f"ML backend {bid} ({get(b, 'url')}) could not follow model version {model_version}: "
+                             f"{exc}; run `pseudolabel serve --connect` again once it is up")
 
     def project_model_version(self) -> str | None:
         """The project's current prediction version (what the labelling stream serves)."""
@@ -438,37 +596,11 @@ class LabelStudioClient:
     # ------------------------------------------------------------------ push
 
     def _prediction(self, cand: Candidate, model_version: str | None) -> list[dict[str, Any]]:
-        pred = cand.prediction
-        if pred is None:
+        if cand.prediction is None:
             return []
-        classes = self._classes()
-        if self.task_type == "classify":
-            if pred.probs is None:
-                raise ValueError(f"candidate {cand.item.id!r} has a prediction without probs")
-            if len(pred.probs) != len(classes):
-                raise ValueError(
-                    f"candidate {cand.item.id!r}: probs has {len(pred.probs)} entries, "
-                    f"expected one per class ({len(classes)})"
-                )
-            idx = pred.label_index
-            assert idx is not None  # probs checked above
-            result = convert.choices_result(classes[idx])
-        else:
-            bad = sorted({b.label for b in pred.boxes} - set(classes))
-            if bad:
-                raise ValueError(
-                    f"candidate {cand.item.id!r}: box labels {bad!r} are not among {list(classes)!r}"
-                )
-            result = convert.boxes_result(
-                pred.boxes, width=cand.item.width, height=cand.item.height, task_type=self.task_type
-            )
-        return [
-            {
-                "model_version": model_version if model_version is not None else pred.model_version,
-                "score": convert.ls_prediction_score(cand.score),
-                "result": result,
-            }
-        ]
+        return [convert.prediction_to_ls(
+            cand.prediction, classes=self._classes(), task_type=self.task_type, width=cand.item.width,
+            height=cand.item.height, uncertainty=cand.score, model_version=model_version)]
 
     def _columns(self, cand: Candidate) -> dict[str, Any]:
         """What the reviewer reads in the Data Manager: predicted class (or a box summary),
@@ -832,6 +964,44 @@ class LabelStudioClient:
         out.annotations.append(a)
         for w in warnings:
             out.rejected.append(Rejected(a.ls_task_id, a.ls_annotation_id, item.id, w, action="used", saved_at=saved))
+
+    def foreign_tasks(self) -> list[ForeignTask]:
+        """Tasks with at least one annotation (or skip) that carry no item id of ours: made
+        by hand in Label Studio, so :meth:`pull` skips them. Oldest first."""
+        items = [
+            {"filter": "filter:tasks:total_annotations", "operator": "greater", "type": "Number", "value": 0},
+            {"filter": "filter:tasks:cancelled_annotations", "operator": "greater", "type": "Number", "value": 0},
+        ]
+        out = []
+        for task in self._list_tasks(items, conjunction="or", fields="all", what="list tasks made by hand"):
+            data = get(task, "data") or {}
+            if isinstance(data, Mapping) and self.item_id_key not in data:
+                out.append(ForeignTask(as_int(get(task, "id"), "task id"), dict(data), task))
+        return out
+
+    def image_path(self, data: Mapping[str, Any]) -> Path:
+        """The local file behind a task's image URL (see :meth:`Decoder.image_path`)."""
+        return self._decoder().image_path(data)
+
+    def foreign_annotations(self, task: ForeignTask, item: Item) -> PullResult:
+        """Every annotation of a task made by hand, read as if it showed ``item`` (reviewer,
+        Label Studio ids, the prediction it started from: as :meth:`pull`)."""
+        out = PullResult()
+        dec = self._decoder()
+        anns = get(task.task, "annotations") or []
+        if not isinstance(anns, list):
+            out.rejected.append(Rejected(task.task_id, None, item.id, "annotations are not a list"))
+            return out
+        for ann in anns:
+            self._pull_one(dec, task.task, ann, item, None, out)
+        out.annotations.sort(key=lambda a: (a.created_at, a.ls_annotation_id or 0))
+        return out
+
+    def adopt_task(self, task_id: int, item: Item) -> None:
+        """Make a task ours: its data gets ``item``'s id and image size (every other key
+        stays), so :meth:`pull` reads its answers from now on."""
+        self.update_task_data(task_id, **{self.item_id_key: item.id, "width": int(item.width),
+                                          "height": int(item.height), "kind": "adopted"})
 
     def collect(self, *, since: datetime | None = None) -> list[Annotation]:
         """The usable annotations of :meth:`pull` (rejected ones are left out)."""

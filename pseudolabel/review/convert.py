@@ -19,6 +19,10 @@ Score direction: our selection scores are *higher = more uncertain*. Label Studi
 "Uncertainty sampling" hands out the task with the **lowest** prediction score first, so
 :func:`ls_prediction_score` maps our score through a strictly *decreasing* function before
 it is sent.
+
+A whole model prediction becomes one Label Studio prediction (``model_version``, ``score``,
+``result``) through :func:`prediction_to_ls`: the pushed tasks (``review.client``) and the ML
+backend (``review.backend``) both call it, so a reviewer sees the same thing either way.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 from xml.sax.saxutils import escape
 
-from pseudolabel.types import Box, TaskType, validate_classes
+from pseudolabel.types import Box, Prediction, TaskType, validate_classes
 
 LOCAL_FILES_PREFIX = "/data/local-files/?d="
 
@@ -439,3 +443,50 @@ def same_boxes(a: Sequence[Box], b: Sequence[Box], *, tol: float = 0.5) -> bool:
             ):
                 return False
     return True
+
+
+# --------------------------------------------------------------------------- whole predictions
+
+
+def prediction_to_ls(
+    pred: Prediction, *, classes: Sequence[str], task_type: TaskType, width: int, height: int,
+    uncertainty: float, model_version: str | None = None, from_name: str = "label", to_name: str = "image",
+) -> dict[str, Any]:
+    """One Label Studio prediction ``{"model_version", "score", "result"}`` from ``pred``.
+
+    - ``classify``: ``pred.probs`` (``(C,)``, one entry per class of ``classes``) → one
+      ``choices`` region with the most probable class;
+    - ``detect`` / ``segment``: every box of ``pred.boxes`` (pixels of the ``width`` x
+      ``height`` image) → rectangles / polygons in percent (:func:`boxes_result`); the caller
+      chooses which boxes to show (e.g. only confident ones);
+    - ``score``: :func:`ls_prediction_score` of ``uncertainty`` (ours: higher = more
+      uncertain; Label Studio's: lower = served first);
+    - ``model_version``: ``model_version`` when given, else ``pred.model_version``.
+
+    Raises ``ValueError`` naming ``pred.item_id`` when the prediction does not fit ``classes``
+    or ``task_type``.
+    """
+    names = validate_classes(classes)
+    if task_type == "classify":
+        if pred.probs is None:
+            raise ValueError(f"item {pred.item_id!r}: a classification prediction without probs")
+        if len(pred.probs) != len(names):
+            raise ValueError(
+                f"item {pred.item_id!r}: probs has {len(pred.probs)} entries, expected one per class ({len(names)})"
+            )
+        idx = pred.label_index
+        assert idx is not None  # probs checked above
+        result = choices_result(names[idx], from_name=from_name, to_name=to_name)
+    elif task_type in ("detect", "segment"):
+        bad = sorted({b.label for b in pred.boxes} - set(names))
+        if bad:
+            raise ValueError(f"item {pred.item_id!r}: box labels {bad!r} are not among {list(names)!r}")
+        result = boxes_result(pred.boxes, width=width, height=height, task_type=task_type,
+                              from_name=from_name, to_name=to_name)
+    else:
+        raise ValueError(f"task_type {task_type!r} is not one of {sorted(_CONTROL_TAGS)}")
+    return {
+        "model_version": model_version if model_version is not None else pred.model_version,
+        "score": ls_prediction_score(uncertainty),
+        "result": result,
+    }

@@ -86,6 +86,33 @@ class Decoder:
     data_key: str = "image"
     item_id_key: str = "pseudolabel_id"
 
+    def image_path(self, data: Mapping[str, Any]) -> Path:
+        """The local file a task's image URL points at, for any task (ours or made by hand).
+
+        Accepted: ``/data/local-files/?d=<path relative to document_root>``, also behind a
+        ``http(s)://host`` prefix. The path must stay inside the document root (default:
+        ``images_root``'s parent), the only folder Label Studio serves local files from: a
+        ``..`` that leaves it is refused. Anything else (an uploaded file ``/data/upload/...``,
+        a cloud-storage or web URL) raises ``ValueError`` saying what is accepted.
+        """
+        url = data.get(self.data_key)
+        if not isinstance(url, str) or not url:
+            raise ValueError(f"task data has no image URL under {self.data_key!r} (keys: {sorted(data)[:10]!r})")
+        at = url.find(convert.LOCAL_FILES_PREFIX)
+        if at < 0 or (at > 0 and not url.lower().startswith(("http://", "https://"))):
+            raise ValueError(
+                f"image {url[:200]!r} is not a local file of Label Studio's document root: only "
+                f"{convert.LOCAL_FILES_PREFIX}<path> URLs can be read here (uploaded files, cloud storage "
+                "and web URLs cannot)"
+            )
+        root = Path(self.images_root).resolve()
+        doc_root = root.parent if self.document_root is None else Path(self.document_root).resolve()
+        path = convert.path_from_local_files_url(url[at:], self.images_root, document_root=self.document_root)
+        resolved = path.resolve()
+        if not resolved.is_relative_to(doc_root):
+            raise ValueError(f"image {url[:200]!r} points outside the document root {str(doc_root)!r}")
+        return resolved
+
     def item(self, data: Mapping[str, Any]) -> Item:
         """The :class:`Item` a task's data describes (width/height 0 when not given)."""
         url = str(data.get(self.data_key, ""))

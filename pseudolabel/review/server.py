@@ -112,6 +112,12 @@ class LabelStudioServer:
     - ``ls_bin``: the ``label-studio`` executable; see :func:`find_label_studio`.
     - ``startup_timeout``: seconds to wait for ``GET /api/version`` (first start runs
       migrations, about 30 s; a restart about 3 s).
+    - ``local_ml_backends``: let the server call ML backends (and webhooks) on loopback and
+      private addresses: ``USE_DEFAULT_BANNED_SUBNETS=false``; off by default. Label Studio
+      refuses those (HTTP 403 "URL resolves to a reserved network address") as a guard
+      against server-side request forgery; a backend on this machine (``pseudolabel serve``
+      on 127.0.0.1) needs this switch. ``ML_BLOCK_LOCAL_IP=false`` alone is not enough:
+      registering a backend also creates a webhook to it, which that guard refuses.
     """
 
     def __init__(
@@ -126,6 +132,7 @@ class LabelStudioServer:
         ls_bin: Path | None = None,
         startup_timeout: float = 180.0,
         document_root: Path | None = None,
+        local_ml_backends: bool = False,
     ) -> None:
         self.data_dir = data_dir
         self.images_root = images_root
@@ -136,6 +143,7 @@ class LabelStudioServer:
         self.token_arg = token
         self.ls_bin = ls_bin
         self.startup_timeout = startup_timeout
+        self.local_ml_backends = local_ml_backends
         self._proc: subprocess.Popen[bytes] | None = None
         self._port_: int | None = None
         self._token_: str | None = None
@@ -217,6 +225,8 @@ class LabelStudioServer:
                 "NO_PROXY": "127.0.0.1,localhost",
             }
         )
+        if self.local_ml_backends:
+            env["USE_DEFAULT_BANNED_SUBNETS"] = "false"
         # A VIRTUAL_ENV of the caller's venv must not leak into the server's.
         env.pop("VIRTUAL_ENV", None)
         env.pop("PYTHONPATH", None)
