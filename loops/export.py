@@ -5,7 +5,7 @@ Which labels: every seed and human label (a human label always wins over the see
 exported as its own split (``val``) so that the exported dataset trains and validates as is.
 
 Formats: detection / segmentation ``yolo``, ``coco``, ``voc``, ``labelme``, ``cvat``,
-``labelstudio`` (via :func:`pseudolabel.data.detformats.export_labels`; YOLO also writes
+``labelstudio`` (via :func:`pseudolabel.data.formats.export_labels`; YOLO also writes
 ``classes.txt`` beside ``data.yaml``); classification ``imagefolder``
 (``<out>/<split>/<class>/<image>``), ``csv`` (``path,label,source`` with images copied),
 ``labelme`` (``<out>/<split>/`` images with their JSON, the class as a flag), ``cvat``
@@ -22,12 +22,16 @@ from pathlib import Path
 from typing import Any
 
 from pseudolabel.config import Config
-from pseudolabel.data.detformats import EXPORT_FORMATS, DetTask, export_labels
 from pseudolabel.data.errors import DataError
+from pseudolabel.data.formats import (
+    DetTask,
+    export_labels,
+    write_cvat_tags,
+    write_labelme_classes,
+    write_labelstudio_choices,
+)
 from pseudolabel.data.ledger import Ledger
-from pseudolabel.types import Item
-
-CLASSIFY_FORMATS = ("imagefolder", "csv", "labelme", "cvat", "labelstudio")
+from pseudolabel.types import CLASSIFY_FORMATS, OBJECT_FORMATS, Item
 
 
 @dataclass
@@ -40,7 +44,7 @@ class ExportResult:
 
 
 def formats_for(task: str) -> tuple[str, ...]:
-    return CLASSIFY_FORMATS if task == "classify" else EXPORT_FORMATS
+    return CLASSIFY_FORMATS if task == "classify" else OBJECT_FORMATS
 
 
 def export_campaign(cfg: Config, ledger: Ledger, out_dir: Path, *, fmt: str, include_pseudo: bool = False,
@@ -102,18 +106,12 @@ def _export_classify(fmt: str, out_dir: Path, split: str, items: list[Any], labe
     if fmt == "imagefolder":
         return out_dir / split
     if fmt == "labelme":
-        from pseudolabel.data.labelme import write_labelme_classes
-
         write_labelme_classes(img_root, copied, labels, classes=classes, image_root=img_root)
         return img_root
     if fmt == "cvat":
-        from pseudolabel.data.cvat import write_cvat_tags
-
         return write_cvat_tags(out_dir / split / "annotations.xml", copied, labels, classes=classes,
                                image_root=img_root)
     if fmt == "labelstudio":
-        from pseudolabel.data.labelstudio import write_labelstudio_choices
-
         return write_labelstudio_choices(out_dir / f"{split}.json", copied, labels, classes=classes,
                                          document_root=out_dir)
     path = out_dir / f"{split}.csv"

@@ -16,6 +16,8 @@ from typing import Any, Literal, Mapping, Sequence
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pseudolabel.types import CLASSIFY_FORMATS, OBJECT_FORMATS
+
 ENV_PREFIX = "PSEUDOLABEL__"
 
 
@@ -27,8 +29,6 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-CLASSIFY_FORMATS: tuple[str, ...] = ("imagefolder", "csv", "labelme", "cvat", "labelstudio")
-OBJECT_FORMATS: tuple[str, ...] = ("yolo", "coco", "voc", "labelme", "cvat", "labelstudio")
 # Which LabelSource options each format uses (the others must stay unset).
 _FORMAT_OPTIONS: dict[str, tuple[str, ...]] = {
     "imagefolder": (),

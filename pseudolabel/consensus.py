@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from pseudolabel.data.geometry import box_iou
 from pseudolabel.types import Annotation, Box
 
 __all__ = [
@@ -264,22 +265,6 @@ def _votes(annotations: Sequence[Annotation], where: str) -> tuple[list[Annotati
     return votes, bool(votes) and not cls_votes
 
 
-def _iou(a: Sequence[Box], b: Sequence[Box]) -> np.ndarray:
-    """(len(a), len(b)) IoU of pixel xyxy boxes; 0 where the class names differ."""
-    if not a or not b:
-        return np.zeros((len(a), len(b)))
-    pa = np.array([[x.x1, x.y1, x.x2, x.y2] for x in a], dtype=np.float64)
-    pb = np.array([[x.x1, x.y1, x.x2, x.y2] for x in b], dtype=np.float64)
-    lt = np.maximum(pa[:, None, :2], pb[None, :, :2])
-    rb = np.minimum(pa[:, None, 2:], pb[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(axis=2)
-    area = lambda p: (p[:, 2] - p[:, 0]) * (p[:, 3] - p[:, 1])  # noqa: E731
-    union = area(pa)[:, None] + area(pb)[None, :] - inter
-    iou = np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
-    same = np.array([[x.label == y.label for y in b] for x in a])
-    return iou * same
-
-
 def _match(a: Sequence[Box], b: Sequence[Box], iou: float) -> tuple[float, float]:
     """(F1, mean IoU of the matched pairs) under the max-IoU one-to-one matching."""
     if not a and not b:
@@ -288,7 +273,7 @@ def _match(a: Sequence[Box], b: Sequence[Box], iou: float) -> tuple[float, float
         return 0.0, 0.0
     from scipy.optimize import linear_sum_assignment
 
-    m = _iou(a, b)
+    m = box_iou(a, b, same_label=True)  # (len(a), len(b)); 0 across classes
     rows, cols = linear_sum_assignment(-m)
     hits = m[rows, cols][m[rows, cols] >= iou]
     return 2.0 * len(hits) / (len(a) + len(b)), float(hits.mean()) if len(hits) else 0.0

@@ -20,6 +20,7 @@ from typing import Any, Literal, cast
 
 import numpy as np
 
+from pseudolabel.data.geometry import box_polygon, polygon_rle, polygon_to_mask
 from pseudolabel.types import Box
 
 BACKGROUND = "__background__"
@@ -37,12 +38,13 @@ def _classes(classes: Sequence[str]) -> list[str]:
     return out
 
 
-def _flat_polygon(b: Box, *, where: str) -> list[float]:
+def _segm_rle(b: Box, height: int, width: int, *, where: str) -> dict[str, Any]:
+    """COCO RLE of ``b``'s polygon on a ``height`` x ``width`` image (``segm`` evaluation)."""
     if b.polygon is None and b.crowd:  # a crowd region read without its mask: its box is the region
-        return [b.x1, b.y1, b.x2, b.y1, b.x2, b.y2, b.x1, b.y2]
+        return polygon_rle(box_polygon(b), height, width)
     if b.polygon is None or len(b.polygon) < 3:
         raise ValueError(f"{where}: iou_type 'segm' needs a polygon of >= 3 points on every box")
-    return [float(v) for xy in b.polygon for v in xy]
+    return polygon_rle(b.polygon, height, width)
 
 
 def detection_map(
@@ -123,7 +125,7 @@ def detection_map(
             if b.difficult and not b.crowd:
                 ann["difficult"] = 1
             if iou_type == "segm":
-                rle = mask_utils.merge(mask_utils.frPyObjects([_flat_polygon(b, where=where)], int(h), int(w)))
+                rle = _segm_rle(b, int(h), int(w), where=where)
                 ann["segmentation"] = rle
                 ann["area"] = float(mask_utils.area(rle))
             anns.append(ann)
@@ -140,8 +142,7 @@ def detection_map(
                 "score": float(b.score),
             }
             if iou_type == "segm":
-                det["segmentation"] = mask_utils.merge(
-                    mask_utils.frPyObjects([_flat_polygon(b, where=where)], int(h), int(w)))
+                det["segmentation"] = _segm_rle(b, int(h), int(w), where=where)
             else:
                 det["bbox"] = [b.x1, b.y1, b.x2 - b.x1, b.y2 - b.y1]
             dets.append(det)
@@ -227,8 +228,6 @@ def semantic_mask(
     it has none. Overlaps: boxes with a score are drawn in increasing score order (the most
     confident ends on top); otherwise in the order given (later on top).
     """
-    from pseudolabel.data.detformats import polygon_to_mask
-
     names = _classes(classes)
     index = {c: i + 1 for i, c in enumerate(names)}
     out = np.zeros((int(height), int(width)), dtype=np.int32)
@@ -241,10 +240,7 @@ def semantic_mask(
         b = boxes[k]
         if b.label not in index:
             raise ValueError(f"box {k}: label {b.label!r} is not one of classes {names!r}")
-        if b.polygon is not None:
-            m = polygon_to_mask(b.polygon, height, width)
-        else:
-            m = polygon_to_mask(((b.x1, b.y1), (b.x2, b.y1), (b.x2, b.y2), (b.x1, b.y2)), height, width)
+        m = polygon_to_mask(b.polygon if b.polygon is not None else box_polygon(b), height, width)
         out[m] = index[b.label]
     return out
 

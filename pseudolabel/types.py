@@ -22,6 +22,10 @@ Source = Literal["seed", "human", "pseudo"]
 Split = Literal["seed", "pool", "holdout"]
 SOURCES: tuple[Source, ...] = ("seed", "human", "pseudo")
 SPLITS: tuple[Split, ...] = ("seed", "pool", "holdout")
+CLASSIFY_FORMATS: tuple[str, ...] = ("imagefolder", "csv", "labelme", "cvat", "labelstudio")
+"""Label formats a classification set is read from and exported to (:mod:`pseudolabel.data.formats`)."""
+OBJECT_FORMATS: tuple[str, ...] = ("yolo", "coco", "voc", "labelme", "cvat", "labelstudio")
+"""Label formats a detection / segmentation set is read from and exported to."""
 
 
 def utcnow() -> datetime:

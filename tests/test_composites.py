@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from pseudolabel.data import composites as C
-from pseudolabel.data.detformats import polygon_to_mask, read_yolo, read_yolo_names
+from pseudolabel.data.formats import read_yolo
+from pseudolabel.data.formats.yolo import read_yolo_names
+from pseudolabel.data.geometry import polygon_to_mask
 from pseudolabel.data.fashion import DatasetMissing, fashion_dir, load_fashion
 from pseudolabel.data.images import sha256_file
 from pseudolabel.types import Box
@@ -84,7 +86,7 @@ def test_polygons_match_masks(items: tuple[np.ndarray, np.ndarray]) -> None:
 
 
 def test_occlusion_and_overlap_limits(items: tuple[np.ndarray, np.ndarray]) -> None:
-    from pseudolabel.strategies.detection import box_iou
+    from pseudolabel.data.geometry import box_iou
 
     occluded = 0
     for _, boxes, masks in _scenes(items, 40, max_overlap=0.2):

@@ -9,7 +9,6 @@ from hypothesis import strategies as st
 
 from pseudolabel.strategies.detection import (
     aggregate,
-    box_iou,
     box_uncertainty,
     hflip_boxes,
     image_uncertainty,
@@ -22,20 +21,6 @@ from pseudolabel.types import Box, Prediction
 def _pred(boxes: list[tuple[float, float, float, float, float]], probs: list[list[float]]) -> Prediction:
     bx = tuple(Box(x1, y1, x2, y2, "a", score=s) for x1, y1, x2, y2, s in boxes)
     return Prediction("id", "v", boxes=bx, box_probs=np.array(probs, dtype=np.float64).reshape(len(bx), 2))
-
-
-def test_box_iou_known_answers() -> None:
-    a = np.array([[0, 0, 10, 10], [20, 20, 30, 30]], dtype=float)
-    b = np.array([[0, 0, 10, 10], [5, 0, 15, 10], [100, 100, 110, 110]], dtype=float)
-    iou = box_iou(a, b)
-    assert iou.shape == (2, 3)
-    np.testing.assert_allclose(iou[0], [1.0, 50 / 150, 0.0])
-    np.testing.assert_allclose(iou[1], [0.0, 0.0, 0.0])
-    assert box_iou(np.zeros((0, 4)), b).shape == (0, 3)
-    with pytest.raises(ValueError, match="x1 <= x2"):
-        box_iou(np.array([[10, 0, 0, 10]]), b)
-    with pytest.raises(ValueError, match=r"\(B, 4\)"):
-        box_iou(np.zeros((2, 3)), b)
 
 
 @pytest.mark.parametrize("score", ["entropy", "margin", "least_confidence"])

@@ -11,7 +11,7 @@ from loops.demo import demo_config, export_digits
 from loops.export import export_campaign
 from loops.round import ingest, ledger_for
 from pseudolabel.config import load_config
-from pseudolabel.data.detformats import read_yolo
+from pseudolabel.data.formats import read_yolo
 from pseudolabel.data.formats import read_labels
 from pseudolabel.types import Annotation, Box
 

@@ -157,7 +157,7 @@ def test_csv_set_missing_file_is_an_error_first_then_quarantined(tmp_path: Path)
 def test_detection_sets_quarantine_a_deleted_image_when_asked(tmp_path: Path) -> None:
     import json
 
-    from pseudolabel.data import detformats
+    from pseudolabel.data import formats
 
     img, lab, ann = tmp_path / "images", tmp_path / "labels", tmp_path / "ann"
     for d in (img, lab, ann):
@@ -174,9 +174,9 @@ def test_detection_sets_quarantine_a_deleted_image_when_asked(tmp_path: Path) ->
         "categories": [{"id": 1, "name": "x"}],
         "annotations": [{"id": i, "image_id": i, "category_id": 1, "bbox": [1, 1, 4, 4]} for i in (1, 2)]}))
     readers = {
-        "yolo": lambda **kw: detformats.read_yolo(img, lab, classes=["x"], **kw),
-        "coco": lambda **kw: detformats.read_coco(coco, image_root=img, classes=["x"], **kw),
-        "voc": lambda **kw: detformats.read_voc(ann, image_root=img, classes=["x"], **kw),
+        "yolo": lambda **kw: formats.read_yolo(img, lab, classes=["x"], **kw),
+        "coco": lambda **kw: formats.read_coco(coco, image_root=img, classes=["x"], **kw),
+        "voc": lambda **kw: formats.read_voc(ann, image_root=img, classes=["x"], **kw),
     }
     for name, read in readers.items():
         with pytest.raises(ValueError, match=r"b\.(txt|png)"):      # a file missing from a first read: an error
@@ -201,18 +201,18 @@ TOO_LARGE_C = "image too large: 60x50 = 3,000 pixels > max_pixels 2,000 (raise d
 
 @pytest.mark.parametrize("fmt", ["yolo", "coco", "voc", "labelme", "cvat", "labelstudio"])
 def test_every_object_format_honours_max_pixels_and_on_missing(tmp_path: Path, fmt: str) -> None:
-    from pseudolabel.data import detformats
+    from pseudolabel.data import formats
     from pseudolabel.data.errors import DataError
     from pseudolabel.types import Box
 
     items = _abc(tmp_path / "src")
     out = tmp_path / "out"
-    entry = detformats.export_labels(fmt, out, items, {it.id: (Box(2, 2, 20, 20, "x"),) for it in items},
+    entry = formats.export_labels(fmt, out, items, {it.id: (Box(2, 2, 20, 20, "x"),) for it in items},
                                      classes=["x"])
     path = {"yolo": out / "images" / "train", "voc": out / "Annotations"}.get(fmt, entry)
     kw: dict[str, object] = {"classes": ["x"], "image_root": out if fmt == "labelstudio" else None,
                              "split": "train" if fmt == "voc" else None}
-    ds = detformats.read_objects(fmt, path, max_pixels=2_000, **kw)  # type: ignore[arg-type]
+    ds = formats.read_objects(fmt, path, max_pixels=2_000, **kw)  # type: ignore[arg-type]
     assert sorted(it.path.name for it in ds.items) == ["a.png", "b.png"]
     assert [(q.path.name, q.reason) for q in ds.quarantined] == [("c.png", TOO_LARGE_C)]
     assert all([(b.label, *(round(v, 6) for v in (b.x1, b.y1, b.x2, b.y2))) for b in ds.boxes[it.id]]
@@ -221,24 +221,24 @@ def test_every_object_format_honours_max_pixels_and_on_missing(tmp_path: Path, f
     next(it.path for it in ds.items if it.path.name == "b.png").unlink()   # deleted after the first read
     gone = "b.txt" if fmt == "yolo" else "b.png"
     with pytest.raises(DataError, match=gone.replace(".", r"\.")) as err:  # a first read: an error
-        detformats.read_objects(fmt, path, **kw)  # type: ignore[arg-type]
+        formats.read_objects(fmt, path, **kw)  # type: ignore[arg-type]
     assert "\n" not in str(err.value)
-    ds = detformats.read_objects(fmt, path, on_missing="quarantine", **kw)  # type: ignore[arg-type]
+    ds = formats.read_objects(fmt, path, on_missing="quarantine", **kw)  # type: ignore[arg-type]
     assert sorted(it.path.name for it in ds.items) == ["a.png", "c.png"]
     assert [q.path.name for q in ds.quarantined] == [gone]
     assert "not found" in ds.quarantined[0].reason or "no image" in ds.quarantined[0].reason
     if fmt == "voc":  # an id of the split list whose XML is gone too
         (out / "Annotations" / "b.xml").unlink()
         with pytest.raises(DataError, match=r"train\.txt: id 'b' has no annotation file"):
-            detformats.read_objects(fmt, path, **kw)  # type: ignore[arg-type]
-        ds = detformats.read_objects(fmt, path, on_missing="quarantine", **kw)  # type: ignore[arg-type]
+            formats.read_objects(fmt, path, **kw)  # type: ignore[arg-type]
+        ds = formats.read_objects(fmt, path, on_missing="quarantine", **kw)  # type: ignore[arg-type]
         assert [(q.path.name, q.reason.split(" (")[0]) for q in ds.quarantined] == [
             ("b.xml", "annotation file not found")]
 
 
 @pytest.mark.parametrize("fmt", ["csv", "labelme", "cvat", "labelstudio"])
 def test_every_classification_format_honours_max_pixels_and_on_missing(tmp_path: Path, fmt: str) -> None:
-    from pseudolabel.data import cvat, labelme, labelstudio
+    from pseudolabel.data.formats import cvat, labelme, labelstudio
     from pseudolabel.data.errors import DataError
     from pseudolabel.data.formats import read_labels
 
@@ -276,7 +276,7 @@ def test_detection_ingest_reads_every_format_with_both_options(tmp_path: Path) -
     in Labelme JSON whose image is deleted after the first ingest is quarantined (the item is
     gone, its label kept) instead of stopping the round; on a first ingest it is an error."""
     from loops.detection import read_labelled
-    from pseudolabel.data import labelme
+    from pseudolabel.data.formats import labelme
     from pseudolabel.data.errors import DataError
     from pseudolabel.types import Box
 

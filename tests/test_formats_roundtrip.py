@@ -36,9 +36,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from pseudolabel.data import cvat, detformats, formats, labelme, labelstudio
+from pseudolabel.data import formats
+from pseudolabel.data.formats import cvat, labelme, labelstudio
 from pseudolabel.data.ingest import scan_files
-from pseudolabel.data.objects import DetSet, DetTask
+from pseudolabel.data.formats import DetSet, DetTask
 from pseudolabel.types import Box, Item
 
 CLASSES = ("cat", "dog", "bird")
@@ -118,15 +119,15 @@ def write_read(fmt: str, folder: Path, items: Sequence[Item], boxes: Mapping[str
     if fmt == "yolo":
         shuffled = list(CLASSES)
         random.Random(len(items)).shuffle(shuffled)
-        detformats.write_yolo(folder / "labels", items, boxes, classes=shuffled, task=task, image_root=img_dir)
-        detformats.write_yolo_names(folder / "classes.txt", shuffled)
-        return detformats.read_yolo(img_dir, folder / "labels", classes=CLASSES, task=task)
+        formats.write_yolo(folder / "labels", items, boxes, classes=shuffled, task=task, image_root=img_dir)
+        formats.yolo.write_yolo_names(folder / "classes.txt", shuffled)
+        return formats.read_yolo(img_dir, folder / "labels", classes=CLASSES, task=task)
     if fmt == "coco":
-        detformats.write_coco(folder / "c.json", items, boxes, classes=CLASSES, image_root=img_dir)
-        return detformats.read_coco(folder / "c.json", image_root=img_dir, classes=CLASSES)
+        formats.write_coco(folder / "c.json", items, boxes, classes=CLASSES, image_root=img_dir)
+        return formats.read_coco(folder / "c.json", image_root=img_dir, classes=CLASSES)
     if fmt == "voc":
-        detformats.write_voc(folder / "Annotations", items, boxes, classes=CLASSES, image_root=img_dir)
-        return detformats.read_voc(folder / "Annotations", image_root=img_dir, classes=CLASSES)
+        formats.write_voc(folder / "Annotations", items, boxes, classes=CLASSES, image_root=img_dir)
+        return formats.read_voc(folder / "Annotations", image_root=img_dir, classes=CLASSES)
     if fmt == "labelme":
         labelme.write_labelme(folder, items, boxes, classes=CLASSES, image_root=img_dir)
         return labelme.read_labelme(folder, classes=CLASSES)

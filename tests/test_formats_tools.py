@@ -21,8 +21,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pseudolabel.data import cvat, detformats, formats, labelme, labelstudio
+from pseudolabel.data import formats
 from pseudolabel.data.errors import DataError
+from pseudolabel.data.formats import labelstudio
+from pseudolabel.data.ingest import scan_files
 from pseudolabel.types import Box
 
 # The case: the data set's own order, and the order Label Studio's YOLO export writes.
@@ -40,7 +42,7 @@ def _xyxy(b: Box) -> tuple[float, float, float, float]:
     return (b.x1, b.y1, b.x2, b.y2)
 
 
-def _by_name(ds: detformats.DetSet) -> dict[str, tuple[Box, ...]]:
+def _by_name(ds: formats.DetSet) -> dict[str, tuple[Box, ...]]:
     return {it.path.name: ds.boxes[it.id] for it in ds.items}
 
 
@@ -102,7 +104,7 @@ def test_label_studio_converter_outputs_read_back(ls_export: Path) -> None:
 
     # YOLO: classes.txt is sorted alphabetically, not in the label config's order.
     assert (root / "yolo" / "classes.txt").read_text().split() == list(SORTED_ORDER)
-    yolo = detformats.read_objects("yolo", root / "docroot" / "images", classes=DATASET_ORDER,
+    yolo = formats.read_objects("yolo", root / "docroot" / "images", classes=DATASET_ORDER,
                                    labels=root / "yolo" / "labels")
     assert any("mapped by name" in n for n in yolo.notes)
     got = _by_name(yolo)
@@ -113,13 +115,13 @@ def test_label_studio_converter_outputs_read_back(ls_export: Path) -> None:
     # Without its names file the ids would be read in the config's order: every label wrong,
     # which is why the reader says where the order came from.
     os.remove(root / "yolo" / "classes.txt")
-    blind = detformats.read_objects("yolo", root / "docroot" / "images", classes=DATASET_ORDER,
+    blind = formats.read_objects("yolo", root / "docroot" / "images", classes=DATASET_ORDER,
                                     labels=root / "yolo" / "labels")
     assert [b.label for b in _by_name(blind)["bag_02.png"]] == ["T-shirt_top"]
     assert any("no names file" in n for n in blind.notes)
 
     # VOC: int() truncation (within 1 px), and the 0.64 px box becomes xmin = xmax: skipped, with a row.
-    voc = detformats.read_objects("voc", root / "voc" / "Annotations", classes=DATASET_ORDER,
+    voc = formats.read_objects("voc", root / "voc" / "Annotations", classes=DATASET_ORDER,
                                   image_root=root / "docroot" / "images")
     got = _by_name(voc)
     assert [b.label for b in got["shirt_01.png"]] == ["T-shirt_top", "Trouser"]
@@ -129,7 +131,7 @@ def test_label_studio_converter_outputs_read_back(ls_export: Path) -> None:
     assert row.path.name == "shirt_01.xml" and row.reason.startswith("object 3: zero-area box x1=144.0")
 
     # COCO: file_name relative to the JSON's folder ("../docroot/images/..."), pixel floats.
-    coco = detformats.read_objects("coco", root / "coco" / "result.json", classes=DATASET_ORDER)
+    coco = formats.read_objects("coco", root / "coco" / "result.json", classes=DATASET_ORDER)
     got = _by_name(coco)
     for name, boxes in want.items():
         assert [(b.label, *map(round, _xyxy(b), [6] * 4)) for b in got[name]] == \
@@ -143,11 +145,11 @@ def test_label_studio_yolo_importer_reads_our_export(tmp_path: Path) -> None:
 
     a = _png(tmp_path / "src" / "a.png", 64, 48, 3)
     b = _png(tmp_path / "src" / "b.png", 40, 40, 4)
-    items = detformats.scan_files([a, b]).items
+    items = scan_files([a, b]).items
     boxes = {items[0].id: (Box(0, 0, 16, 12, "Sneaker"), Box(32, 24, 64, 48, "Bag")),
              items[1].id: (Box(4, 4, 20, 36, "T-shirt_top"),)}
     out = tmp_path / "export"
-    detformats.export_labels("yolo", out, items, boxes, classes=DATASET_ORDER)
+    formats.export_labels("yolo", out, items, boxes, classes=DATASET_ORDER)
     assert (out / "classes.txt").read_text().split() == list(DATASET_ORDER)
     flat = tmp_path / "flat"  # the importer's layout: one split, no sub-folders
     flat.mkdir()
@@ -180,13 +182,13 @@ def test_ultralytics_layout_maps_ids_by_data_yaml_names(tmp_path: Path) -> None:
     _png(root / "images" / "train" / "0001.png", 28, 28)
     (root / "labels" / "train").mkdir(parents=True)
     (root / "labels" / "train" / "0001.txt").write_text("0 0.5 0.5 0.5 0.5\n3 0.25 0.25 0.1 0.1\n")
-    ds = detformats.read_objects("yolo", root / "images" / "train", classes=SORTED_ORDER)
+    ds = formats.read_objects("yolo", root / "images" / "train", classes=SORTED_ORDER)
     assert [b.label for b in next(iter(ds.boxes.values()))] == ["T-shirt_top", "Bag"]
     (note,) = [n for n in ds.notes if "mapped by name" in n]
     assert "data.yaml" in note and str(list(DATASET_ORDER)) in note and str(list(SORTED_ORDER)) in note
     with pytest.raises(DataError, match=r"'T-shirt_top' \(first at .*0001\.txt \(object 1\)\)\. Config classes "
                                         r"\(in order\): \['Bag', 'Sneaker', 'Trouser'\]"):
-        detformats.read_objects("yolo", root / "images" / "train", classes=("Bag", "Sneaker", "Trouser"))
+        formats.read_objects("yolo", root / "images" / "train", classes=("Bag", "Sneaker", "Trouser"))
 
 
 def test_labelimg_classes_txt_among_the_label_files(tmp_path: Path) -> None:
@@ -196,11 +198,11 @@ def test_labelimg_classes_txt_among_the_label_files(tmp_path: Path) -> None:
     (tmp_path / "lbl").mkdir()
     (tmp_path / "lbl" / "classes.txt").write_text("dog\ncat\n")
     (tmp_path / "lbl" / "a.txt").write_text("0 0.500000 0.500000 0.400000 0.500000\n")
-    ds = detformats.read_objects("yolo", tmp_path / "imgs", classes=("cat", "dog"), labels=tmp_path / "lbl")
+    ds = formats.read_objects("yolo", tmp_path / "imgs", classes=("cat", "dog"), labels=tmp_path / "lbl")
     assert [b.label for b in next(iter(ds.boxes.values()))] == ["dog"]
     (tmp_path / "lbl" / "classes.txt").write_text("dog\n\ncat\n")
     with pytest.raises(DataError, match=r"classes\.txt:2: blank line between class names"):
-        detformats.read_objects("yolo", tmp_path / "imgs", classes=("cat", "dog"), labels=tmp_path / "lbl")
+        formats.read_objects("yolo", tmp_path / "imgs", classes=("cat", "dog"), labels=tmp_path / "lbl")
 
 
 # --------------------------------------------------------------------------- COCO
@@ -228,7 +230,7 @@ def test_coco_official_layout_with_crowd_and_sparse_category_ids(tmp_path: Path)
     path = tmp_path / "annotations" / "instances_val2017.json"
     path.parent.mkdir()
     path.write_text(json.dumps(data))
-    ds = detformats.read_objects("coco", path, classes=("dog", "person"), image_root=tmp_path / "val2017")
+    ds = formats.read_objects("coco", path, classes=("dog", "person"), image_root=tmp_path / "val2017")
     person, dog = next(iter(ds.boxes.values()))
     assert person.label == "person" and not person.crowd and person.polygon is not None
     assert dog.label == "dog" and dog.crowd and dog.polygon is None and _xyxy(dog) == (40.0, 2.0, 60.0, 22.0)
@@ -297,17 +299,17 @@ def _voc_root(root: Path) -> None:
 def test_voc_devkit_splits_and_difficult(tmp_path: Path) -> None:
     _voc_root(tmp_path / "VOC2012")
     ann = tmp_path / "VOC2012" / "Annotations"
-    assert detformats.voc_splits(tmp_path / "VOC2012") == ["train", "val"]  # horse_train is a class list
+    assert formats.voc.voc_splits(tmp_path / "VOC2012") == ["train", "val"]  # horse_train is a class list
     with pytest.raises(DataError, match=r"split lists train, val; reading every XML would mix them"):
-        detformats.read_objects("voc", ann, classes=("horse", "person"))
-    train = detformats.read_objects("voc", ann, classes=("horse", "person"), split="train")
-    val = detformats.read_objects("voc", ann, classes=("horse", "person"), split="val")
+        formats.read_objects("voc", ann, classes=("horse", "person"))
+    train = formats.read_objects("voc", ann, classes=("horse", "person"), split="train")
+    val = formats.read_objects("voc", ann, classes=("horse", "person"), split="val")
     assert sorted(_by_name(train)) == ["2008_000008.png", "2008_000015.png"]
     assert sorted(_by_name(val)) == ["2008_000019.png"]
     flags = {n: [b.difficult for b in bs] for n, bs in _by_name(train).items()}
     assert flags == {"2008_000008.png": [False, False], "2008_000015.png": [False, True]}
     with pytest.raises(DataError, match=r"test\.txt does not exist; splits here: train, val"):
-        detformats.read_objects("voc", ann, classes=("horse", "person"), split="test")
+        formats.read_objects("voc", ann, classes=("horse", "person"), split="test")
 
 
 def test_voc_labelimg_file_without_extension_and_windows_path(tmp_path: Path) -> None:
@@ -347,7 +349,7 @@ def test_voc_labelimg_file_without_extension_and_windows_path(tmp_path: Path) ->
     (tmp_path / "ann" / "shot.xml").write_text(
         "<annotation><filename></filename><path>C:\\data\\other.png</path><size><width>40</width>"
         "<height>30</height></size></annotation>")
-    ds = detformats.read_objects("voc", tmp_path / "ann", classes=("cat",), image_root=tmp_path / "imgs")
+    ds = formats.read_objects("voc", tmp_path / "ann", classes=("cat",), image_root=tmp_path / "imgs")
     got = _by_name(ds)
     assert [_xyxy(b) for b in got["IMG_0042.png"]] == [(3, 4, 20, 25)] and got["other.png"] == ()
 
@@ -392,10 +394,10 @@ def test_labelme_files_as_labelme_writes_them(tmp_path: Path) -> None:
     # Saved on Windows: imagePath with backslashes, relative to the JSON.
     (d / "sub" / "three.json").write_text(_labelme5("..\\sub\\three.png", [], 60, 50))
     (d / "circle.json").write_text(_labelme5("circle.png", [_shape("car", [[30, 25], [35, 25]], "circle")], 60, 50))
-    ds = detformats.read_objects("labelme", d, classes=("bus", "car", "person"))
+    ds = formats.read_objects("labelme", d, classes=("bus", "car", "person"))
     got = _by_name(ds)
     assert "2011_000025.png" not in got
-    grouped = detformats.read_objects("labelme", d, classes=("bus", "car", "person"), multipart="largest")
+    grouped = formats.read_objects("labelme", d, classes=("bus", "car", "person"), multipart="largest")
     bus, car, two_parts = _by_name(grouped)["2011_000025.png"]
     assert bus.polygon is not None and _xyxy(bus) == (8.9, 2.0, 42.9, 37.4)
     assert _xyxy(car) == (41.0, 16.9, 90.5, 60.0) and car.difficult and car.polygon is None
@@ -500,7 +502,7 @@ def test_cvat_for_images_export(tmp_path: Path) -> None:
     for i, name in enumerate(("filename000.png", "sub/filename001.png", "filename002.png")):
         _png(tmp_path / "images" / name, 160, 120, i)
     (tmp_path / "annotations.xml").write_text(CVAT_XML)
-    ds = detformats.read_objects("cvat", tmp_path / "annotations.xml", classes=("car", "plate", "traffic_line"))
+    ds = formats.read_objects("cvat", tmp_path / "annotations.xml", classes=("car", "plate", "traffic_line"))
     got = _by_name(ds)
     plate, car = got["filename000.png"]
     assert plate.difficult and _xyxy(plate) == (79.73, 87.09, 96.55, 92.89)
@@ -510,7 +512,7 @@ def test_cvat_for_images_export(tmp_path: Path) -> None:
     assert "<polyline> is not supported" in q.reason and "filename001.png left out" in q.reason
     with pytest.raises(DataError, match=r"'plate' \(first at .*\)\. Config classes \(in order\): \['car'\]; names in "
                                         r"the files: \['car', 'plate', 'traffic_line'\]"):
-        detformats.read_objects("cvat", tmp_path / "annotations.xml", classes=("car",))
+        formats.read_objects("cvat", tmp_path / "annotations.xml", classes=("car",))
     # The same file as classification: one <tag> per image.
     tags = formats.read_labels("cvat", tmp_path / "annotations.xml", classes=("good_frame", "bad_frame"))
     assert list(tags.labels.values()) == ["good_frame"] and len(tags.quarantined) == 2
@@ -542,7 +544,7 @@ def test_label_studio_export_annotations_predictions_and_uploads(tmp_path: Path)
     ]
     path = tmp_path / "project-3-at-2024-05-01.json"
     path.write_text(json.dumps(tasks))
-    ds = detformats.read_objects("labelstudio", path, classes=("bus", "car"), image_root=tmp_path / "media")
+    ds = formats.read_objects("labelstudio", path, classes=("bus", "car"), image_root=tmp_path / "media")
     ((name, (b,)),) = _by_name(ds).items()
     assert name == "0ab1c2d3-photo.png" and b.label == "car" and _xyxy(b) == pytest.approx((8, 6, 48, 36))
     reasons = sorted(q.reason for q in ds.quarantined)

@@ -15,7 +15,7 @@ from PIL import Image
 from pseudolabel.data import ingest
 from pseudolabel.data.errors import DataError
 from pseudolabel.data.formats import (
-    FORMATS,
+    CLASSIFY_FORMATS,
     read_csv_labels,
     read_imagefolder,
     read_labels,
@@ -368,7 +368,7 @@ def test_read_labels_dispatches_and_rejects_unknown_format(tmp_path: Path) -> No
     via = read_labels("imagefolder", tmp_path / "folder", classes=None)
     direct = read_imagefolder(tmp_path / "folder", classes=None)
     assert via == direct
-    assert FORMATS == ("imagefolder", "csv", "labelme", "cvat", "labelstudio")
+    assert CLASSIFY_FORMATS == ("imagefolder", "csv", "labelme", "cvat", "labelstudio")
     with pytest.raises(DataError, match="'yolo'.*'imagefolder', 'csv', 'labelme', 'cvat', 'labelstudio'"):
         read_labels("yolo", tmp_path, classes=None)
 

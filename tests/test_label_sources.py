@@ -14,7 +14,8 @@ from PIL import Image
 from loops.detection import read_labelled
 from loops.round import holdout_truth, ingest, ledger_for
 from pseudolabel.config import ConfigError, load_config
-from pseudolabel.data import cvat, detformats, labelstudio
+from pseudolabel.data import formats
+from pseudolabel.data.formats import cvat, labelstudio
 from pseudolabel.data.errors import DataError, DataWarning
 from pseudolabel.data.ingest import scan_files
 from pseudolabel.types import Box
@@ -72,7 +73,7 @@ def test_detection_ingest_from_cvat_and_coco_keeps_flags_for_evaluation(tmp_path
     cvat.write_cvat(tmp_path / "seed" / "annotations.xml", items, seed_boxes, classes=["car", "bus"],
                     image_root=tmp_path / "seed" / "images")
     hold = scan_files([_png(tmp_path / "hold" / "h.png", 40, 30, 9)]).items
-    detformats.write_coco(tmp_path / "hold" / "c.json", hold,
+    formats.write_coco(tmp_path / "hold" / "c.json", hold,
                           {hold[0].id: (Box(2, 2, 12, 12, "bus"), Box(15, 0, 40, 30, "car", crowd=True))},
                           classes=["car", "bus"], image_root=tmp_path / "hold")
     cfg = _cfg(tmp_path, "detect", {"format": "cvat", "path": str(tmp_path / "seed" / "annotations.xml")},

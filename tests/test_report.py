@@ -403,7 +403,7 @@ def test_pages_are_self_contained(campaign: Campaign, tmp_path: Path) -> None:
 
 # -- detection --------------------------------------------------------------------------------
 def test_detection_round_page_shows_per_class_ap_and_predicted_boxes(tmp_path: Path) -> None:
-    from pseudolabel.data.detformats import write_yolo
+    from pseudolabel.data.formats import write_yolo
     from pseudolabel.inference import load_box_predictions
     from test_yolo import CLASSES, SIZE, make_scenes
 

@@ -12,7 +12,7 @@ import yaml
 
 from loops.round import ledger_for, run_round
 from pseudolabel.config import load_config
-from pseudolabel.data.detformats import write_yolo
+from pseudolabel.data.formats import write_yolo
 from pseudolabel.inference import load_box_predictions
 from pseudolabel.review.client import LabelStudioClient
 from pseudolabel.types import Annotation

@@ -9,8 +9,8 @@ earlier ones. Each object's ground truth is its **visible** silhouette:
   region, holes filled), minus what later items cover;
 - :class:`~pseudolabel.types.Box`: the tight pixel box of the visible mask, ``xyxy`` with
   pixel-corner coordinates (pixel ``(row i, col j)`` spans ``[j, j+1) x [i, i+1)``, so
-  ``x2 = last column + 1``), as :mod:`pseudolabel.data.detformats` uses;
-- polygon: the mask's outline from :func:`~pseudolabel.data.detformats.mask_to_polygon`.
+  ``x2 = last column + 1``), as :mod:`pseudolabel.data.geometry` uses;
+- polygon: the mask's outline from :func:`~pseudolabel.data.geometry.mask_to_polygon`.
 
 Placements that would hide most of an earlier object, split its visible part in two, punch
 a hole in it, or make two visible boxes overlap more than ``max_overlap`` (IoU) are redrawn,
@@ -35,8 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from pseudolabel.data.detformats import DetTask, mask_to_polygon, write_yolo
 from pseudolabel.data.fashion import FASHION_CLASSES, DatasetMissing, fashion_dir, load_fashion
+from pseudolabel.data.formats import DetTask, write_yolo
+from pseudolabel.data.geometry import box_iou, mask_to_polygon
 from pseudolabel.types import Box, Item, Split
 
 ITEM_SIDE = 28
@@ -164,14 +165,6 @@ def _bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
     return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
-def _iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
-    iw = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def _solid(mask: np.ndarray) -> bool:
     """One 4-connected region without holes (so its outline polygon describes it exactly)."""
     from scipy import ndimage
@@ -282,9 +275,8 @@ def _compose(
                 for v, f in zip(vis[:-1], full)
             )
             if ok:
-                bbs = [_bbox(v) for v in vis]
-                ok = all(_iou(bbs[i], bbs[j]) <= max_overlap
-                         for i in range(len(bbs)) for j in range(i + 1, len(bbs)))
+                bbs = np.array([_bbox(v) for v in vis], dtype=np.float64)  # (k, 4) pixel xyxy
+                ok = bool((np.triu(box_iou(bbs, bbs), k=1) <= max_overlap).all())
             if ok:
                 break
         else:

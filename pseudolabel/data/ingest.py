@@ -118,11 +118,20 @@ def is_image_path(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
-def _reason(path: Path, err: Exception) -> str:
-    # ImageError messages start with "<path>: "; the path is its own column already.
-    msg = str(err)
-    prefix = f"{path}: "
-    return msg[len(prefix) :] if msg.startswith(prefix) else msg
+def reason_of(message: str, path: Path | str) -> str:
+    """A quarantine reason from an error message that starts with ``path`` (the path is its
+    own column): ``"<path>: bad"`` -> ``"bad"``, ``"<path>:12: bad"`` -> ``"line 12: bad"``,
+    ``"<path>: object 2: bad"`` -> ``"object 2: bad"``; any other message as it is."""
+    prefix = str(path)
+    if not message.startswith(prefix):
+        return message
+    rest = message[len(prefix):]
+    if rest.startswith(":"):
+        head, sep, tail = rest[1:].partition(": ")
+        if sep and head.isdigit():
+            return f"line {head}: {tail}"
+        return rest[1:].lstrip()
+    return rest.lstrip()
 
 
 def _progress(paths: Sequence[Path], *, enabled: bool, description: str) -> Iterator[Path]:
@@ -256,7 +265,7 @@ def scan_files(
             with load_rgb(path) as img:
                 width, height = img.size
         except ImageError as e:
-            reason = _reason(path, e)
+            reason = reason_of(str(e), path)
             bad_hashes[digest] = reason
             result.quarantined.append(Quarantined(path, reason))
             continue

@@ -53,6 +53,7 @@ import numpy as np
 import torch
 from typing_extensions import Self
 
+from pseudolabel.data.geometry import box_polygon, clip_xyxy
 from pseudolabel.data.images import load_rgb
 from pseudolabel.models.base import AdapterBase, resolve_device, state_hash
 from pseudolabel.runtime import OnnxForward, resolve_runtime
@@ -137,12 +138,6 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         os.symlink(Path(src).resolve(), dst)
     except OSError:
         shutil.copyfile(src, dst)
-
-
-def _polygon_of(box: Box) -> list[tuple[float, float]]:
-    if box.polygon is not None and len(box.polygon) >= 3:
-        return [(float(x), float(y)) for x, y in box.polygon]
-    return [(box.x1, box.y1), (box.x2, box.y1), (box.x2, box.y2), (box.x1, box.y2)]
 
 
 # --------------------------------------------------------------------------------------
@@ -324,12 +319,12 @@ class YoloModel(AdapterBase):
                     if self.task == "segment":
                         pts = [
                             f"{min(max(x / item.width, 0.0), 1.0):.6f} {min(max(y / item.height, 0.0), 1.0):.6f}"
-                            for x, y in _polygon_of(box)
+                            for x, y in box_polygon(box)
                         ]
                         lines.append(f"{cls} " + " ".join(pts))
                     else:
-                        x1, x2 = max(box.x1, 0.0), min(box.x2, float(item.width))
-                        y1, y2 = max(box.y1, 0.0), min(box.y2, float(item.height))
+                        x1, y1, x2, y2 = clip_xyxy(box.x1, box.y1, box.x2, box.y2, width=item.width,
+                                                   height=item.height)
                         cx, cy = (x1 + x2) / 2 / item.width, (y1 + y2) / 2 / item.height
                         w, h = (x2 - x1) / item.width, (y2 - y1) / item.height
                         lines.append(f"{cls} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}")

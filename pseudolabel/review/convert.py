@@ -35,6 +35,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 from xml.sax.saxutils import escape
 
+from pseudolabel.data.geometry import clip_xyxy, polygon_bounds
 from pseudolabel.types import Box, Prediction, TaskType, validate_classes
 
 LOCAL_FILES_PREFIX = "/data/local-files/?d="
@@ -328,8 +329,7 @@ def box_from_rectangle(
         c, s = math.cos(t), math.sin(t)
         xs = [x1, x1 + bw * c, x1 + bw * c - bh * s, x1 - bh * s]
         ys = [y1, y1 + bw * s, y1 + bw * s + bh * c, y1 + bh * c]
-        ex1, ey1 = max(0.0, min(xs)), max(0.0, min(ys))
-        ex2, ey2 = min(float(w), max(xs)), min(float(h), max(ys))
+        ex1, ey1, ex2, ey2 = clip_xyxy(*polygon_bounds(list(zip(xs, ys))), width=w, height=h)
         if warnings is not None:
             warnings.append(f"rectangle {label!r} rotated by {angle:g} degrees: used its enclosing "
                             f"axis-aligned box [{ex1:.1f}, {ey1:.1f}, {ex2:.1f}, {ey2:.1f}] px")
@@ -376,10 +376,9 @@ def box_from_polygon(
     pts = tuple((float(px) / 100.0 * w, float(py) / 100.0 * h) for px, py in v["points"])
     if len(pts) < 3:
         raise ValueError(f"polygon {pts!r} has fewer than 3 points")
-    xs = [p[0] for p in pts]
-    ys = [p[1] for p in pts]
+    x1, y1, x2, y2 = polygon_bounds(pts)
     score = region.get("score")
-    return Box(min(xs), min(ys), max(xs), max(ys), _single_label(v, "polygonlabels"),
+    return Box(x1, y1, x2, y2, _single_label(v, "polygonlabels"),
                score=None if score is None else float(score), polygon=pts)
 
 

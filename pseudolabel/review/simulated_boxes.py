@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from pseudolabel.data.geometry import box_iou, mask_iou, polygon_bounds, polygon_to_mask
 from pseudolabel.review.client import LabelStudioClient
 from pseudolabel.review.convert import validate_classes
 from pseudolabel.types import Box
@@ -48,41 +49,28 @@ class EditPlan:
         return self.relabelled + self.reshaped + self.deleted + self.added
 
 
-def _box_iou(a: Sequence[Box], b: Sequence[Box]) -> np.ndarray:
-    """``(len(a), len(b))`` IoU of the pixel ``xyxy`` boxes."""
-    from pseudolabel.strategies.detection import box_iou
-
-    arr = lambda bs: np.array([[x.x1, x.y1, x.x2, x.y2] for x in bs], dtype=np.float64).reshape(-1, 4)  # noqa: E731
-    return box_iou(arr(a), arr(b))
-
-
-def _mask_iou(a: Sequence[Box], b: Sequence[Box], *, width: int, height: int) -> np.ndarray:
+def _polygon_iou(a: Sequence[Box], b: Sequence[Box], *, width: int, height: int) -> np.ndarray:
     """``(len(a), len(b))`` IoU of the polygons rasterised on a ``width`` x ``height`` image
     (COCO's rasterisation, as segmentation metrics see them)."""
-    from pseudolabel.data.detformats import polygon_to_mask
 
     def masks(bs: Sequence[Box], what: str) -> np.ndarray:
-        out = np.zeros((len(bs), height * width), dtype=bool)
+        out = np.zeros((len(bs), height, width), dtype=bool)
         for k, x in enumerate(bs):
             if x.polygon is None or len(x.polygon) < 3:
                 raise ValueError(f"{what} object {k} ({x.label!r}) has no polygon of >= 3 points; "
                                  "task 'segment' compares polygons")
-            out[k] = polygon_to_mask(x.polygon, height, width).ravel()
+            out[k] = polygon_to_mask(x.polygon, height, width)
         return out
 
-    ma, mb = masks(a, "predicted"), masks(b, "true")
-    inter = ma.astype(np.float64) @ mb.T.astype(np.float64)
-    union = ma.sum(1)[:, None] + mb.sum(1)[None, :] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    return mask_iou(masks(a, "predicted"), masks(b, "true"))
 
 
 def _polygon_box(b: Box) -> Box:
     """``b`` with its ``xyxy`` set to its polygon's bounds (what Label Studio gives back for a
     polygon region)."""
     assert b.polygon is not None
-    xs = [p[0] for p in b.polygon]
-    ys = [p[1] for p in b.polygon]
-    return replace(b, x1=min(xs), y1=min(ys), x2=max(xs), y2=max(ys))
+    x1, y1, x2, y2 = polygon_bounds(b.polygon)
+    return replace(b, x1=x1, y1=y1, x2=x2, y2=y2)
 
 
 def plan_edits(
@@ -121,9 +109,9 @@ def plan_edits(
         w, h = (int(v) for v in image_size)
         if w <= 0 or h <= 0:
             raise ValueError(f"image_size {image_size!r} must be positive (width, height) pixels")
-        iou = _mask_iou(pred, true, width=w, height=h)
+        iou = _polygon_iou(pred, true, width=w, height=h)
     else:
-        iou = _box_iou(pred, true)
+        iou = box_iou(pred, true)
 
     def clean(b: Box) -> Box:
         b = replace(b, score=None)

@@ -1,6 +1,6 @@
 """Detection uncertainty: per-box scores, box -> image aggregation, flip stability.
 
-Pure numpy. Conventions:
+Pure functions on arrays (IoU from :mod:`pseudolabel.data.geometry`). Conventions:
 
 - boxes are pixel ``xyxy`` arrays of shape ``(B, 4)`` (``x1 < x2``, ``y1 < y2``);
 - ``box_probs`` are ``(B, C)`` per-box class scores. Detectors such as YOLO give independent
@@ -21,6 +21,7 @@ from typing import Literal
 
 import numpy as np
 
+from pseudolabel.data.geometry import as_xyxy, box_iou, boxes_xyxy
 from pseudolabel.strategies.uncertainty import _KERNELS
 from pseudolabel.types import Prediction
 
@@ -37,7 +38,6 @@ __all__ = [
     "BOX_SCORES",
     "DETECTION_STRATEGIES",
     "aggregate",
-    "box_iou",
     "box_uncertainty",
     "boxes_array",
     "hflip_boxes",
@@ -45,38 +45,6 @@ __all__ = [
     "localisation_stability",
     "normalise_box_probs",
 ]
-
-
-def _as_boxes(boxes: np.ndarray, name: str) -> np.ndarray:
-    arr = np.asarray(boxes, dtype=np.float64)
-    if arr.size == 0:
-        return arr.reshape(0, 4)
-    if arr.ndim != 2 or arr.shape[1] != 4:
-        raise ValueError(f"{name} must have shape (B, 4) (pixel xyxy), got {arr.shape}")
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains non-finite coordinates; expected finite pixel xyxy")
-    bad = (arr[:, 2] < arr[:, 0]) | (arr[:, 3] < arr[:, 1])
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"{name} row {row} is {arr[row].tolist()}, not xyxy with x1 <= x2 and y1 <= y2")
-    return arr
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of pixel ``xyxy`` boxes: ``a`` (N, 4), ``b`` (M, 4) -> (N, M) in [0, 1].
-
-    Two degenerate (zero-area) boxes have IoU 0.
-    """
-    a = _as_boxes(a, "a")
-    b = _as_boxes(b, "b")
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    wh = np.clip(rb - lt, 0.0, None)
-    inter = wh[..., 0] * wh[..., 1]
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
 def normalise_box_probs(box_probs: np.ndarray) -> np.ndarray:
@@ -151,7 +119,7 @@ def aggregate(
 
 def hflip_boxes(boxes: np.ndarray, width: float) -> np.ndarray:
     """Mirror pixel ``xyxy`` boxes ``(B, 4)`` horizontally in an image ``width`` pixels wide."""
-    arr = _as_boxes(boxes, "boxes")
+    arr = as_xyxy(boxes, name="boxes")
     out = arr.copy()
     out[:, 0] = width - arr[:, 2]
     out[:, 2] = width - arr[:, 0]
@@ -169,8 +137,8 @@ def localisation_stability(boxes: np.ndarray, flipped_boxes: np.ndarray, width: 
     """
     if not np.isfinite(width) or width <= 0:
         raise ValueError(f"width must be a positive number of pixels, got {width!r}")
-    a = _as_boxes(boxes, "boxes")
-    b = hflip_boxes(_as_boxes(flipped_boxes, "flipped_boxes"), width)
+    a = as_xyxy(boxes, name="boxes")
+    b = hflip_boxes(as_xyxy(flipped_boxes, name="flipped_boxes"), width)
     if len(a) == 0 and len(b) == 0:
         return 0.0
     if len(a) == 0 or len(b) == 0:
@@ -183,9 +151,7 @@ def localisation_stability(boxes: np.ndarray, flipped_boxes: np.ndarray, width: 
 
 def boxes_array(prediction: Prediction) -> np.ndarray:
     """The prediction's boxes as a pixel ``xyxy`` array ``(B, 4)``."""
-    if not prediction.boxes:
-        return np.zeros((0, 4), dtype=np.float64)
-    return np.array([[b.x1, b.y1, b.x2, b.y2] for b in prediction.boxes], dtype=np.float64)
+    return boxes_xyxy(prediction.boxes)
 
 
 def image_uncertainty(

@@ -35,21 +35,21 @@ from typing import Any
 
 from pseudolabel.data.errors import DataError, LabelProblem
 from pseudolabel.data.images import IMAGE_SUFFIXES
-from pseudolabel.data.ingest import DEFAULT_MAX_PIXELS, OnMissing, Quarantined, check_on_missing, scan_files
-from pseudolabel.data.objects import (
+from pseudolabel.data.ingest import DEFAULT_MAX_PIXELS, OnMissing, Quarantined, check_on_missing, reason_of, scan_files
+from pseudolabel.data.formats.labelled import LabelledSet, assemble_labels, unknown_class
+from pseudolabel.data.formats.objects import (
     DegenerateBox,
     DetSet,
     Multipart,
     Reading,
     assemble,
-    bounds,
     check_classes,
     check_write,
     make_box,
     one_polygon,
-    reason_of,
     size_check,
 )
+from pseudolabel.data.geometry import polygon_bounds
 from pseudolabel.types import Box, Item
 from pseudolabel.utils import atomic_write_text
 
@@ -164,7 +164,7 @@ def read_labelme_file(
             reading.check_label(label, classes, where=where)
         elif classes is not None and label not in classes:
             raise DataError(f"{where}: class {label!r} is not one of the accepted classes {list(classes)!r}")
-        x1, y1, x2, y2 = bounds([p for poly in polys for p in poly])
+        x1, y1, x2, y2 = polygon_bounds([p for poly in polys for p in poly])
         polygon = None if rects == len(polys) else one_polygon(
             [p for p in polys], multipart=multipart, where=where)
         try:
@@ -240,15 +240,13 @@ def read_labelme(
 def read_labelme_classes(
     folder: Path, *, classes: Sequence[str], image_root: Path | None = None, progress: bool = False,
     max_pixels: int | None = DEFAULT_MAX_PIXELS, on_missing: OnMissing = "error",
-) -> Any:
-    """Classification from Labelme's image-level ``flags`` (a :class:`~pseudolabel.data.formats.LabelledSet`).
+) -> LabelledSet:
+    """Classification from Labelme's image-level ``flags`` (a :class:`LabelledSet`).
 
     Exactly one flag that is a class name must be true; none (an image not classified yet) or
     several leave the image out (quarantined); ``__ignore__`` true leaves it out too. A true
     flag that is no class name is an error naming it (the config may lack a class).
     ``max_pixels``, ``on_missing``: see the module doc."""
-    from pseudolabel.data.formats import assemble_labels, unknown_class
-
     check_on_missing(on_missing)
     folder = Path(folder)
     names = check_classes(classes, where=folder)

@@ -1,4 +1,4 @@
-"""Detection/segmentation label formats: YOLO, COCO, VOC readers/writers, export, masks."""
+"""Detection/segmentation label formats: YOLO, COCO, VOC readers/writers, export."""
 
 from __future__ import annotations
 
@@ -14,9 +14,23 @@ import pytest
 import yaml
 from PIL import Image
 
-from pseudolabel.data import detformats as D
 from pseudolabel.data.errors import DataError, LabelProblem
-from pseudolabel.data.objects import DegenerateBox, training_boxes
+from pseudolabel.data.formats import (
+    OBJECT_FORMATS,
+    DetSet,
+    export_labels,
+    read_coco,
+    read_objects,
+    read_voc,
+    read_yolo,
+    write_coco,
+    write_voc,
+    write_yolo,
+)
+from pseudolabel.data.formats.objects import DegenerateBox, training_boxes
+from pseudolabel.data.formats.voc import voc_splits
+from pseudolabel.data.formats.yolo import read_yolo_labels, read_yolo_names
+from pseudolabel.data.ingest import scan_files
 from pseudolabel.review import convert as C
 from pseudolabel.types import Box
 
@@ -77,7 +91,7 @@ def yolo_segment(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_read_yolo_detect_pixels(yolo_detect: tuple[Path, Path]) -> None:
     images, labels = yolo_detect
-    ds = D.read_yolo(images, labels, classes=CLASSES)
+    ds = read_yolo(images, labels, classes=CLASSES)
     by_name = {it.path.name: it for it in ds.items}
     assert ds.classes == CLASSES and not ds.quarantined
     a = ds.boxes[by_name["a.png"].id]
@@ -88,22 +102,22 @@ def test_read_yolo_detect_pixels(yolo_detect: tuple[Path, Path]) -> None:
     assert ds.boxes[by_name["b.png"].id] == ()  # no label file = no objects
 
 
-def _chain(ds: D.DetSet, tmp: Path, images: Path, task: str) -> D.DetSet:
+def _chain(ds: DetSet, tmp: Path, images: Path, task: str) -> DetSet:
     """ours -> COCO -> ours -> VOC -> ours -> YOLO -> ours, checking each step."""
-    D.write_coco(tmp / "coco.json", ds.items, ds.boxes, classes=ds.classes, image_root=images)
-    coco = D.read_coco(tmp / "coco.json", image_root=images)
+    write_coco(tmp / "coco.json", ds.items, ds.boxes, classes=ds.classes, image_root=images)
+    coco = read_coco(tmp / "coco.json", image_root=images)
     assert coco.classes == ds.classes
     _same(ds.boxes, coco.boxes)
-    D.write_voc(tmp / "voc", coco.items, coco.boxes, image_root=images)
-    voc = D.read_voc(tmp / "voc", image_root=images, classes=ds.classes)
+    write_voc(tmp / "voc", coco.items, coco.boxes, image_root=images)
+    voc = read_voc(tmp / "voc", image_root=images, classes=ds.classes)
     _same(ds.boxes, voc.boxes)
-    D.write_yolo(tmp / "yolo2", voc.items, voc.boxes, classes=ds.classes, task=task, image_root=images)
-    return D.read_yolo(images, tmp / "yolo2", classes=ds.classes, task=task)
+    write_yolo(tmp / "yolo2", voc.items, voc.boxes, classes=ds.classes, task=task, image_root=images)
+    return read_yolo(images, tmp / "yolo2", classes=ds.classes, task=task)
 
 
 def test_round_trip_detect(yolo_detect: tuple[Path, Path], tmp_path: Path) -> None:
     images, labels = yolo_detect
-    ds = D.read_yolo(images, labels, classes=CLASSES)
+    ds = read_yolo(images, labels, classes=CLASSES)
     back = _chain(ds, tmp_path, images, "detect")
     _same(ds.boxes, back.boxes)
     # The written YOLO text equals the input numerically.
@@ -115,7 +129,7 @@ def test_round_trip_detect(yolo_detect: tuple[Path, Path], tmp_path: Path) -> No
 
 def test_round_trip_segment(yolo_segment: tuple[Path, Path], tmp_path: Path) -> None:
     images, labels = yolo_segment
-    ds = D.read_yolo(images, labels, classes=CLASSES, task="segment")
+    ds = read_yolo(images, labels, classes=CLASSES, task="segment")
     a = ds.boxes[next(it.id for it in ds.items if it.path.name == "a.png")]
     assert a[0].polygon == ((0, 0), (100, 0), (100, 80), (0, 80))
     assert (a[1].x1, a[1].y1, a[1].x2, a[1].y2) == pytest.approx((5, 16, 30, 48))
@@ -126,7 +140,7 @@ def test_round_trip_segment(yolo_segment: tuple[Path, Path], tmp_path: Path) -> 
 @pytest.mark.parametrize("fixture,task", [("yolo_detect", "detect"), ("yolo_segment", "segment")])
 def test_round_trip_through_label_studio(fixture: str, task: str, request: pytest.FixtureRequest) -> None:
     images, labels = request.getfixturevalue(fixture)
-    ds = D.read_yolo(images, labels, classes=CLASSES, task=task)  # type: ignore[arg-type]
+    ds = read_yolo(images, labels, classes=CLASSES, task=task)  # type: ignore[arg-type]
     back = {}
     for it in ds.items:
         result = C.boxes_result(ds.boxes[it.id], width=it.width, height=it.height, task_type=task)  # type: ignore[arg-type]
@@ -140,7 +154,7 @@ def test_yolo_detect_accepts_polygon_lines(tmp_path: Path) -> None:
     _png(tmp_path / "i" / "a.png", 10, 10, 0)
     (tmp_path / "l").mkdir()
     (tmp_path / "l" / "a.txt").write_text("1 0.1 0.1 0.5 0.2 0.3 0.6\n")
-    ds = D.read_yolo(tmp_path / "i", tmp_path / "l", classes=CLASSES)
+    ds = read_yolo(tmp_path / "i", tmp_path / "l", classes=CLASSES)
     (b,) = next(iter(ds.boxes.values()))
     assert (b.x1, b.y1, b.x2, b.y2) == pytest.approx((1, 1, 5, 6)) and b.polygon is not None
 
@@ -149,7 +163,7 @@ def test_tiny_overshoot_is_clipped(tmp_path: Path) -> None:
     _png(tmp_path / "i" / "a.png", 10, 10, 0)
     (tmp_path / "l").mkdir()
     (tmp_path / "l" / "a.txt").write_text("0 0.5 0.5 1.0000005 1.0000001\n")
-    ds = D.read_yolo(tmp_path / "i", tmp_path / "l", classes=CLASSES)
+    ds = read_yolo(tmp_path / "i", tmp_path / "l", classes=CLASSES)
     (b,) = next(iter(ds.boxes.values()))
     assert (b.x1, b.y1, b.x2, b.y2) == (0.0, 0.0, 10.0, 10.0)
     assert ds.clipped == 0 and not any("clipped" in n for n in ds.notes)  # float noise, not worth a warning
@@ -165,7 +179,7 @@ def test_yolo_within_ultralytics_range_is_clipped_and_counted(tmp_path: Path) ->
         "1 0.95 0.5 0.2 0.2\n"        # x2 = 1.05: every value in range, so Ultralytics keeps it
         "0 0.5 0.5 1.01 1.01\n"       # w = h = 1.01: the range's edge
         "1 0.4 0.4 0.2 0.2\n")        # inside
-    ds = D.read_yolo(tmp_path / "i", tmp_path / "l", classes=CLASSES)
+    ds = read_yolo(tmp_path / "i", tmp_path / "l", classes=CLASSES)
     boxes = next(iter(ds.boxes.values()))
     assert len(boxes) == 4 and ds.clipped == 3 and not ds.quarantined
     assert boxes[0].x2 == 200.0 and boxes[0].x1 == pytest.approx(0.8 * 200)
@@ -204,14 +218,14 @@ def test_malformed_yolo_line_quarantines_its_image_only(tmp_path: Path, task: st
     bad_file = tmp_path / "l" / "a.txt"
     bad_file.write_text(f"{good}\n{line}\n")
     (tmp_path / "l" / "b.txt").write_text(f"{good}\n")
-    ds = D.read_yolo(tmp_path / "i", tmp_path / "l", classes=CLASSES, task=task)  # type: ignore[arg-type]
+    ds = read_yolo(tmp_path / "i", tmp_path / "l", classes=CLASSES, task=task)  # type: ignore[arg-type]
     assert [it.path.name for it in ds.items] == ["b.png"]  # the other image is read
     (q,) = ds.quarantined
     assert q.path == bad_file and q.reason.startswith("line 2: ") and "a.png left out" in q.reason
     assert re.search(match, q.reason), q.reason
     # Read on its own, the file raises with file and line.
     with pytest.raises(LabelProblem, match=match) as err:
-        D.read_yolo_labels(bad_file, classes=CLASSES, width=20, height=10, task=task)  # type: ignore[arg-type]
+        read_yolo_labels(bad_file, classes=CLASSES, width=20, height=10, task=task)  # type: ignore[arg-type]
     assert f"{bad_file}:2:" in str(err.value)
 
 
@@ -219,13 +233,13 @@ def test_yolo_zero_area_box_is_skipped_with_a_row(tmp_path: Path) -> None:
     _png(tmp_path / "i" / "a.png", 20, 10, 0)
     (tmp_path / "l").mkdir()
     (tmp_path / "l" / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n1 0.5 0.5 0 0.2\n1 1.005 0.5 0.01 0.2\n")
-    ds = D.read_yolo(tmp_path / "i", tmp_path / "l", classes=CLASSES)
+    ds = read_yolo(tmp_path / "i", tmp_path / "l", classes=CLASSES)
     (b,) = next(iter(ds.boxes.values()))  # the image keeps its good box
     assert b.label == "cat"
     assert [q.reason.split(":")[0] for q in ds.quarantined] == ["line 2", "line 3"]
     assert all("zero-area box" in q.reason and "object skipped" in q.reason for q in ds.quarantined)
     with pytest.raises(DegenerateBox):
-        D.read_yolo_labels(tmp_path / "l" / "a.txt", classes=CLASSES, width=20, height=10)
+        read_yolo_labels(tmp_path / "l" / "a.txt", classes=CLASSES, width=20, height=10)
 
 
 def test_yolo_class_id_out_of_range_is_an_error(tmp_path: Path) -> None:
@@ -233,27 +247,27 @@ def test_yolo_class_id_out_of_range_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "l").mkdir()
     (tmp_path / "l" / "a.txt").write_text("2 0.5 0.5 0.2 0.2\n")
     with pytest.raises(DataError, match=r"a\.txt:1: class id 2 is out of range; accepted 0\.\.1 \(0=cat, 1=dog\)"):
-        D.read_yolo(tmp_path / "i", tmp_path / "l", classes=CLASSES)
+        read_yolo(tmp_path / "i", tmp_path / "l", classes=CLASSES)
 
 
 def test_yolo_label_without_image_raises(yolo_detect: tuple[Path, Path]) -> None:
     images, labels = yolo_detect
     (labels / "typo.txt").write_text("0 0.5 0.5 0.2 0.2\n")
     with pytest.raises(ValueError, match=r"typo\.txt: label file has no image"):
-        D.read_yolo(images, labels, classes=CLASSES)
+        read_yolo(images, labels, classes=CLASSES)
 
 
 def test_two_images_one_label_file_raise(yolo_detect: tuple[Path, Path]) -> None:
     images, labels = yolo_detect
     _png(images / "a.jpg", 10, 10, 9)
     with pytest.raises(ValueError, match=r"a\.jpg and .*a\.png would share the label file"):
-        D.read_yolo(images, labels, classes=CLASSES)
+        read_yolo(images, labels, classes=CLASSES)
 
 
 def test_unreadable_image_is_quarantined(yolo_detect: tuple[Path, Path]) -> None:
     images, labels = yolo_detect
     (images / "broken.png").write_bytes(b"not a png")
-    ds = D.read_yolo(images, labels, classes=CLASSES)
+    ds = read_yolo(images, labels, classes=CLASSES)
     assert [q.path.name for q in ds.quarantined] == ["broken.png"]
     assert len(ds.boxes) == len(ds.items) == 3
 
@@ -264,20 +278,20 @@ def test_duplicate_bytes_with_different_labels_raise(tmp_path: Path) -> None:
     (tmp_path / "l").mkdir()
     (tmp_path / "l" / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n")
     with pytest.raises(ValueError, match="conflicting labels.*a.txt.*b.txt"):
-        D.read_yolo(tmp_path / "i", tmp_path / "l", classes=CLASSES)
+        read_yolo(tmp_path / "i", tmp_path / "l", classes=CLASSES)
     (tmp_path / "l" / "b.txt").write_text("0 0.5 0.5 0.2 0.2\n")
-    ds = D.read_yolo(tmp_path / "i", tmp_path / "l", classes=CLASSES)
+    ds = read_yolo(tmp_path / "i", tmp_path / "l", classes=CLASSES)
     assert len(ds.items) == 1 and [p.name for p, _ in ds.duplicates] == ["b.png"]
 
 
 def test_read_yolo_names(tmp_path: Path) -> None:
     (tmp_path / "d.yaml").write_text("names:\n  0: cat\n  1: dog\n")
-    assert D.read_yolo_names(tmp_path / "d.yaml") == CLASSES
+    assert read_yolo_names(tmp_path / "d.yaml") == CLASSES
     (tmp_path / "e.yaml").write_text("names: [cat, dog]\n")
-    assert D.read_yolo_names(tmp_path / "e.yaml") == CLASSES
+    assert read_yolo_names(tmp_path / "e.yaml") == CLASSES
     (tmp_path / "f.yaml").write_text("names:\n  0: cat\n  2: dog\n")
     with pytest.raises(ValueError, match="not 0..1"):
-        D.read_yolo_names(tmp_path / "f.yaml")
+        read_yolo_names(tmp_path / "f.yaml")
 
 
 # --------------------------------------------------------------------------- invalid COCO
@@ -319,7 +333,7 @@ def _coco(tmp_path: Path, ann: dict, *, seg: bool = False) -> Path:
 )
 def test_malformed_coco_annotation_quarantines_its_image(tmp_path: Path, ann: dict, match: str) -> None:
     path = _coco(tmp_path, ann)
-    ds = D.read_coco(path, image_root=tmp_path / "img")
+    ds = read_coco(path, image_root=tmp_path / "img")
     assert [it.path.name for it in ds.items] == ["b.png"]  # the other image is read
     (q,) = ds.quarantined
     assert q.path == path and q.reason.startswith("annotation id 7: ") and "a.png left out" in q.reason
@@ -328,12 +342,12 @@ def test_malformed_coco_annotation_quarantines_its_image(tmp_path: Path, ann: di
 
 def test_coco_zero_size_bbox_and_unknown_image_id_are_rows(tmp_path: Path) -> None:
     path = _coco(tmp_path, {"bbox": [10, 10, 0, 10]})
-    ds = D.read_coco(path, image_root=tmp_path / "img")
+    ds = read_coco(path, image_root=tmp_path / "img")
     assert len(ds.items) == 2 and not ds.clipped
     (q,) = ds.quarantined
     assert q.reason.startswith("annotation id 7: zero-area box") and "object skipped" in q.reason
     path = _coco(tmp_path, {"bbox": [10, 10, 5, 5], "image_id": 4})
-    (q,) = D.read_coco(path, image_root=tmp_path / "img").quarantined
+    (q,) = read_coco(path, image_root=tmp_path / "img").quarantined
     assert q.reason == "annotation id 7: image_id 4 is not in 'images'; annotation skipped"
 
 
@@ -342,7 +356,7 @@ def test_coco_crowd_object_is_a_flagged_box(tmp_path: Path) -> None:
     refuses the file: it is a crowd box, left out of training."""
     rle = {"counts": [0, 10, 40], "size": [50, 100]}
     path = _coco(tmp_path, {"bbox": [10, 10, 5, 5], "iscrowd": 1, "segmentation": rle})
-    ds = D.read_coco(path, image_root=tmp_path / "img")
+    ds = read_coco(path, image_root=tmp_path / "img")
     a = next(it for it in ds.items if it.path.name == "a.png")
     cat, crowd = ds.boxes[a.id]
     assert not cat.crowd and crowd.crowd and crowd.polygon is None and crowd.label == "dog"
@@ -355,11 +369,11 @@ def test_coco_unknown_class_name_and_size_mismatch(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"class name\(s\) not in the config's classes: 'dog' \(first at .*annotation "
                                         r"id 7\)\. Config classes \(in order\): \['cat'\]; names in the files: "
                                         r"\['cat', 'dog'\]"):
-        D.read_coco(path, image_root=tmp_path / "img", classes=["cat"])
+        read_coco(path, image_root=tmp_path / "img", classes=["cat"])
     data = json.loads(path.read_text())
     data["images"][0]["width"] = 99
     path.write_text(json.dumps(data))
-    ds = D.read_coco(path, image_root=tmp_path / "img")
+    ds = read_coco(path, image_root=tmp_path / "img")
     (q,) = ds.quarantined
     assert "declares 99x50 but the image a.png is 100x50" in q.reason and [it.path.name for it in ds.items] == ["b.png"]
 
@@ -367,7 +381,7 @@ def test_coco_unknown_class_name_and_size_mismatch(tmp_path: Path) -> None:
 def test_coco_multipart_largest_and_tolerance(tmp_path: Path) -> None:
     ann = {"bbox": [0, 0, 100.5, 20], "segmentation": [[1, 1, 2, 1, 2, 2], [0, 0, 50, 0, 50, 20, 0, 20]]}
     path = _coco(tmp_path, ann)
-    ds = D.read_coco(path, image_root=tmp_path / "img", multipart="largest")
+    ds = read_coco(path, image_root=tmp_path / "img", multipart="largest")
     b = next(iter(ds.boxes.values()))[1]
     assert b.x2 == 100.0  # 0.5 px over the edge: within tolerance, clipped
     assert b.polygon == ((0, 0), (50, 0), (50, 20), (0, 20))
@@ -410,7 +424,7 @@ def _bnd(x1: object, y1: object, x2: object, y2: object) -> str:
 )
 def test_malformed_voc_object_quarantines_its_image(tmp_path: Path, obj: str, match: str) -> None:
     path = _voc(tmp_path, obj)
-    ds = D.read_voc(tmp_path / "ann", image_root=tmp_path / "img", classes=CLASSES)
+    ds = read_voc(tmp_path / "ann", image_root=tmp_path / "img", classes=CLASSES)
     assert [it.path.name for it in ds.items] == ["b.png"]
     (q,) = ds.quarantined
     assert q.path == path and q.reason.startswith("object 2: ") and "a.png left out" in q.reason
@@ -420,14 +434,14 @@ def test_malformed_voc_object_quarantines_its_image(tmp_path: Path, obj: str, ma
 def test_voc_zero_area_box_is_skipped_and_unknown_names_listed(tmp_path: Path) -> None:
     # Label Studio's VOC export truncates with int(): a 0.64 px box becomes xmin = xmax = 64.
     _voc(tmp_path, "<name>cat</name>" + _bnd(64, 10, 64, 20))
-    ds = D.read_voc(tmp_path / "ann", image_root=tmp_path / "img", classes=CLASSES)
+    ds = read_voc(tmp_path / "ann", image_root=tmp_path / "img", classes=CLASSES)
     assert len(ds.items) == 2 and all(len(b) == 1 for b in ds.boxes.values())
     (q,) = ds.quarantined
     assert q.reason.startswith("object 2: zero-area box x1=64.0") and "object skipped" in q.reason
     _voc(tmp_path, "<name>bird</name>" + _bnd(10, 10, 20, 20))
     with pytest.raises(DataError, match=r"'bird' \(first at .*a\.xml: object 2\)\. Config classes \(in order\): "
                                         r"\['cat', 'dog'\]; names in the files: \['bird', 'cat'\]"):
-        D.read_voc(tmp_path / "ann", image_root=tmp_path / "img", classes=CLASSES)
+        read_voc(tmp_path / "ann", image_root=tmp_path / "img", classes=CLASSES)
 
 
 def test_voc_missing_image_and_bad_xml(tmp_path: Path) -> None:
@@ -435,11 +449,11 @@ def test_voc_missing_image_and_bad_xml(tmp_path: Path) -> None:
     (tmp_path / "img").mkdir()
     (tmp_path / "ann" / "a.xml").write_text("<annotation><filename>zz.png</filename></annotation>")
     with pytest.raises(DataError, match=r"a\.xml: image not found \(<filename> 'zz.png'"):
-        D.read_voc(tmp_path / "ann", image_root=tmp_path / "img")
+        read_voc(tmp_path / "ann", image_root=tmp_path / "img")
     (tmp_path / "ann" / "a.xml").write_text("<annotation>\n<filename>zz.png</filename>\n<oops></annotation>")
     _voc(tmp_path, "<name>cat</name>" + _bnd(10, 10, 20, 20))
     (tmp_path / "ann" / "a.xml").write_text("<annotation>\n<filename>a.png</filename>\n<oops></annotation>")
-    ds = D.read_voc(tmp_path / "ann", image_root=tmp_path / "img")
+    ds = read_voc(tmp_path / "ann", image_root=tmp_path / "img")
     (q,) = ds.quarantined
     assert q.path.name == "a.xml" and q.reason.startswith("line 3: not valid XML")
     assert [it.path.name for it in ds.items] == ["b.png"]
@@ -450,54 +464,54 @@ def test_voc_missing_image_and_bad_xml(tmp_path: Path) -> None:
 
 def test_writers_reject_unknown_class_and_missing_item(yolo_detect: tuple[Path, Path], tmp_path: Path) -> None:
     images, labels = yolo_detect
-    ds = D.read_yolo(images, labels, classes=CLASSES)
+    ds = read_yolo(images, labels, classes=CLASSES)
     with pytest.raises(ValueError, match=r"class 'dog' is not one of the accepted classes \['cat'\]"):
-        D.write_yolo(tmp_path / "o", ds.items, ds.boxes, classes=["cat"])
+        write_yolo(tmp_path / "o", ds.items, ds.boxes, classes=["cat"])
     with pytest.raises(ValueError, match="no entry in boxes"):
-        D.write_coco(tmp_path / "o.json", ds.items, {}, classes=CLASSES)
+        write_coco(tmp_path / "o.json", ds.items, {}, classes=CLASSES)
     with pytest.raises(ValueError, match=r"a\.png: box 0 \('cat'\): task 'segment' needs a polygon"):
-        D.write_yolo(tmp_path / "o", ds.items, ds.boxes, classes=CLASSES, task="segment")
+        write_yolo(tmp_path / "o", ds.items, ds.boxes, classes=CLASSES, task="segment")
     a = next(it for it in ds.items if it.path.name == "a.png")
     for bad, match in [(Box(90, 0, 101.5, 10, "cat"), "x2 = 101.5 lies outside the image"),
                        (Box(5, 5, 5, 10, "cat"), "zero-area box"),
                        (Box(1, 1, 5, 5, "cat", polygon=((1, 1), (5, 5))), "at least 3")]:
-        for write in (D.write_yolo, D.write_coco, D.write_voc):
+        for write in (write_yolo, write_coco, write_voc):
             with pytest.raises(ValueError, match=match) as err:
                 write(tmp_path / "o2", ds.items, ds.boxes | {a.id: (bad,)}, classes=CLASSES)
             assert "a.png: box 0" in str(err.value)
     # Within the 1 px tolerance: written clipped, so every reader accepts the file.
     poly = ((90.5, -0.5), (100.5, 0), (95, 10))
     edge = {a.id: (Box(90.5, -0.5, 100.5, 10, "cat", polygon=poly),)}
-    D.write_yolo(tmp_path / "y", [a], edge, classes=CLASSES, task="segment", image_root=images)
-    D.write_coco(tmp_path / "c.json", [a], edge, classes=CLASSES, image_root=images)
-    D.write_voc(tmp_path / "v", [a], edge, image_root=images)
+    write_yolo(tmp_path / "y", [a], edge, classes=CLASSES, task="segment", image_root=images)
+    write_coco(tmp_path / "c.json", [a], edge, classes=CLASSES, image_root=images)
+    write_voc(tmp_path / "v", [a], edge, image_root=images)
     clipped = (Box(90.5, 0, 100, 10, "cat", polygon=((90.5, 0), (100, 0), (95, 10))),)
-    for back in (D.read_yolo(images, tmp_path / "y", classes=CLASSES, task="segment"),
-                 D.read_coco(tmp_path / "c.json", image_root=images),
-                 D.read_voc(tmp_path / "v", image_root=images)):
+    for back in (read_yolo(images, tmp_path / "y", classes=CLASSES, task="segment"),
+                 read_coco(tmp_path / "c.json", image_root=images),
+                 read_voc(tmp_path / "v", image_root=images)):
         _same({a.id: back.boxes[a.id]}, {a.id: clipped})
 
 
-@pytest.mark.parametrize("fmt", D.EXPORT_FORMATS)
+@pytest.mark.parametrize("fmt", OBJECT_FORMATS)
 def test_export_labels_reads_back(yolo_segment: tuple[Path, Path], tmp_path: Path, fmt: str) -> None:
     images, labels = yolo_segment
-    ds = D.read_yolo(images, labels, classes=CLASSES, task="segment")
+    ds = read_yolo(images, labels, classes=CLASSES, task="segment")
     out = tmp_path / "export"
-    path = D.export_labels(fmt, out, ds.items, ds.boxes, classes=CLASSES, task="segment")
-    D.export_labels(fmt, out, ds.items[:1], ds.boxes, classes=CLASSES, task="segment", split="val")
+    path = export_labels(fmt, out, ds.items, ds.boxes, classes=CLASSES, task="segment")
+    export_labels(fmt, out, ds.items[:1], ds.boxes, classes=CLASSES, task="segment", split="val")
     if fmt == "yolo":
         data = yaml.safe_load(path.read_text())
         assert data["names"] == {0: "cat", 1: "dog"} and data["val"] == "images/val"
         assert (Path(data["path"]) / data["train"]).is_dir()
         assert (out / "classes.txt").read_text() == "cat\ndog\n"  # what Label Studio's YOLO importer reads
-        back = D.read_yolo(out / "images" / "train", out / "labels" / "train",
-                           classes=D.read_yolo_names(path), task="segment")
+        back = read_yolo(out / "images" / "train", out / "labels" / "train",
+                           classes=read_yolo_names(path), task="segment")
     elif fmt == "voc":
         assert sorted(path.read_text().split()) == ["a", "b"]
-        assert D.voc_splits(out) == ["train", "val"]
-        back = D.read_objects("voc", out / "Annotations", classes=CLASSES, split="train")
+        assert voc_splits(out) == ["train", "val"]
+        back = read_objects("voc", out / "Annotations", classes=CLASSES, split="train")
     else:
-        back = D.read_objects(fmt, path, classes=CLASSES, task="segment",
+        back = read_objects(fmt, path, classes=CLASSES, task="segment",
                               image_root=out if fmt == "labelstudio" else None)
     _same(ds.boxes, back.boxes)
 
@@ -505,55 +519,21 @@ def test_export_labels_reads_back(yolo_segment: tuple[Path, Path], tmp_path: Pat
 def test_export_unknown_format_lists_choices(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="unknown export format 'tfrecord'; choose one of 'yolo', 'coco', 'voc', "
                                         "'labelme', 'cvat', 'labelstudio'"):
-        D.export_labels("tfrecord", tmp_path, [], {}, classes=CLASSES)
+        export_labels("tfrecord", tmp_path, [], {}, classes=CLASSES)
 
 
 def test_export_name_clash_gets_id_prefix(tmp_path: Path) -> None:
     _png(tmp_path / "x" / "a.png", 10, 10, 0)
     _png(tmp_path / "y" / "a.png", 10, 10, 1)
-    ds_items = D.scan_files([tmp_path / "x" / "a.png", tmp_path / "y" / "a.png"]).items
+    ds_items = scan_files([tmp_path / "x" / "a.png", tmp_path / "y" / "a.png"]).items
     boxes = {ds_items[0].id: (Box(1, 1, 5, 5, "cat"),), ds_items[1].id: ()}
-    D.export_labels("yolo", tmp_path / "out", ds_items, boxes, classes=CLASSES)
-    back = D.read_yolo(tmp_path / "out" / "images" / "train", tmp_path / "out" / "labels" / "train", classes=CLASSES)
+    export_labels("yolo", tmp_path / "out", ds_items, boxes, classes=CLASSES)
+    back = read_yolo(tmp_path / "out" / "images" / "train", tmp_path / "out" / "labels" / "train", classes=CLASSES)
     _same(boxes, back.boxes)
 
 
-# --------------------------------------------------------------------------- masks
-
-
-def test_polygon_to_mask_known_pixels() -> None:
-    m = D.polygon_to_mask([(2, 2), (6, 2), (6, 6), (2, 6)], 10, 12)
-    assert m.shape == (10, 12) and m.dtype == bool
-    expected = np.zeros((10, 12), bool)
-    expected[2:6, 2:6] = True
-    assert (m == expected).all()
-
-
-def test_mask_to_polygon_round_trip() -> None:
-    m = np.zeros((8, 9), bool)
-    m[1:6, 2:7] = True
-    m[1:3, 5:7] = False  # an L shape
-    m[7, 0] = True  # a smaller second region: not represented
-    poly = D.mask_to_polygon(m)
-    assert len(poly) == 6
-    back = D.polygon_to_mask(poly, 8, 9)
-    expected = m.copy()
-    expected[7, 0] = False
-    assert (back == expected).all()
-    assert D.mask_to_polygon(np.zeros((4, 4), bool)) == []
-    # A diagonal shape comes back close (COCO rasterisation), not necessarily exact.
-    tri = D.polygon_to_mask([(0, 0), (20, 0), (0, 20)], 24, 24)
-    again = D.polygon_to_mask(D.mask_to_polygon(tri), 24, 24)
-    assert (tri & again).sum() / (tri | again).sum() > 0.9
-
-
-def test_polygon_area() -> None:
-    assert D.polygon_area([(0, 0), (4, 0), (4, 3)]) == 6.0
-    assert D.polygon_area([(0, 0), (4, 0)]) == 0.0
-
-
 def test_import_is_light() -> None:
-    code = ("import sys, pseudolabel.data.detformats, pseudolabel.metrics_det; "
-            "print(sorted(m for m in ('cv2', 'pycocotools', 'matplotlib') if m in sys.modules))")
+    code = ("import sys, pseudolabel.data.formats, pseudolabel.data.geometry, pseudolabel.metrics_det; "
+            "print(sorted(m for m in ('cv2', 'pycocotools', 'matplotlib', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

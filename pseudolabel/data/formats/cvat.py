@@ -30,24 +30,23 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from pseudolabel.data.errors import DataError, LabelProblem
-from pseudolabel.data.ingest import DEFAULT_MAX_PIXELS, OnMissing, check_on_missing, scan_files
-from pseudolabel.data.objects import (
+from pseudolabel.data.ingest import DEFAULT_MAX_PIXELS, OnMissing, check_on_missing, reason_of, scan_files
+from pseudolabel.data.formats.labelled import LabelledSet, assemble_labels, unknown_class
+from pseudolabel.data.formats.objects import (
     DegenerateBox,
     DetSet,
     Reading,
     assemble,
-    bounds,
     check_classes,
     check_write,
     fmt_num,
     make_box,
-    reason_of,
     size_check,
     unique_names,
 )
+from pseudolabel.data.geometry import polygon_bounds
 from pseudolabel.types import Box, Item
 from pseudolabel.utils import atomic_write_text
 
@@ -185,7 +184,7 @@ def read_cvat_image(
             x1, y1, x2, y2 = (_float(shape, a, where=where) for a in ("xtl", "ytl", "xbr", "ybr"))
         else:
             polygon = _points(shape.get("points"), where=where)
-            x1, y1, x2, y2 = bounds(polygon)
+            x1, y1, x2, y2 = polygon_bounds(polygon)
         try:
             out.append(make_box(x1, y1, x2, y2, label, width=item.width, height=item.height, where=where,
                                 polygon=polygon, crowd=crowd, difficult=difficult, reading=reading))
@@ -239,13 +238,10 @@ def read_cvat(
 def read_cvat_tags(
     xml_path: Path, *, classes: Sequence[str], image_root: Path | None = None, progress: bool = False,
     max_pixels: int | None = DEFAULT_MAX_PIXELS, on_missing: OnMissing = "error",
-) -> Any:
-    """Classification from each ``<image>``'s ``<tag label>`` (a
-    :class:`~pseudolabel.data.formats.LabelledSet`). No tag (not classified yet) or several
-    leave the image out (quarantined); a tag that is no class name is an error. ``max_pixels``,
-    ``on_missing``: see the module doc."""
-    from pseudolabel.data.formats import assemble_labels, unknown_class
-
+) -> LabelledSet:
+    """Classification from each ``<image>``'s ``<tag label>`` (a :class:`LabelledSet`). No tag
+    (not classified yet) or several leave the image out (quarantined); a tag that is no class
+    name is an error. ``max_pixels``, ``on_missing``: see the module doc."""
     check_on_missing(on_missing)
     xml_path, root_dir = _default_root(xml_path, image_root)
     root = _root(xml_path)

@@ -46,16 +46,17 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 from pseudolabel.data.errors import DataError, LabelProblem
 from pseudolabel.data.images import IMAGE_SUFFIXES
-from pseudolabel.data.ingest import DEFAULT_MAX_PIXELS, OnMissing, Quarantined, check_on_missing, scan_files
-from pseudolabel.data.objects import (
+from pseudolabel.data.ingest import DEFAULT_MAX_PIXELS, OnMissing, Quarantined, check_on_missing, reason_of, scan_files
+from pseudolabel.data.formats.labelled import LabelledSet, assemble_labels, unknown_class
+from pseudolabel.data.formats.objects import (
     DegenerateBox,
     DetSet,
     Reading,
     assemble,
     check_classes,
     check_write,
+    load_json,
     make_box,
-    reason_of,
 )
 from pseudolabel.review import convert
 from pseudolabel.types import Box, Item
@@ -69,16 +70,7 @@ _UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{8}-")
 
 def _load_tasks(json_path: Path) -> list[dict[str, Any]]:
     json_path = Path(json_path)
-    try:
-        data = json.loads(json_path.read_text(encoding="utf-8-sig"))
-    except FileNotFoundError:
-        raise DataError(f"Label Studio export {json_path} does not exist") from None
-    except IsADirectoryError:
-        raise DataError(f"Label Studio export {json_path} is a folder; give the exported JSON file") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{json_path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{json_path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    data = load_json(json_path, what="Label Studio export")
     if isinstance(data, dict):
         data = [data]
     if not isinstance(data, list) or not all(isinstance(t, dict) for t in data):
@@ -281,13 +273,10 @@ def read_labelstudio(
 def read_labelstudio_choices(
     json_path: Path, *, classes: Sequence[str], image_root: Path | None = None, data_key: str | None = None,
     progress: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS, on_missing: OnMissing = "error",
-) -> Any:
+) -> LabelledSet:
     """Classification from a Label Studio JSON export: each task's ``choices`` (a
-    :class:`~pseudolabel.data.formats.LabelledSet`). No choice or several leave the image out
-    (quarantined); a choice that is no class name is an error. ``max_pixels``, ``on_missing``:
-    see the module doc."""
-    from pseudolabel.data.formats import assemble_labels, unknown_class
-
+    :class:`LabelledSet`). No choice or several leave the image out (quarantined); a choice
+    that is no class name is an error. ``max_pixels``, ``on_missing``: see the module doc."""
     check_on_missing(on_missing)
     json_path = Path(json_path)
     names = check_classes(classes, where=json_path)

@@ -27,15 +27,15 @@ Tolerance (the same for every format, stated once here; see the README "Label fo
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
-
-import numpy as np
+from typing import Any, Literal
 
 from pseudolabel.data.errors import DataError, LabelProblem
+from pseudolabel.data.geometry import polygon_area
 from pseudolabel.data.ingest import OnMissing, Quarantined, ScanResult
 from pseudolabel.types import Box, Item, validate_classes
 
@@ -129,13 +129,30 @@ class Reading:
             )
 
 
-# --------------------------------------------------------------------------- numbers / geometry
+# --------------------------------------------------------------------------- numbers, files
 
 
 def fmt_num(v: float) -> str:
     """A coordinate as written to a file: 12 significant digits (exact to ~1e-8 px on a
     10,000 px image, still readable)."""
     return format(float(v), ".12g")
+
+
+def load_json(path: Path, *, what: str) -> Any:
+    """The parsed JSON file at ``path`` (UTF-8, a BOM allowed). ``what`` names the file in the
+    :class:`DataError` raised when it is missing, a folder, not UTF-8 or not valid JSON (with
+    the line)."""
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise DataError(f"{what} {path} does not exist") from None
+    except IsADirectoryError:
+        raise DataError(f"{what} {path} is a folder; give the JSON file") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); JSON files are UTF-8") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
 
 
 def pixel_tolerance(side: float) -> float:
@@ -201,13 +218,6 @@ def make_box(
     return Box(cx1, cy1, cx2, cy2, label, polygon=poly, crowd=crowd, difficult=difficult)
 
 
-def bounds(points: Sequence[tuple[float, float]]) -> tuple[float, float, float, float]:
-    """``(x1, y1, x2, y2)`` enclosing ``points``."""
-    xs = [p[0] for p in points]
-    ys = [p[1] for p in points]
-    return min(xs), min(ys), max(xs), max(ys)
-
-
 def pairs(flat: Sequence[float], *, where: str) -> list[tuple[float, float]]:
     """``[x1, y1, x2, y2, ...]`` -> ``[(x1, y1), ...]``; :class:`LabelProblem` for an odd count
     or fewer than 3 points."""
@@ -216,15 +226,6 @@ def pairs(flat: Sequence[float], *, where: str) -> list[tuple[float, float]]:
     if len(flat) < 6:
         raise LabelProblem(f"{where}: polygon has {len(flat) // 2} point(s); at least 3 (6 numbers) are needed")
     return [(float(flat[i]), float(flat[i + 1])) for i in range(0, len(flat), 2)]
-
-
-def polygon_area(points: Sequence[tuple[float, float]]) -> float:
-    """Area (pixels²) of a simple polygon by the shoelace formula (absolute value)."""
-    if len(points) < 3:
-        return 0.0
-    xs = np.asarray([p[0] for p in points], dtype=float)
-    ys = np.asarray([p[1] for p in points], dtype=float)
-    return float(abs(np.dot(xs, np.roll(ys, -1)) - np.dot(ys, np.roll(xs, -1))) / 2.0)
 
 
 def one_polygon(parts: Sequence[Sequence[tuple[float, float]]], *, multipart: str, where: str
@@ -359,6 +360,14 @@ def check_write(
     return out
 
 
+def label_index(box: Box, index: Mapping[str, int], *, where: str) -> int:
+    """The id ``index`` gives ``box``'s class; :class:`DataError` naming ``where`` and the
+    accepted classes when it has none."""
+    if box.label not in index:
+        raise DataError(f"{where}: class {box.label!r} is not one of the accepted classes {list(index)!r}")
+    return index[box.label]
+
+
 def unique_names(items: Sequence[Item], root: Path | None) -> dict[str, str]:
     """item id -> relative file name: relative to ``root`` when given, else the file name
     (prefixed with the id when two items share a stem). Two images that would share one
@@ -385,19 +394,3 @@ def unique_names(items: Sequence[Item], root: Path | None) -> dict[str, str]:
                 else f"{it.id[:12]}_{Path(it.path).name}")
         for it in items
     }
-
-
-def reason_of(message: str, path: Path) -> str:
-    """A quarantine reason from an error message that starts with ``path`` (the path is its
-    own column): ``"<path>:12: bad"`` -> ``"line 12: bad"``, ``"<path>: object 2: bad"`` ->
-    ``"object 2: bad"``."""
-    prefix = str(path)
-    if not message.startswith(prefix):
-        return message
-    rest = message[len(prefix):]
-    if rest.startswith(":"):
-        head, sep, tail = rest[1:].partition(": ")
-        if sep and head.isdigit():
-            return f"line {head}: {tail}"
-        return rest[1:].lstrip()
-    return rest.lstrip()
