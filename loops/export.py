@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pseudolabel.config import Config
+from pseudolabel.data.boxes import boxes_from_json
 from pseudolabel.data.errors import DataError
 from pseudolabel.data.formats import (
     DetTask,
@@ -76,8 +77,6 @@ def export_campaign(cfg: Config, ledger: Ledger, out_dir: Path, *, fmt: str, inc
             _export_classify(fmt, out_dir, "val", holdout_items, {it.id: truth[it.id] for it in holdout_items},
                              {it.id: "holdout" for it in holdout_items}, list(cfg.classes))
     else:
-        from pseudolabel.data.ledger import boxes_from_json
-
         task: DetTask = "segment" if cfg.task == "segment" else "detect"
         res.entry = export_labels(fmt, out_dir, train_items, {k: r.boxes for k, r in rows.items()},
                                   classes=cfg.classes, task=task, split="train")

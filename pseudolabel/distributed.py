@@ -35,7 +35,6 @@ Network: Ray probes cloud metadata addresses and reports usage statistics by def
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import sys
@@ -51,6 +50,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from pseudolabel.data.boxes import boxes_and_probs_from_json, boxes_to_json
 from pseudolabel.data.images import IMAGE_SUFFIXES, ImageError, rgb_from_bytes
 from pseudolabel.data.ingest import Quarantined
 from pseudolabel.inference import (
@@ -60,7 +60,7 @@ from pseudolabel.inference import (
     shard_paths,
     write_shard,
 )
-from pseudolabel.types import Box, Item, Prediction
+from pseudolabel.types import Item, Prediction
 from pseudolabel.utils import atomic_write
 
 __all__ = ["SourceResult", "init_ray", "load_model", "pseudo_label_ray", "pseudo_label_ray_source", "ray_safe_env"]
@@ -234,32 +234,12 @@ def _known_sources(out_dir: Path, done: set[str]) -> dict[str, tuple[int | None,
 # --- the actor -------------------------------------------------------------------------------
 
 
-def _boxes_json(pred: Prediction) -> str:
-    """Boxes (pixel xyxy, label, score, pixel polygon) and their (B, C) class vectors as JSON."""
-    if not pred.boxes and pred.box_probs is None:
+def _boxes_cell(pred: Prediction) -> str:
+    """The ``boxes`` cell of one actor row: the prediction's boxes with their class vectors, in
+    the shards' codec (:func:`~pseudolabel.data.boxes.boxes_to_json`); ``""`` for no box."""
+    if not pred.boxes:
         return ""
-    return json.dumps(
-        {
-            "boxes": [
-                [b.x1, b.y1, b.x2, b.y2, b.label, b.score, [list(p) for p in b.polygon] if b.polygon else None]
-                for b in pred.boxes
-            ],
-            "box_probs": None if pred.box_probs is None else np.asarray(pred.box_probs, dtype=np.float32).tolist(),
-            "box_probs_shape": None if pred.box_probs is None else list(np.shape(pred.box_probs)),
-        }
-    )
-
-
-def _boxes_from_json(text: str) -> tuple[tuple[Box, ...], np.ndarray | None]:
-    if not text:
-        return (), None
-    obj = json.loads(text)
-    boxes = tuple(
-        Box(x1, y1, x2, y2, label, score, tuple(tuple(p) for p in poly) if poly else None)
-        for x1, y1, x2, y2, label, score, poly in obj["boxes"]
-    )
-    bp = obj["box_probs"]
-    return boxes, None if bp is None else np.asarray(bp, dtype=np.float32).reshape(obj["box_probs_shape"])
+    return boxes_to_json(pred.boxes, probs=pred.box_probs, empty=True, compact=True)
 
 
 def _batch_output(
@@ -285,7 +265,7 @@ def _batch_output(
         "model_version": np.array([by_row[k].model_version if k in by_row else "" for k in range(n)], dtype=object),
         "probs": probs,
         "embedding": emb,
-        "boxes": np.array([_boxes_json(by_row[k]) if k in by_row else "" for k in range(n)], dtype=object),
+        "boxes": np.array([_boxes_cell(by_row[k]) if k in by_row else "" for k in range(n)], dtype=object),
     }
 
 
@@ -380,7 +360,7 @@ def _predictions(batch: dict[str, np.ndarray]) -> Iterator[Prediction | None]:
         # C = D = 0) comes back as an object column of 1-d arrays instead of one 2-d array.
         probs = np.asarray(batch["probs"][j], dtype=np.float32)
         emb = np.asarray(batch["embedding"][j], dtype=np.float32)
-        boxes, box_probs = _boxes_from_json(str(batch["boxes"][j]))
+        boxes, box_probs = boxes_and_probs_from_json(str(batch["boxes"][j]), where=f"actor answer for {item_id}")
         yield Prediction(
             item_id=str(item_id),
             model_version=str(batch["model_version"][j]),

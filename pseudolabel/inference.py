@@ -34,7 +34,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pseudolabel.types import Box, Item, Prediction
+from pseudolabel.data.boxes import boxes_and_probs_from_json, boxes_to_json
+from pseudolabel.types import Item, Prediction
 from pseudolabel.utils import atomic_write
 
 _SHARD_RE = re.compile(r"^predictions-(\d{5,})\.parquet$")
@@ -73,35 +74,14 @@ def _embedding_path(shard: Path) -> Path:
 
 
 def _boxes_json(pred: Prediction, classes: Sequence[str]) -> str:
-    """JSON list of the boxes of one detection prediction, each with its full class vector."""
+    """The ``boxes`` cell of one detection prediction: its boxes, each with its full class vector."""
     bp = pred.box_probs
     if bp is not None and len(pred.boxes) and np.shape(bp) != (len(pred.boxes), len(classes)):
         raise ValueError(
             f"prediction for {pred.item_id!r}: box_probs has shape {np.shape(bp)}, expected "
             f"({len(pred.boxes)}, {len(classes)}) (one class vector per box)"
         )
-    out = []
-    for i, b in enumerate(pred.boxes):
-        out.append({
-            "xyxy": [float(b.x1), float(b.y1), float(b.x2), float(b.y2)],
-            "label": b.label,
-            "score": None if b.score is None else float(b.score),
-            "polygon": [[float(x), float(y)] for x, y in b.polygon] if b.polygon else None,
-            "probs": None if bp is None else [float(v) for v in np.asarray(bp[i], dtype=np.float32)],
-        })
-    return json.dumps(out, separators=(",", ":"))
-
-
-def _parse_boxes(text: str | None, n_classes: int) -> tuple[tuple[Box, ...], np.ndarray]:
-    boxes: list[Box] = []
-    probs: list[list[float]] = []
-    for d in json.loads(text or "[]"):
-        x1, y1, x2, y2 = d["xyxy"]
-        poly = tuple((float(x), float(y)) for x, y in d["polygon"]) if d.get("polygon") else None
-        boxes.append(Box(x1, y1, x2, y2, d["label"], d.get("score"), poly))
-        probs.append(d["probs"] if d.get("probs") is not None else [np.nan] * n_classes)
-    arr = np.asarray(probs, dtype=np.float32).reshape(len(boxes), n_classes)
-    return tuple(boxes), arr
+    return boxes_to_json(pred.boxes, probs=bp if len(pred.boxes) else None, empty=True, compact=True)
 
 
 def _is_detection(preds: Sequence[Prediction]) -> bool:
@@ -164,9 +144,6 @@ def write_shard(out_dir: Path, index: int, preds: Sequence[Prediction], classes:
     atomic_write(_embedding_path(shard), _save_npy)
     atomic_write(shard, lambda tmp: pq.write_table(table, tmp))
     return shard
-
-
-_write_shard = write_shard  # the name used before it was public
 
 
 def _classify_predictions(
@@ -277,7 +254,7 @@ def pseudo_label(
                 preds.append(pred)
                 if bar is not None:
                     bar.advance(task)
-            _write_shard(out_dir, next_index, preds, classes)
+            write_shard(out_dir, next_index, preds, classes)
             next_index += 1
     finally:
         if bar is not None:
@@ -362,7 +339,7 @@ def load_box_predictions(out_dir: Path) -> tuple[pd.DataFrame, list[Prediction]]
             break
     preds = []
     for i, (iid, ver, text) in enumerate(zip(frame["item_id"], frame["model_version"], texts, strict=True)):
-        boxes, bp = _parse_boxes(text, n_classes)
+        boxes, bp = boxes_and_probs_from_json(text, n_classes=n_classes, where=f"{out_dir}: item {iid}")
         preds.append(Prediction(item_id=iid, model_version=ver, boxes=boxes, box_probs=bp,
                                 embedding=emb[i] if emb.shape[1] else None))
     return frame, preds

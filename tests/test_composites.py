@@ -15,7 +15,6 @@ from pseudolabel.data.formats.yolo import read_yolo_names
 from pseudolabel.data.geometry import polygon_to_mask
 from pseudolabel.data.fashion import DatasetMissing, fashion_dir, load_fashion
 from pseudolabel.data.images import sha256_file
-from pseudolabel.types import Box
 
 CLASSES = C.DEFAULT_CLASSES
 
@@ -209,8 +208,3 @@ def test_export_refuses_more_scenes_than_items(tmp_path: Path) -> None:
         C.export_scenes(tmp_path, classes=["Bag"], n_seed=0, n_pool=0, n_holdout=300)
 
 
-def test_box_json_round_trip() -> None:
-    b = Box(1.0, 2.0, 5.0, 7.0, "Bag", polygon=((1.0, 2.0), (5.0, 2.0), (5.0, 7.0)))
-    assert C._box_from_json(json.loads(json.dumps(C._box_json(b))), where="x") == b
-    with pytest.raises(ValueError, match="xyxy"):
-        C._box_from_json({"label": "Bag"}, where="truth.json: item 'a'")

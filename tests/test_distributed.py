@@ -37,9 +37,9 @@ from PIL import Image
 
 from pseudolabel.data.images import ImageError, load_rgb, rgb_from_bytes, sha256_file
 from pseudolabel.data.ingest import scan_folder
+from pseudolabel.data.boxes import boxes_and_probs_from_json
 from pseudolabel.distributed import (
-    _boxes_from_json,
-    _boxes_json,
+    _boxes_cell,
     _Predictor,
     _predictions,
     init_ray,
@@ -333,10 +333,10 @@ def test_detection_fields_survive_the_trip() -> None:
     )
     bp = np.array([[0.1, 0.9, 0.0], [0.4, 0.2, 0.1]], dtype=np.float32)
     pred = Prediction("a" * 64, "v1", boxes=boxes, box_probs=bp)
-    back, back_bp = _boxes_from_json(_boxes_json(pred))
+    back, back_bp = boxes_and_probs_from_json(_boxes_cell(pred))
     assert back == boxes
     np.testing.assert_array_equal(back_bp, bp)
-    assert _boxes_from_json(_boxes_json(Prediction("b" * 64, "v1"))) == ((), None)
+    assert boxes_and_probs_from_json(_boxes_cell(Prediction("b" * 64, "v1"))) == ((), None)
 
 
 def test_bad_input_is_rejected_before_ray_starts(tmp_path: Path, trained: tuple[Path, list[Item]]) -> None:

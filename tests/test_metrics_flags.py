@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from pseudolabel.data.ledger import boxes_from_json, boxes_to_json
+from pseudolabel.data.boxes import boxes_from_json, boxes_to_json
 from pseudolabel.metrics_det import detection_map
 from pseudolabel.types import Box
 

@@ -28,13 +28,14 @@ import hashlib
 import io
 import json
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pseudolabel.data.boxes import box_from_dict, box_to_dict
 from pseudolabel.data.fashion import FASHION_CLASSES, DatasetMissing, fashion_dir, load_fashion
 from pseudolabel.data.formats import DetTask, write_yolo
 from pseudolabel.data.geometry import box_iou, mask_to_polygon
@@ -309,24 +310,6 @@ def _compose(
 # --------------------------------------------------------------------------- export
 
 
-def _box_json(b: Box) -> dict[str, Any]:
-    out: dict[str, Any] = {"xyxy": [b.x1, b.y1, b.x2, b.y2], "label": b.label}
-    if b.polygon is not None:
-        out["polygon"] = [[x, y] for x, y in b.polygon]
-    return out
-
-
-def _box_from_json(d: Mapping[str, Any], *, where: str) -> Box:
-    try:
-        x1, y1, x2, y2 = (float(v) for v in d["xyxy"])
-        poly = d.get("polygon")
-        return Box(x1, y1, x2, y2, str(d["label"]),
-                   polygon=None if poly is None else tuple((float(x), float(y)) for x, y in poly))
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{where}: object {dict(d)!r} is not {{'xyxy': [x1, y1, x2, y2], "
-                         f"'label': name, 'polygon'?: [[x, y], ...]}} ({e})") from None
-
-
 def load_truth(path: Path | str) -> dict[str, tuple[Box, ...]]:
     """Item id -> true objects (pixel boxes, polygons) from a ``truth.json`` written by
     :func:`export_scenes`."""
@@ -344,7 +327,7 @@ def _read_truth(path: Path) -> tuple[dict[str, tuple[Box, ...]], dict[str, Any]]
     if not isinstance(data, dict) or not isinstance(data.get("items"), dict):
         raise ValueError(f"{path}: expected an object with an 'items' mapping (item id -> entry)")
     truth = {
-        str(iid): tuple(_box_from_json(b, where=f"{path}: item {iid!r}") for b in entry.get("boxes", []))
+        str(iid): tuple(box_from_dict(b, where=f"{path}: item {iid!r}") for b in entry.get("boxes", []))
         for iid, entry in data["items"].items()
     }
     return truth, data
@@ -485,7 +468,7 @@ def export_scenes(
         "task": task, "classes": list(names), "size": size, "seed": seed,
         "units": "pixels, xyxy with exclusive x2/y2 edges; polygon points are pixel corners",
         "items": {iid: {"path": paths[iid], "split": splits[iid],
-                        "boxes": [_box_json(b) for b in truth[iid]]} for iid in truth},
+                        "boxes": [box_to_dict(b) for b in truth[iid]]} for iid in truth},
     }
     (root / TRUTH_FILE).write_text(json.dumps(doc), encoding="utf-8")
     return _dataset(root, task=task, classes=names, size=size, truth=truth, paths=paths, splits=splits)

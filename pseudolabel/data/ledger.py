@@ -32,6 +32,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, NotRequired, Sequence, TypedDict
 
+from pseudolabel.data.boxes import boxes_from_json, boxes_to_json
 from pseudolabel.types import SOURCES, SPLITS, Annotation, Box, Item, Source, Split, utcnow
 
 # The schema of the first release, frozen: a new ledger is created with it and then migrated
@@ -114,7 +115,7 @@ def _v2_item_presence(db: sqlite3.Connection) -> None:
 
 _V3_TABLES = (
     # The human-verified truth of each holdout item: a class name (classification) or the
-    # boxes JSON of :func:`boxes_to_json` ("[]" = no objects) for detection / segmentation.
+    # boxes JSON of :func:`pseudolabel.data.boxes.boxes_to_json` ("[]" = no objects) for detection / segmentation.
     """CREATE TABLE holdout_truth (
         item_id TEXT PRIMARY KEY REFERENCES items(id),
         truth TEXT NOT NULL,
@@ -264,47 +265,11 @@ class LabelRow:
     ls_annotation_id: int | None
 
 
-def _boxes_to_json(boxes: Sequence[Box], *, empty: bool = False) -> str | None:
-    """JSON of ``boxes``; ``None`` when there are none, unless ``empty`` (an explicit "no
-    objects on this image" label, stored as ``[]`` so that it counts as a label)."""
-    if not boxes:
-        return "[]" if empty else None
-    return json.dumps([_box_dict(b) for b in boxes])
-
-
-def _box_dict(b: Box) -> dict[str, object]:
-    d: dict[str, object] = {"xyxy": [b.x1, b.y1, b.x2, b.y2], "label": b.label, "score": b.score,
-                            "polygon": [list(p) for p in b.polygon] if b.polygon else None}
-    # Ground-truth flags are written only when set, so rows written before they existed and
-    # rows written now read the same way.
-    if b.crowd:
-        d["crowd"] = True
-    if b.difficult:
-        d["difficult"] = True
-    return d
-
-
-def _boxes_from_json(text: str | None) -> tuple[Box, ...]:
-    if not text:
-        return ()
-    out = []
-    for d in json.loads(text):
-        x1, y1, x2, y2 = d["xyxy"]
-        poly = tuple((float(x), float(y)) for x, y in d["polygon"]) if d.get("polygon") else None
-        out.append(Box(x1, y1, x2, y2, d["label"], d.get("score"), poly,
-                       crowd=bool(d.get("crowd", False)), difficult=bool(d.get("difficult", False))))
-    return tuple(out)
-
-
 def _explicit_empty(a: Annotation) -> bool:
     """A detection label saying "no objects": no class label, no boxes, not a skip, and from a
     seed set or a reviewer (an empty pseudo-label says nothing and is not stored as a label)."""
     return a.label is None and not a.boxes and a.review_outcome != "skipped" and a.source != "pseudo" \
         and a.empty_ok
-
-
-boxes_to_json = _boxes_to_json
-boxes_from_json = _boxes_from_json
 
 
 class ConsensusRecord(TypedDict):
@@ -355,7 +320,7 @@ def _truth_text(item_id: str, truth: Any) -> str:
     if not isinstance(truth, str):
         raise ValueError(
             f"holdout truth of item {item_id} is {truth!r}: expected a class name or a boxes JSON string "
-            "(boxes_to_json)"
+            "(pseudolabel.data.boxes.boxes_to_json)"
         )
     return truth
 
@@ -562,7 +527,7 @@ class Ledger:
                     "INSERT OR IGNORE INTO labels (item_id, label, boxes, source, round, reviewer, model_version,"
                     " created_at, weight, review_outcome, ls_task_id, ls_annotation_id)"
                     " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (a.item.id, a.label, _boxes_to_json(a.boxes, empty=_explicit_empty(a)), a.source, a.round, a.reviewer,
+                    (a.item.id, a.label, boxes_to_json(a.boxes, empty=_explicit_empty(a)), a.source, a.round, a.reviewer,
                      a.model_version, a.created_at.isoformat(), a.weight, a.review_outcome,
                      a.ls_task_id, a.ls_annotation_id),
                 )
@@ -581,10 +546,10 @@ class Ledger:
 
     @staticmethod
     def _label_row(r: sqlite3.Row) -> LabelRow:
+        boxes = boxes_from_json(r["boxes"], where=f"{r['item_id']}: ledger label {r['id']}") if r["boxes"] else ()
         return LabelRow(
-            r["id"], r["item_id"], r["label"], _boxes_from_json(r["boxes"]), r["source"], r["round"],
-            r["reviewer"], r["model_version"], r["created_at"], r["weight"], r["review_outcome"],
-            r["ls_task_id"], r["ls_annotation_id"],
+            r["id"], r["item_id"], r["label"], boxes, r["source"], r["round"], r["reviewer"], r["model_version"],
+            r["created_at"], r["weight"], r["review_outcome"], r["ls_task_id"], r["ls_annotation_id"],
         )
 
     def current_labels(self, *, pseudo_round: int | None = None, include_gone: bool = False) -> dict[str, LabelRow]:
@@ -751,7 +716,7 @@ class Ledger:
     # -- holdout truth -------------------------------------------------------------------------
     def set_holdout_truth(self, truth: Mapping[str, str]) -> int:
         """Store the truth of holdout items: ``item id -> class name`` (classification) or
-        ``-> boxes JSON`` (:func:`boxes_to_json`, ``"[]"`` = no objects). Rows for other items
+        ``-> boxes JSON`` (:func:`~pseudolabel.data.boxes.boxes_to_json`, ``"[]"`` = no objects). Rows for other items
         are kept (an item that left the holdout, or went, keeps its truth). Returns how many
         rows were written; an unknown item raises ValueError."""
         now = utcnow().isoformat()
