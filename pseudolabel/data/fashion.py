@@ -118,7 +118,7 @@ def export_fashion(
     """
     from PIL import Image
 
-    from pseudolabel.data.images import sha256_file
+    from pseudolabel.data.images import resize_image, sha256_file
 
     if seed_per_class < 1:
         raise ValueError(f"seed_per_class must be >= 1, got {seed_per_class}")
@@ -145,10 +145,7 @@ def export_fashion(
 
     def write(img: np.ndarray, label: int, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        im = Image.fromarray(img, mode="L")
-        if size != img.shape[0]:
-            im = im.resize((size, size), Image.Resampling.BICUBIC)
-        im.save(path)
+        resize_image(Image.fromarray(img, mode="L"), size, resample=Image.Resampling.BICUBIC).save(path)
         truth[sha256_file(path)] = FASHION_CLASSES[label]
 
     for i in seed_idx:

@@ -2,18 +2,24 @@
 
 Every loader in the project goes through :func:`load_rgb` (or :func:`rgb_from_bytes` for bytes
 read from an object store: the same decoder) so that training, inference and ingest see the
-same pixels.
+same pixels. Models that take a fixed square input read files with :func:`load_resized`,
+:func:`load_chw` or :func:`load_chw_batch` (decode, then :func:`resize_image`), so every
+classifier, MC-dropout pass and self-supervised pretraining resizes the same way.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 
@@ -23,6 +29,7 @@ class ImageError(ValueError):
 
 
 def sha256_file(path: Path, *, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of the file's bytes (the item id), read in ``chunk``-byte blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
@@ -100,3 +107,43 @@ def _decode(src: Path | BinaryIO, name: str | Path) -> Image.Image:
         if "cannot identify image file" in msg:
             raise ImageError(f"{name}: not an image (cannot identify format)") from e
         raise ImageError(f"{name}: corrupt or unreadable image ({msg})") from e
+
+
+# --------------------------------------------------------------------------- fixed-size input
+
+
+def resize_image(img: Image.Image, size: int | tuple[int, int], *,
+                 resample: Image.Resampling = Image.Resampling.BILINEAR) -> Image.Image:
+    """``img`` resized to ``size`` pixels (a square side, or ``(width, height)``; aspect ratio
+    not kept) with ``resample``; returned as it is when it already has that size."""
+    wh = (int(size), int(size)) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
+    if wh[0] <= 0 or wh[1] <= 0:
+        raise ValueError(f"resize size {size!r} must be positive pixels")
+    return img if img.size == wh else img.resize(wh, resample)
+
+
+def load_resized(path: Path | str, size: int | tuple[int, int], *,
+                 resample: Image.Resampling = Image.Resampling.BILINEAR) -> Image.Image:
+    """:func:`load_rgb` then :func:`resize_image`: 8-bit RGB of ``size`` pixels."""
+    return resize_image(load_rgb(path), size, resample=resample)
+
+
+def load_chw(path: Path | str, size: int, *,
+             resample: Image.Resampling = Image.Resampling.BILINEAR) -> torch.Tensor:
+    """One file as a ``(3, size, size)`` uint8 tensor (RGB, channels first, not normalised),
+    decoded and resized by :func:`load_resized`."""
+    import torch
+
+    arr = np.array(load_resized(path, size, resample=resample), dtype=np.uint8)  # (S, S, 3), writable
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def load_chw_batch(paths: Sequence[Path | str], size: int, *,
+                   resample: Image.Resampling = Image.Resampling.BILINEAR) -> torch.Tensor:
+    """Files as one ``(N, 3, size, size)`` uint8 tensor (:func:`load_chw` of each, in order)."""
+    import torch
+
+    out = torch.empty((len(paths), 3, int(size), int(size)), dtype=torch.uint8)
+    for i, path in enumerate(paths):
+        out[i] = load_chw(path, size, resample=resample)
+    return out

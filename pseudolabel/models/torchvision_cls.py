@@ -38,13 +38,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
-from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from typing_extensions import Self
 
 from pseudolabel.augment import strong_augment, weak_augment
-from pseudolabel.data.images import load_rgb
+from pseudolabel.data.images import load_chw
 from pseudolabel.models.base import AdapterBase, EpochProgress, resolve_device, state_hash
 from pseudolabel.models.weights import ResolvedWeights, resolve_weights
 from pseudolabel.types import Annotation, Item, Prediction, TaskType
@@ -140,12 +139,7 @@ class _ImageDataset(Dataset[torch.Tensor]):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        img = load_rgb(self.paths[i])
-        size = (self.image_size, self.image_size)
-        if img.size != size:
-            img = img.resize(size, Image.Resampling.BILINEAR)
-        arr = np.asarray(img, dtype=np.uint8)  # (S, S, 3)
-        return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+        return load_chw(self.paths[i], self.image_size)  # (3, S, S) uint8
 
 
 class _UnlabelledStream:

@@ -224,13 +224,13 @@ def thumbnail(path: Path, *, side: int = 128, boxes: Sequence[Box] = (), classes
     hundred bytes), JPEG (quality 85) for larger ones (photos: ~5 KB instead of ~30 KB).
 
     Raises whatever reading the image raises (the caller shows a placeholder)."""
-    from pseudolabel.data.images import load_rgb
+    from pseudolabel.data.images import load_rgb, resize_image
 
     img = load_rgb(path)
     w, h = img.size
     scale = side / max(w, h)
     resample = Image.Resampling.NEAREST if scale >= 2 else Image.Resampling.LANCZOS
-    img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), resample)
+    img = resize_image(img, (max(1, round(w * scale)), max(1, round(h * scale))), resample=resample)
     if boxes:
         colours = class_colours(list(classes) + sorted({b.label for b in boxes} - set(classes)))
         draw = ImageDraw.Draw(img)

@@ -203,10 +203,9 @@ def mc_dropout_probs(
         :class:`~pseudolabel.types.Item`.
     """
     import torch
-    from PIL import Image
     from torch import nn
 
-    from pseudolabel.data.images import load_rgb
+    from pseudolabel.data.images import load_chw_batch
     from pseudolabel.types import Item
 
     batch_size = 64 if batch_size is None else batch_size
@@ -239,13 +238,7 @@ def mc_dropout_probs(
     std = torch.tensor(model.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
 
     def decode(batch: Sequence[Item]) -> torch.Tensor:
-        arrs = []
-        for it in batch:
-            img = load_rgb(it.path)
-            if img.size != (size, size):
-                img = img.resize((size, size), Image.Resampling.BILINEAR)
-            arrs.append(np.asarray(img, dtype=np.uint8))
-        x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).to(device).float() / 255.0
+        x = load_chw_batch([it.path for it in batch], size).to(device).float() / 255.0  # (B, 3, S, S)
         return (x - mean) / std
 
     out = np.empty((int(T), len(items), n_classes), dtype=np.float32)

@@ -35,12 +35,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from typing_extensions import Self
 
-from pseudolabel.data.images import load_rgb
+from pseudolabel.data.images import load_chw
 from pseudolabel.models.backbone.cache import EmbeddingCache
 from pseudolabel.models.backbone.nets import (
     CLASSIFIER_PREFIXES,
@@ -177,10 +176,7 @@ class _Decode(Dataset[torch.Tensor]):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        img = load_rgb(self.paths[i])
-        if img.size != (self.size, self.size):
-            img = img.resize((self.size, self.size), Image.Resampling.BILINEAR)
-        return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+        return load_chw(self.paths[i], self.size)
 
 
 class Head(nn.Module):

@@ -35,13 +35,11 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 
-from pseudolabel.data.images import load_rgb
+from pseudolabel.data.images import load_chw_batch
 from pseudolabel.models.backbone.nets import PM1_MEAN, PM1_STD, SSLNet
 from pseudolabel.models.base import resolve_device
 from pseudolabel.types import Item
@@ -202,16 +200,6 @@ def pool_key(item_ids: Sequence[str], settings: PretrainSettings) -> str:
     return h.hexdigest()[:24]
 
 
-def _decode(items: Sequence[Item], size: int) -> torch.Tensor:
-    out = torch.empty((len(items), 3, size, size), dtype=torch.uint8)
-    for i, it in enumerate(items):
-        img = load_rgb(it.path)
-        if img.size != (size, size):
-            img = img.resize((size, size), Image.Resampling.BILINEAR)
-        out[i] = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
-    return out
-
-
 def _save_atomic(obj: Any, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -301,7 +289,7 @@ def pretrain_backbone(
     if finished() is None:
         folder.mkdir(parents=True, exist_ok=True)
         t_decode = time.perf_counter()
-        x_all = _decode(sample, settings.image_size)
+        x_all = load_chw_batch([it.path for it in sample], settings.image_size)  # (N, 3, S, S) uint8
         say(f"ssl pretraining on {len(sample)} pool images at {settings.image_size} px: steps {step}/"
             f"{settings.max_steps}, budget {settings.max_minutes:g} min (decoded in "
             f"{time.perf_counter() - t_decode:.1f} s)")
