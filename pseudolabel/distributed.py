@@ -34,7 +34,6 @@ Network: Ray probes cloud metadata addresses and reports usage statistics by def
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import sys
@@ -51,8 +50,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pseudolabel.data.boxes import boxes_and_probs_from_json, boxes_to_json
-from pseudolabel.data.images import IMAGE_SUFFIXES, ImageError, rgb_from_bytes
-from pseudolabel.data.ingest import Quarantined
+from pseudolabel.data.images import IMAGE_SUFFIXES, ImageError, sha256_bytes
+from pseudolabel.data.ingest import Quarantined, reason_of, usable_size
 from pseudolabel.inference import (
     InferenceResult,
     check_items,
@@ -329,7 +328,7 @@ class _Predictor:
         """
         paths = [str(p) for p in batch["path"]]
         blobs = [bytes(b) for b in batch["bytes"]]
-        ids = [hashlib.sha256(b).hexdigest() for b in blobs]  # = sha256_file of the same file
+        ids = [sha256_bytes(b) for b in blobs]  # = sha256_file of the same file
         status, reasons = ["ok"] * len(paths), [""] * len(paths)
         with tempfile.TemporaryDirectory(prefix="plray-") as tmp:
             todo: list[Item] = []
@@ -338,10 +337,10 @@ class _Predictor:
                     status[k] = "known"
                     continue
                 try:
-                    with rgb_from_bytes(data, name=path) as img:
-                        width, height = img.size
+                    # As ingest checks a file, without a max_pixels of its own (Pillow's limit).
+                    width, height = usable_size(data, name=path, max_pixels=None)
                 except ImageError as e:
-                    status[k], reasons[k] = "bad", str(e).removeprefix(f"{path}: ")
+                    status[k], reasons[k] = "bad", reason_of(str(e), path)
                     continue
                 local = Path(tmp) / f"{k}{PurePosixPath(path).suffix.lower()}"
                 local.write_bytes(data)

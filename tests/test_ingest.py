@@ -422,3 +422,23 @@ def test_quarantine_csv_rejects_foreign_header(tmp_path: Path) -> None:
     out.write_text("file,why\nx,y\n")
     with pytest.raises(ValueError, match="quarantine.csv.*path,reason,time"):
         write_quarantine_csv(out, [Quarantined(Path("a.png"), "r")])
+
+
+def test_a_file_and_its_bytes_are_judged_the_same_way(tmp_path: Path) -> None:
+    """ingest (files) and the Ray actors (bytes from an object store) share usable_size."""
+    from pseudolabel.data.images import ImageError, sha256_bytes, sha256_file
+    from pseudolabel.data.ingest import reason_of, usable_size
+
+    good = save_png(tmp_path / "good.png", w=40, h=30)
+    truncated = tmp_path / "cut.png"
+    truncated.write_bytes(good.read_bytes()[:60])
+    assert usable_size(good) == usable_size(good.read_bytes(), name="s3://b/good.png") == (40, 30)
+    assert sha256_bytes(good.read_bytes()) == sha256_file(good)
+    for src, name in ((truncated, truncated), (truncated.read_bytes(), "s3://b/cut.png")):
+        with pytest.raises(ImageError) as e:
+            usable_size(src, name=name)
+        assert str(e.value).startswith(f"{name}: ")
+        assert "truncated" in reason_of(str(e.value), name) or "corrupt" in reason_of(str(e.value), name)
+    for src in (good, good.read_bytes()):
+        with pytest.raises(ImageError, match="image too large: 40x30 = 1,200 pixels > max_pixels 1,000"):
+            usable_size(src, max_pixels=1_000)

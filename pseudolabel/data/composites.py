@@ -24,7 +24,6 @@ of Debian's ``dataset-fashion-mnist`` package (see :mod:`pseudolabel.data.fashio
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import shutil
@@ -39,6 +38,7 @@ from pseudolabel.data.boxes import box_from_dict, box_to_dict
 from pseudolabel.data.fashion import FASHION_CLASSES, DatasetMissing, fashion_dir, load_fashion
 from pseudolabel.data.formats import DetTask, write_yolo
 from pseudolabel.data.geometry import box_iou, mask_to_polygon
+from pseudolabel.data.images import sha256_bytes
 from pseudolabel.types import Box, Item, Split
 
 ITEM_SIDE = 28
@@ -446,7 +446,7 @@ def export_scenes(
                 max_overlap=max_overlap, background=background,
             )
             data = _png_bytes(image)
-            iid = hashlib.sha256(data).hexdigest()
+            iid = sha256_bytes(data)  # the item id ingest will give the file
             if iid in truth:
                 raise ValueError(f"scene {split} {i} has the same bytes as {paths[iid]}; change the seed")
             path = folder / f"{split}_{i:05d}.png"

@@ -28,6 +28,11 @@ class ImageError(ValueError):
     """A file that cannot be used as an image; the message says why."""
 
 
+def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of ``data``: the item id of a file holding these bytes (= :func:`sha256_file`)."""
+    return hashlib.sha256(data).hexdigest()
+
+
 def sha256_file(path: Path, *, chunk: int = 1 << 20) -> str:
     """Hex sha256 of the file's bytes (the item id), read in ``chunk``-byte blocks."""
     h = hashlib.sha256()

@@ -40,7 +40,7 @@ from typing import Literal
 from PIL import Image
 
 from pseudolabel.data.errors import DataError
-from pseudolabel.data.images import IMAGE_SUFFIXES, ImageError, load_rgb, sha256_file
+from pseudolabel.data.images import IMAGE_SUFFIXES, ImageError, load_rgb, rgb_from_bytes, sha256_file
 from pseudolabel.utils import atomic_write_text
 from pseudolabel.types import Item, utcnow
 
@@ -167,8 +167,9 @@ def _too_many_pixels(width: int, height: int, max_pixels: int | None) -> str | N
             "(raise data.max_pixels to accept it)")
 
 
-def _header_too_big(path: Path, max_pixels: int | None) -> str | None:
-    """The quarantine reason when ``path``'s header declares more than ``max_pixels`` pixels.
+def _header_too_big(src: Path | bytes, max_pixels: int | None) -> str | None:
+    """The quarantine reason when the header of ``src`` (a file, or its bytes) declares more
+    than ``max_pixels`` pixels.
 
     Pillow's ``open`` is lazy: it parses the header (the size) and decodes nothing. A file it
     cannot identify is left to the full decode, which words the error."""
@@ -177,13 +178,34 @@ def _header_too_big(path: Path, max_pixels: int | None) -> str | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(io.BytesIO(src) if isinstance(src, bytes) else src) as img:
                 width, height = img.size
     except Image.DecompressionBombError as e:
         return f"image too large: {e}"
     except (OSError, SyntaxError, ValueError):  # not an image / unreadable: the full decode says why
         return None
     return _too_many_pixels(width, height, max_pixels)
+
+
+def usable_size(src: Path | bytes, *, name: str | Path | None = None,
+                max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """``(width, height)`` in pixels (after EXIF orientation) of the image in ``src`` (a file,
+    or the bytes of one read from elsewhere), once it is known to be usable: its header
+    declares at most ``max_pixels`` pixels (checked before decoding; ``None``: only Pillow's own
+    limit) and it decodes fully (:func:`~pseudolabel.data.images.load_rgb` /
+    :func:`~pseudolabel.data.images.rgb_from_bytes`, the decoder training and inference use).
+
+    Raises :class:`~pseudolabel.data.images.ImageError` starting with ``name`` (default: the
+    path) otherwise; :func:`reason_of` turns it into the quarantine reason."""
+    label = name if name is not None else src if isinstance(src, Path) else "<bytes>"
+    too_big = _header_too_big(src, max_pixels)
+    if too_big is not None:
+        raise ImageError(f"{label}: {too_big}")
+    if isinstance(src, bytes):
+        with rgb_from_bytes(src, name=label) as img:
+            return img.size
+    with load_rgb(src) as img:
+        return img.size
 
 
 def _check_known(known: Mapping[str, FileRecord]) -> None:
@@ -256,14 +278,8 @@ def scan_files(
             # Same bytes as a file that already failed: it fails the same way.
             result.quarantined.append(Quarantined(path, bad_hashes[digest]))
             continue
-        too_big = _header_too_big(path, max_pixels)
-        if too_big is not None:
-            bad_hashes[digest] = too_big
-            result.quarantined.append(Quarantined(path, too_big))
-            continue
         try:
-            with load_rgb(path) as img:
-                width, height = img.size
+            width, height = usable_size(path, max_pixels=max_pixels)
         except ImageError as e:
             reason = reason_of(str(e), path)
             bad_hashes[digest] = reason
