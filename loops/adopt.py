@@ -28,13 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from loops.review import ANSWER_COLUMNS, ANSWERS_CSV
 from pseudolabel.config import Config
 from pseudolabel.data.ingest import Quarantined, scan_files, write_quarantine_csv
 from pseudolabel.data.ledger import Ledger
+from pseudolabel.review.answers import ANSWERS_CSV, record_rejected
 from pseudolabel.review.decode import Rejected
-from pseudolabel.types import utcnow
-from pseudolabel.utils import merge_csv
 
 
 class Adopter(Protocol):
@@ -109,7 +107,7 @@ def adopt_foreign(cfg: Config, ledger: Ledger, client: Adopter, *,
             ledger.set_task_state(project, item.id, state)
             have_task.add(item.id)
         out.adopted += 1
-    out.rejected = _record(ledger.path.parent / ANSWERS_CSV, rejected)
+    out.rejected = len(record_rejected(ledger.path.parent / ANSWERS_CSV, rejected))
     if out.adopted or out.quarantined or out.not_local:
         log(f"  adopt: {out.adopted} task(s) made in Label Studio adopted ({out.new_items} new image(s), "
             f"{out.labels} label(s)); {out.quarantined} image(s) quarantined, {len(out.not_local)} not local files"
@@ -117,16 +115,3 @@ def adopt_foreign(cfg: Config, ledger: Ledger, client: Adopter, *,
     for tid, why in list(out.not_local.items())[:5]:
         log(f"    task {tid}: {why}")
     return out
-
-
-def _record(path: Path, rejected: list[Rejected]) -> int:
-    """Append unusable answers to ``answers_quarantine.csv`` (the sweep's file and columns);
-    returns how many were not there yet."""
-    if not rejected:
-        return 0
-    now = utcnow().isoformat()
-    rows: list[dict[str, object]] = [
-        {"task_id": r.task_id, "annotation_id": r.annotation_id, "item_id": r.item_id,
-         "saved_at": r.saved_at.isoformat() if r.saved_at else "", "action": r.action, "reason": r.reason,
-         "time": now} for r in rejected]
-    return len(merge_csv(path, rows, columns=ANSWER_COLUMNS, key=("task_id", "annotation_id", "saved_at", "reason")))

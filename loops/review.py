@@ -18,21 +18,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 from pseudolabel.consensus import METHODS, Decision, box_f1, decide_many
 from pseudolabel.data.ledger import Ledger, LabelRow, parse_time
+from pseudolabel.review.answers import ANSWERS_CSV, record_rejected
 from pseudolabel.types import Annotation, Item
-from pseudolabel.utils import merge_csv
 
 _LAST_SYNC = "last_sync:{project}"
 # Clock skew between us and the server, and annotations saved while we were pulling.
 _MARGIN = timedelta(minutes=5)
 CONSENSUS_PREFIX = "consensus:"
 # Answers that could not be used, beside quarantine.csv (files that could not be used).
-ANSWERS_CSV = "answers_quarantine.csv"
-ANSWER_COLUMNS = ("task_id", "annotation_id", "item_id", "saved_at", "action", "reason", "time")
 FLAG_PREFIX = "Could not use this answer:"
 
 
@@ -187,7 +184,7 @@ def sync_reviews(
     mine = [a for a in mine if (a.ls_annotation_id, a.created_at.isoformat()) not in seen]
     added = ledger.add_labels(mine)
     rejected = [r for r in pulled.rejected if r.item_id in known or r.item_id is None]
-    new_rejected = _record_rejected(ledger.path.parent / ANSWERS_CSV, rejected)
+    new_rejected = record_rejected(ledger.path.parent / ANSWERS_CSV, rejected)
     for r in new_rejected:
         if r.action == "ignored" and r.task_id is not None:
             client.flag_task(r.task_id, f"{FLAG_PREFIX} {r.reason}. Please fix it and submit again.")  # type: ignore[attr-defined]
@@ -218,20 +215,6 @@ def sync_reviews(
         rejected=sum(r.action == "ignored" for r in rejected), repaired=sum(r.action == "used" for r in rejected),
         adopted=rec.adopted, states_fixed=rec.states_fixed, duplicates=len(rec.duplicates),
     )
-
-
-def _record_rejected(path: Path, rejected: Sequence[Any]) -> list[Any]:
-    """Append ``rejected`` answers to the CSV at ``path``; returns those not recorded before."""
-    if not rejected:
-        return []
-    now = datetime.now().astimezone().isoformat()
-    rows: list[dict[str, object]] = [
-        {"task_id": r.task_id, "annotation_id": r.annotation_id, "item_id": r.item_id,
-         "saved_at": r.saved_at.isoformat() if r.saved_at else "", "action": r.action, "reason": r.reason,
-         "time": now} for r in rejected]
-    keys = ("task_id", "annotation_id", "saved_at", "reason")
-    new = {tuple(row[k] for k in keys) for row in merge_csv(path, rows, columns=ANSWER_COLUMNS, key=keys)}
-    return [r for r, row in zip(rejected, rows) if tuple("" if row[k] is None else str(row[k]) for k in keys) in new]
 
 
 def pending_adjudications(ledger: Ledger, project: str) -> dict[str, int]:
