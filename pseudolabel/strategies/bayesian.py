@@ -36,7 +36,7 @@ import numpy as np
 
 from .registry import register
 from .selection import Selection, SelectionRequest, balanced_top_k, top_k
-from .uncertainty import ROW_SUM_ATOL, _compute_entropy
+from .uncertainty import ROW_SUM_ATOL, entropy_kernel
 
 if TYPE_CHECKING:
     from pseudolabel.types import Item
@@ -85,8 +85,8 @@ def validate_mc_probs(mc_probs: object, *, name: str = "mc_probs") -> np.ndarray
 
 def _compute_bald(mc: np.ndarray) -> np.ndarray:
     t, n, c = mc.shape
-    mean_entropy = _compute_entropy(mc.reshape(t * n, c)).reshape(t, n).mean(axis=0)
-    entropy_of_mean = _compute_entropy(mc.mean(axis=0))
+    mean_entropy = entropy_kernel(mc.reshape(t * n, c)).reshape(t, n).mean(axis=0)
+    entropy_of_mean = entropy_kernel(mc.mean(axis=0))
     # Jensen: H[mean] >= mean H, so the MI is >= 0; rounding can dip a hair below.
     return np.maximum(entropy_of_mean - mean_entropy, 0.0)
 

@@ -22,7 +22,7 @@ from typing import Literal
 import numpy as np
 
 from pseudolabel.data.geometry import as_xyxy, box_iou, boxes_xyxy
-from pseudolabel.strategies.uncertainty import _KERNELS
+from pseudolabel.strategies.uncertainty import KERNELS
 from pseudolabel.types import Prediction
 
 # Image-selection strategies a detection / segmentation round accepts (the others need class
@@ -31,7 +31,7 @@ DETECTION_STRATEGIES: tuple[str, ...] = ("random", "least_confidence", "margin",
 
 Aggregation = Literal["max", "mean", "sum", "topk_mean"]
 AGGREGATIONS: tuple[str, ...] = ("max", "mean", "sum", "topk_mean")
-BOX_SCORES: tuple[str, ...] = tuple(sorted(_KERNELS))
+BOX_SCORES: tuple[str, ...] = tuple(sorted(KERNELS))
 
 __all__ = [
     "AGGREGATIONS",
@@ -69,14 +69,14 @@ def box_uncertainty(box_probs: np.ndarray, *, score: str = "entropy") -> np.ndar
     :mod:`pseudolabel.strategies.uncertainty`). Note that normalising discards how confident
     the detector is that there is an object at all; :func:`image_uncertainty` adds that back.
     """
-    if score not in _KERNELS:
+    if score not in KERNELS:
         raise ValueError(f"unknown box score {score!r}; choose one of {list(BOX_SCORES)!r}")
     probs = normalise_box_probs(box_probs)
     if probs.shape[0] == 0:
         return np.zeros(0, dtype=np.float64)
     if score == "entropy":
-        return _KERNELS["entropy"](probs, normalise=True)  # type: ignore[call-arg]
-    return _KERNELS[score](probs)
+        return KERNELS["entropy"](probs, normalise=True)  # type: ignore[call-arg]
+    return KERNELS[score](probs)
 
 
 def aggregate(

@@ -24,7 +24,7 @@ import numpy as np
 
 from .diversity import DEFAULT_CHUNK_SIZE, kcenter_greedy, validate_embeddings
 from .selection import top_k
-from .uncertainty import _KERNELS, validate_probs
+from .uncertainty import KERNELS, validate_probs
 
 __all__ = ["hybrid_device", "kcenter_greedy_device", "resolve_backend", "top_k_uncertain"]
 
@@ -64,12 +64,12 @@ def top_k_uncertain(probs: np.ndarray, k: int, *, score: str = "entropy") -> tup
     lower index). ``score``: ``entropy`` (nats), ``margin`` or ``least_confidence``.
     O(N C) scoring + O(N) partition + O(k log k) sort.
     """
-    if score not in _KERNELS:
-        raise ValueError(f"unknown score {score!r}; choose one of: {', '.join(sorted(_KERNELS))}")
+    if score not in KERNELS:
+        raise ValueError(f"unknown score {score!r}; choose one of: {', '.join(sorted(KERNELS))}")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k must be a positive int; got {k!r}")
     p = validate_probs(probs)
-    s = _KERNELS[score](p)
+    s = KERNELS[score](p)
     picks = top_k(s, int(min(k, s.shape[0])))
     return picks.astype(np.int64), s[picks].astype(np.float64)
 
@@ -192,7 +192,7 @@ def hybrid_device(
         raise ValueError(f"probs has {p.shape[0]} rows but embeddings has {np.shape(embeddings)[0]}")
     k = int(min(k, p.shape[0]))
     cand, _ = top_k_uncertain(p, min(hybrid_factor * k, p.shape[0]), score=uncertainty)
-    u = _KERNELS[uncertainty](p)
+    u = KERNELS[uncertainty](p)
     nothing_labelled = labelled_embeddings is None or np.shape(labelled_embeddings)[0] == 0
     emb = np.asarray(embeddings)[cand]
     local = kcenter_greedy_device(

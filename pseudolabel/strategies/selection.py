@@ -42,7 +42,7 @@ import numpy as np
 
 from .diversity import kcenter_greedy, validate_embeddings
 from .registry import get_strategy, register
-from .uncertainty import _KERNELS, SCORE_FUNCTIONS, _compute_entropy, random_scores, validate_probs
+from .uncertainty import KERNELS, SCORE_FUNCTIONS, entropy_kernel, random_scores, validate_probs
 
 __all__ = ["Selection", "SelectionRequest", "select"]
 
@@ -111,7 +111,7 @@ class SelectionRequest:
     def entropy_or_zero(self, indices: np.ndarray) -> np.ndarray:
         if self.probs is None:
             return np.zeros(indices.shape[0], dtype=np.float64)
-        return _compute_entropy(self.probs[indices])
+        return entropy_kernel(self.probs[indices])
 
 
 def select(
@@ -293,7 +293,7 @@ def _score_ranked(req: SelectionRequest, scores: np.ndarray, reported: np.ndarra
 
 
 def _make_uncertainty_strategy(name: str) -> None:
-    kernel = _KERNELS[name]
+    kernel = KERNELS[name]
 
     def strategy(req: SelectionRequest) -> Selection:
         return _score_ranked(req, kernel(req.need_probs()), None)
@@ -308,7 +308,7 @@ def _random_strategy(req: SelectionRequest) -> Selection:
     """A seeded uniformly random k; scores = entropy of the picks if probs, else 0."""
     order_scores = random_scores(req.n, rng=req.seed)
     reported = (
-        _compute_entropy(req.probs) if req.probs is not None else np.zeros(req.n, dtype=np.float64)
+        entropy_kernel(req.probs) if req.probs is not None else np.zeros(req.n, dtype=np.float64)
     )
     return _score_ranked(req, order_scores, reported)
 
@@ -361,7 +361,7 @@ def _hybrid_pick(req: SelectionRequest, pool: np.ndarray, u: np.ndarray, q: int)
 @register("hybrid", labelled_embeddings=True)
 def _hybrid_strategy(req: SelectionRequest) -> Selection:
     """Top hybrid_factor*k by uncertainty, then k-center; scores = the uncertainty score."""
-    u = _KERNELS[req.uncertainty](req.need_probs())
+    u = KERNELS[req.uncertainty](req.need_probs())
     req.need_embeddings()
     if not req.class_balance:
         picks = _hybrid_pick(req, np.arange(req.n), u, req.k)

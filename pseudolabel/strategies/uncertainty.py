@@ -6,8 +6,9 @@ Every public score function has the :data:`ScoreFn` shape::
 
 The public functions validate their input (2-D, finite, non-negative, rows summing to 1
 within ``ROW_SUM_ATOL``) and raise :class:`ValueError` naming the first bad row and its
-value. The private ``_compute_*`` functions trust their input; callers that have already
-validated (``select``) use them to avoid a second pass over a large pool.
+value. The ``*_kernel`` functions (:data:`KERNELS`) compute the same scores and trust their
+input; callers that have already validated (``select``, the detection scores, BALD) use them
+to avoid a second pass over a large pool.
 
 Bounds for ``C`` classes:
 
@@ -34,12 +35,16 @@ ROW_SUM_ATOL = 1e-3
 """Absolute tolerance on ``|sum(row) - 1|`` accepted by :func:`validate_probs`."""
 
 __all__ = [
+    "KERNELS",
     "ROW_SUM_ATOL",
     "SCORE_FUNCTIONS",
     "ScoreFn",
     "entropy",
+    "entropy_kernel",
     "least_confidence",
+    "least_confidence_kernel",
     "margin",
+    "margin_kernel",
     "random_scores",
     "validate_probs",
 ]
@@ -92,14 +97,16 @@ def validate_probs(probs: object, *, name: str = "probs") -> np.ndarray:
     return arr
 
 
-# --- private kernels: trust their (N, C) float64 input ---------------------------------
+# --- kernels: trust their (N, C) float64 input (validated once by the caller) ------------
 
 
-def _compute_least_confidence(probs: np.ndarray) -> np.ndarray:
+def least_confidence_kernel(probs: np.ndarray) -> np.ndarray:
+    """:func:`least_confidence` of already validated ``(N, C)`` float64 probabilities -> ``(N,)``."""
     return 1.0 - probs.max(axis=1)
 
 
-def _compute_margin(probs: np.ndarray) -> np.ndarray:
+def margin_kernel(probs: np.ndarray) -> np.ndarray:
+    """:func:`margin` of already validated ``(N, C)`` float64 probabilities -> ``(N,)``."""
     if probs.shape[1] == 1:
         # One class: the runner-up has probability 0, the margin is the top probability.
         return 1.0 - probs[:, 0]
@@ -108,7 +115,9 @@ def _compute_margin(probs: np.ndarray) -> np.ndarray:
     return 1.0 - (top2[:, 1] - top2[:, 0])
 
 
-def _compute_entropy(probs: np.ndarray, *, normalise: bool = False) -> np.ndarray:
+def entropy_kernel(probs: np.ndarray, *, normalise: bool = False) -> np.ndarray:
+    """:func:`entropy` (nats; ``normalise``: divided by ``log C``) of already validated
+    ``(N, C)`` float64 probabilities -> ``(N,)``."""
     # 0 * log 0 = 0: take log(1) = 0 where p == 0 instead of producing nan.
     logp = np.log(np.where(probs > 0, probs, 1.0))
     ent = -(probs * logp).sum(axis=1)
@@ -130,7 +139,7 @@ def least_confidence(probs: np.ndarray) -> np.ndarray:
 
     Higher = more uncertain. Raises ValueError on invalid probabilities.
     """
-    return _compute_least_confidence(validate_probs(probs))
+    return least_confidence_kernel(validate_probs(probs))
 
 
 def margin(probs: np.ndarray) -> np.ndarray:
@@ -140,7 +149,7 @@ def margin(probs: np.ndarray) -> np.ndarray:
     single class the runner-up probability is taken as 0. Raises ValueError on invalid
     probabilities.
     """
-    return _compute_margin(validate_probs(probs))
+    return margin_kernel(validate_probs(probs))
 
 
 def entropy(probs: np.ndarray, *, normalise: bool = False) -> np.ndarray:
@@ -150,7 +159,7 @@ def entropy(probs: np.ndarray, *, normalise: bool = False) -> np.ndarray:
     lies in ``[0, 1]`` (0 for a single class). ``0 * log 0`` is taken as 0. Higher = more
     uncertain. Raises ValueError on invalid probabilities.
     """
-    return _compute_entropy(validate_probs(probs), normalise=normalise)
+    return entropy_kernel(validate_probs(probs), normalise=normalise)
 
 
 def random_scores(n: int, *, rng: np.random.Generator | int | None) -> np.ndarray:
@@ -173,8 +182,9 @@ SCORE_FUNCTIONS: dict[str, ScoreFn] = {
 }
 """Validated uncertainty score functions by name (the ``uncertainty=`` choices of ``select``)."""
 
-_KERNELS: dict[str, ScoreFn] = {
-    "least_confidence": _compute_least_confidence,
-    "margin": _compute_margin,
-    "entropy": _compute_entropy,
+KERNELS: dict[str, ScoreFn] = {
+    "least_confidence": least_confidence_kernel,
+    "margin": margin_kernel,
+    "entropy": entropy_kernel,
 }
+"""The same scores as :data:`SCORE_FUNCTIONS`, without validation (see the module docstring)."""
