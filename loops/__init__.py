@@ -1,1 +1,1 @@
-"""The loops users run, each a short module composing the library (see DESIGN.md)."""
+"""The loops users run, each a short module composing the library (see the README, "Architecture")."""

@@ -2,7 +2,7 @@
 
 On an online machine ``fetch`` downloads named sets into the sha256-addressed store
 (``$PSEUDOLABEL_WEIGHTS_DIR``, default ``~/.cache/pseudolabel/weights``) and ``pack`` writes
-them into one tar; on the air-gapped machine ``import`` (alias ``unpack``) checks every file's
+them into one tar; on the air-gapped machine ``import`` checks every file's
 sha256 and adds it to the store, where ``model.weights`` / ``model.backbone`` find it.
 ``verify`` re-hashes the store; ``list`` shows it.
 """
@@ -106,12 +106,6 @@ def import_(
 ) -> None:
     """Add a pack (checking every sha256) or a single weights file to the store."""
     _import(file, name, store)
-
-
-@weights_app.command()
-def unpack(file: Annotated[Path, typer.Argument(help="a tar from `weights pack`")], store: StoreOpt = None) -> None:
-    """Same as `import` for a pack."""
-    _import(file, None, store)
 
 
 @weights_app.command()

@@ -27,9 +27,10 @@ Two entry points, one actor pool and one shard writer:
 Item paths, the source and ``model_path`` must be readable from every node (a shared file
 system, a mounted bucket, or the object store itself); see docs/ray.md.
 
-Network: Ray probes cloud metadata addresses and reports usage statistics by default.
-:func:`ray_safe_env` / :func:`init_ray` switch all of that off *before* Ray is imported
-(see /work/shared/FACTS.md, "Ray").
+Network: Ray probes cloud metadata addresses (169.254.169.254, metadata.google.internal; even
+with ``RAY_USAGE_STATS_ENABLED=0``), reports usage statistics, and a local node finds its own
+address with a UDP connect to 8.8.8.8. :func:`ray_safe_env` / :func:`init_ray` switch all of
+that off *before* Ray is imported (see docs/ray.md).
 """
 
 from __future__ import annotations
@@ -466,8 +467,8 @@ def pseudo_label_ray(
         num_gpus_per_actor: GPUs per actor (``> 0`` loads the model on ``cuda``; fractions
             pack several actors on one GPU).
         num_cpus_per_actor: CPUs reserved per actor. Keep it below the node's CPU count
-            divided by ``num_actors``: on 2 CPUs, two actors at 1 CPU each starve the rest
-            of the pipeline (FACTS.md), hence the 0.5 default.
+            divided by ``num_actors``: on 2 CPUs, two actors at 1 CPU each starve the read
+            stage until it deadlocks (measured), hence the 0.5 default.
         shard_size: items per shard written by the driver.
         address: ``None`` uses the Ray already initialised in this process, or starts a
             local one (and stops it afterwards); ``"auto"`` / ``"ray://host:10001"`` joins a

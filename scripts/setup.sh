@@ -17,7 +17,7 @@ if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
 if [ ! -x .venv-ls/bin/label-studio ]; then
   "$PY" -m venv .venv-ls
   .venv-ls/bin/python -m pip install -q --upgrade "pip<26.2"
-  # Pinned: FACTS.md measured this server version against label-studio-sdk 2.1.2.
+  # Pinned: the version the tests and the README's measurements ran against (with label-studio-sdk 2.1.2).
   .venv-ls/bin/python -m pip install -q "label-studio==1.23.2"
 fi
 

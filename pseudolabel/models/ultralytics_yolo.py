@@ -2,7 +2,7 @@
 
 This is the only module that imports ``ultralytics``, and it does so lazily inside
 :func:`_import_ultralytics`, which first switches off every network call Ultralytics makes
-(see /work/shared/FACTS.md):
+(a bare ``import ultralytics`` looks up public DNS names and checks PyPI):
 
 - ``YOLO_OFFLINE=1``: no DNS probe at import, no PyPI update check, no analytics;
 - ``YOLO_CONFIG_DIR=<config_dir>``: settings are written there, never to ``~/.config``;
