@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
-import pseudolabel.data.ledger as ledger_mod
-from pseudolabel.data.ledger import SCHEMA_VERSION, Ledger, LedgerVersionError
+import pseudolabel.data.schema as schema_mod
+from pseudolabel.data.ledger import Ledger
+from pseudolabel.data.schema import SCHEMA_VERSION, LedgerVersionError
 from pseudolabel.types import Annotation
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -183,8 +184,8 @@ def test_failed_migration_leaves_the_previous_version(tmp_path: Path, monkeypatc
         db.execute("CREATE TABLE half_done (x INTEGER)")
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(ledger_mod, "MIGRATIONS", (*ledger_mod.MIGRATIONS, (4, broken)))
-    monkeypatch.setattr(ledger_mod, "SCHEMA_VERSION", 4)
+    monkeypatch.setattr(schema_mod, "MIGRATIONS", (*schema_mod.MIGRATIONS, (4, broken)))
+    monkeypatch.setattr(schema_mod, "SCHEMA_VERSION", 4)
     with pytest.raises(RuntimeError, match="disk full"):
         Ledger(path)
     assert _user_version(path) == 3                       # versions 2 and 3 committed, 4 rolled back

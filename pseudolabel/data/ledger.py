@@ -14,12 +14,13 @@
   pair each, below).
 - ``meta``: genuine small key/values only (the last sync time of each project).
 
-Schema version: ``PRAGMA user_version``. Version 1 is the schema of the first release (which
-did not set the pragma: a ledger with tables and version 0 is version 1). :data:`MIGRATIONS`
-lists the forward migrations in order; opening a ledger applies those it lacks, each in one
-transaction that also bumps the version, so a crash mid-migration leaves the previous version
-intact. A ledger whose version is newer than this code's :data:`SCHEMA_VERSION` is refused
-(:class:`LedgerVersionError`): an older release must not write into a schema it does not know.
+The tables, their schema version and the migrations that bring an older file up to date are
+in :mod:`pseudolabel.data.schema`; opening a ``Ledger`` runs them.
+
+Why this module is over 400 lines: it is one class, the whole API of the campaign's source of
+truth, one section per table (items, labels, rounds and stages, review tasks, the loops' state,
+meta, the ingest file cache), each method one transaction. Splitting the class would scatter
+that API; the schema and its migrations, which change for other reasons, live apart.
 """
 
 from __future__ import annotations
@@ -30,215 +31,20 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, NotRequired, Sequence, TypedDict
+from typing import Any, Iterable, Mapping, NotRequired, Sequence, TypedDict
 
 from pseudolabel.data.boxes import boxes_from_json, boxes_to_json
+from pseudolabel.data.schema import (
+    Transaction,
+    check_meta_key,
+    migrate,
+    schema_version,
+    truth_text,
+    write_adjudications,
+    write_consensus,
+    write_retrain,
+)
 from pseudolabel.types import SOURCES, SPLITS, Annotation, Box, Item, Source, Split, utcnow
-
-# The schema of the first release, frozen: a new ledger is created with it and then migrated
-# like an old one, so there is one path to the current schema. Never edit it; add a migration.
-SCHEMA_V1 = """
-CREATE TABLE IF NOT EXISTS items (
-    id TEXT PRIMARY KEY,
-    path TEXT NOT NULL,
-    width INTEGER NOT NULL,
-    height INTEGER NOT NULL,
-    split TEXT NOT NULL CHECK (split IN ('seed', 'pool', 'holdout')),
-    added_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS labels (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    item_id TEXT NOT NULL REFERENCES items(id),
-    label TEXT,
-    boxes TEXT,
-    source TEXT NOT NULL CHECK (source IN ('seed', 'human', 'pseudo')),
-    round INTEGER,
-    reviewer TEXT,
-    model_version TEXT,
-    created_at TEXT NOT NULL,
-    weight REAL NOT NULL DEFAULT 1.0,
-    review_outcome TEXT,
-    ls_task_id INTEGER,
-    ls_annotation_id INTEGER
-);
-CREATE INDEX IF NOT EXISTS labels_item ON labels(item_id, source);
--- One row per saved version of a Label Studio annotation: a re-pull adds nothing, an edit
--- made later in Label Studio is appended as a new row (and, being latest, wins).
-CREATE UNIQUE INDEX IF NOT EXISTS labels_ls_version ON labels(ls_annotation_id, created_at);
-CREATE TABLE IF NOT EXISTS rounds (
-    id INTEGER PRIMARY KEY,
-    status TEXT NOT NULL DEFAULT 'running' CHECK (status IN ('running', 'done', 'stopped')),
-    started_at TEXT NOT NULL,
-    finished_at TEXT,
-    model_version TEXT,
-    metrics TEXT,
-    config TEXT,
-    info TEXT
-);
-CREATE TABLE IF NOT EXISTS stages (
-    round INTEGER NOT NULL REFERENCES rounds(id),
-    stage TEXT NOT NULL,
-    completed_at TEXT NOT NULL,
-    info TEXT,
-    PRIMARY KEY (round, stage)
-);
-CREATE TABLE IF NOT EXISTS review_tasks (
-    item_id TEXT NOT NULL REFERENCES items(id),
-    project TEXT NOT NULL,
-    task_id INTEGER NOT NULL,
-    round INTEGER NOT NULL,
-    kind TEXT NOT NULL DEFAULT 'uncertain',
-    state TEXT NOT NULL DEFAULT 'queued' CHECK (state IN ('queued', 'answered', 'skipped')),
-    score REAL,
-    pushed_at TEXT NOT NULL,
-    PRIMARY KEY (item_id, project)
-);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
--- What ingest last saw of each file (stat + what reading it gave), so an unchanged file is
--- not re-hashed: see pseudolabel.data.ingest.scan_folder(known=...).
-CREATE TABLE IF NOT EXISTS files (
-    path TEXT PRIMARY KEY,
-    size INTEGER NOT NULL,
-    mtime_ns INTEGER NOT NULL,
-    item_id TEXT NOT NULL,
-    width INTEGER NOT NULL,
-    height INTEGER NOT NULL
-);
-"""
-
-
-def _v2_item_presence(db: sqlite3.Connection) -> None:
-    """Items whose every known file vanished or changed are marked gone, never deleted."""
-    db.execute("ALTER TABLE items ADD COLUMN gone_at TEXT")       # NULL: present
-    db.execute("ALTER TABLE items ADD COLUMN gone_reason TEXT")   # e.g. "file deleted since it was scanned"
-
-
-_V3_TABLES = (
-    # The human-verified truth of each holdout item: a class name (classification) or the
-    # boxes JSON of :func:`pseudolabel.data.boxes.boxes_to_json` ("[]" = no objects) for detection / segmentation.
-    """CREATE TABLE holdout_truth (
-        item_id TEXT PRIMARY KEY REFERENCES items(id),
-        truth TEXT NOT NULL,
-        updated_at TEXT
-    )""",
-    # One decision per (Label Studio project, item) when several reviewers answer a task.
-    """CREATE TABLE consensus (
-        project TEXT NOT NULL,
-        item_id TEXT NOT NULL REFERENCES items(id),
-        label TEXT,
-        agreement REAL NOT NULL,
-        n_votes INTEGER NOT NULL,
-        method TEXT NOT NULL,
-        needs_adjudication INTEGER NOT NULL,
-        updated_at TEXT,
-        PRIMARY KEY (project, item_id)
-    )""",
-    # Tasks sent back to an adjudicator; settled_at NULL while the answer is awaited.
-    """CREATE TABLE adjudications (
-        project TEXT NOT NULL,
-        item_id TEXT NOT NULL REFERENCES items(id),
-        task_id INTEGER NOT NULL,
-        reason TEXT NOT NULL,
-        requested_at TEXT NOT NULL,
-        seen TEXT NOT NULL,
-        settled_at TEXT,
-        PRIMARY KEY (project, item_id)
-    )""",
-    # Labels sent back for a second review by the label-quality check: once per item.
-    """CREATE TABLE relabel_requests (
-        item_id TEXT PRIMARY KEY REFERENCES items(id),
-        round INTEGER NOT NULL,
-        requested_at TEXT
-    )""",
-    # FreeMatch's self-adaptive threshold state after each update (the latest row is current).
-    """CREATE TABLE freematch_states (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        round INTEGER,
-        tau REAL NOT NULL,
-        class_probs TEXT NOT NULL,
-        saved_at TEXT
-    )""",
-    # Why the campaign stopped, each time it did (the latest row is current).
-    """CREATE TABLE terminations (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        round INTEGER,
-        reason TEXT NOT NULL,
-        at TEXT
-    )""",
-    # One row per retraining run; ``record`` is the whole JSON record loops.retrain writes.
-    """CREATE TABLE retrains (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        accepted INTEGER NOT NULL,
-        reason TEXT NOT NULL,
-        published TEXT,
-        finished_at TEXT,
-        record TEXT NOT NULL
-    )""",
-)
-
-
-def _v3_state_tables(db: sqlite3.Connection) -> None:
-    """State that lived in ``meta`` JSON blobs moves to tables; the blobs are deleted."""
-    for ddl in _V3_TABLES:
-        db.execute(ddl)
-
-    def take(key: str) -> Any:
-        r = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        if r is None:
-            return None
-        db.execute("DELETE FROM meta WHERE key = ?", (key,))
-        return json.loads(r[0])
-
-    for item_id, truth in (take("holdout_truth") or {}).items():
-        db.execute("INSERT INTO holdout_truth (item_id, truth) VALUES (?, ?)", (item_id, _truth_text(item_id, truth)))
-    for key in [r[0] for r in db.execute("SELECT key FROM meta WHERE key LIKE 'consensus:%'")]:
-        _write_consensus(db, key[len("consensus:"):], take(key) or {}, now=None)
-    for key in [r[0] for r in db.execute("SELECT key FROM meta WHERE key LIKE 'adjudications:%'")]:
-        _write_adjudications(db, key[len("adjudications:"):], take(key) or {})
-    for item_id, rid in (take("relabel_requested") or {}).items():
-        db.execute("INSERT INTO relabel_requests (item_id, round) VALUES (?, ?)", (item_id, int(rid)))
-    fm = take("freematch_state")
-    if fm:
-        db.execute("INSERT INTO freematch_states (tau, class_probs) VALUES (?, ?)",
-                   (float(fm["tau"]), json.dumps([float(v) for v in fm["class_probs"]])))
-    term = take("termination")
-    if term:
-        db.execute("INSERT INTO terminations (round, reason) VALUES (?, ?)", (term.get("round"), str(term["reason"])))
-    for record in take("retrain_history") or []:
-        _write_retrain(db, record)
-
-
-Migration = Callable[[sqlite3.Connection], None]
-MIGRATIONS: tuple[tuple[int, Migration], ...] = (
-    (2, _v2_item_presence),
-    (3, _v3_state_tables),
-)
-"""``(version, migrate)`` in order: ``migrate(db)`` turns schema ``version - 1`` into ``version``.
-It runs inside a transaction (never commits itself) with foreign keys off, as SQLite
-advises for schema changes."""
-SCHEMA_VERSION = MIGRATIONS[-1][0]
-
-
-# meta keys (or key prefixes, ending in ":") whose state lives in tables since schema version 3
-_MOVED_META = {
-    "holdout_truth": "Ledger.holdout_truth() / set_holdout_truth()",
-    "consensus:": "Ledger.consensus(project) / record_consensus()",
-    "adjudications:": "Ledger.adjudications(project) / record_adjudications()",
-    "relabel_requested": "Ledger.relabel_requests() / add_relabel_requests()",
-    "freematch_state": "Ledger.freematch_state() / save_freematch_state()",
-    "termination": "Ledger.termination() / set_termination()",
-    "retrain_history": "Ledger.retrain_history() / add_retrain()",
-}
-
-
-def _check_meta_key(key: str) -> None:
-    for moved, instead in _MOVED_META.items():
-        if key == moved or (moved.endswith(":") and key.startswith(moved)):
-            raise ValueError(f"meta key {key!r} is no longer a meta value (ledger schema 3): use {instead}")
-
-
-class LedgerVersionError(ValueError):
-    """The ledger file was written by a newer release (a schema this code does not know)."""
 
 # Which split wins when the same bytes arrive in two sets: an image in the holdout must never
 # be trained on or queued; a seed image is already labelled and must not be queued.
@@ -316,49 +122,6 @@ class GoneItem:
     reason: str                  # e.g. "file deleted since it was scanned"
 
 
-def _truth_text(item_id: str, truth: Any) -> str:
-    if not isinstance(truth, str):
-        raise ValueError(
-            f"holdout truth of item {item_id} is {truth!r}: expected a class name or a boxes JSON string "
-            "(pseudolabel.data.boxes.boxes_to_json)"
-        )
-    return truth
-
-
-def _write_consensus(db: sqlite3.Connection, project: str, records: Mapping[str, Mapping[str, Any]], *,
-                     now: str | None) -> int:
-    for item_id, r in records.items():
-        db.execute(
-            "INSERT OR REPLACE INTO consensus (project, item_id, label, agreement, n_votes, method,"
-            " needs_adjudication, updated_at) VALUES (?,?,?,?,?,?,?,?)",
-            (project, item_id, r["label"], float(r["agreement"]), int(r["n_votes"]), str(r["method"]),
-             int(bool(r["needs_adjudication"])), now),
-        )
-    return len(records)
-
-
-def _write_adjudications(db: sqlite3.Connection, project: str, records: Mapping[str, Mapping[str, Any]]) -> int:
-    for item_id, r in records.items():
-        db.execute(
-            "INSERT OR REPLACE INTO adjudications (project, item_id, task_id, reason, requested_at, seen, settled_at)"
-            " VALUES (?,?,?,?,?,?,?)",
-            (project, item_id, int(r["task_id"]), str(r["reason"]), str(r["requested_at"]),
-             json.dumps(list(r["seen"])), r.get("settled")),
-        )
-    return len(records)
-
-
-def _write_retrain(db: sqlite3.Connection, record: Mapping[str, Any]) -> int:
-    if "accepted" not in record or "reason" not in record:
-        raise ValueError(f"retrain record {dict(record)!r} needs 'accepted' and 'reason'")
-    cur = db.execute(
-        "INSERT INTO retrains (accepted, reason, published, finished_at, record) VALUES (?,?,?,?,?)",
-        (int(bool(record["accepted"])), str(record["reason"]), record.get("published"), record.get("finished_at"),
-         json.dumps(record)),
-    )
-    return int(cur.lastrowid or 0)
-
-
 class Ledger:
     """SQLite ledger of one campaign. Open with ``Ledger(path)``; use as a context manager."""
 
@@ -370,48 +133,12 @@ class Ledger:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._migrate()
+        migrate(self._db, where=self.path)
 
     # -- plumbing ---------------------------------------------------------------------------
     def schema_version(self) -> int:
         """The ledger file's schema version (``PRAGMA user_version``)."""
-        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
-
-    def _check_version(self, version: int) -> None:
-        if version > SCHEMA_VERSION:
-            raise LedgerVersionError(
-                f"{self.path}: ledger schema version {version} is newer than this pseudolabel's "
-                f"schema version {SCHEMA_VERSION}; upgrade pseudolabel to open it"
-            )
-
-    def _migrate(self) -> None:
-        """Bring the file to :data:`SCHEMA_VERSION`: create version 1 (a new file) or recognise
-        it (a first-release ledger, version 0 with tables), then apply the missing migrations,
-        each in its own transaction. Two processes opening one old ledger at once are safe:
-        each step re-reads the version under the write lock and skips what is done."""
-        self._check_version(self.schema_version())
-        if self.schema_version() == SCHEMA_VERSION:
-            return
-        self._db.execute("PRAGMA foreign_keys=OFF")  # a no-op inside a transaction: set it before
-        try:
-            with self._tx():
-                if self.schema_version() == 0:
-                    for ddl in SCHEMA_V1.split(";"):
-                        if ddl.strip():
-                            self._db.execute(ddl)
-                    self._db.execute("PRAGMA user_version = 1")
-            for version, migrate in MIGRATIONS:
-                with self._tx():
-                    current = self.schema_version()
-                    self._check_version(current)
-                    if current >= version:
-                        continue
-                    if current != version - 1:
-                        raise LedgerVersionError(f"{self.path}: schema version {current} has no migration to {version}")
-                    migrate(self._db)
-                    self._db.execute(f"PRAGMA user_version = {int(version)}")
-        finally:
-            self._db.execute("PRAGMA foreign_keys=ON")
+        return schema_version(self._db)
 
     def close(self) -> None:
         self._db.close()
@@ -422,8 +149,8 @@ class Ledger:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _tx(self) -> "_Tx":
-        return _Tx(self._db)
+    def _tx(self) -> Transaction:
+        return Transaction(self._db)
 
     # -- items --------------------------------------------------------------------------------
     def add_items(self, items: Iterable[Item], *, split: Split) -> int:
@@ -727,7 +454,7 @@ class Ledger:
                     "INSERT INTO holdout_truth (item_id, truth, updated_at) VALUES (?,?,?)"
                     " ON CONFLICT (item_id) DO UPDATE SET truth = excluded.truth, updated_at = excluded.updated_at"
                     " WHERE truth != excluded.truth",
-                    (item_id, _truth_text(item_id, value), now),
+                    (item_id, truth_text(item_id, value), now),
                 )
         return len(truth)
 
@@ -748,7 +475,7 @@ class Ledger:
         """Insert or replace the decisions ``item id -> record`` of ``project``; returns how many."""
         with self._tx():
             self._require_items(records, what=f"consensus of project {project!r}")
-            return _write_consensus(self._db, project, records, now=utcnow().isoformat())
+            return write_consensus(self._db, project, records, now=utcnow().isoformat())
 
     def adjudications(self, project: str, *, open_only: bool = False) -> dict[str, Adjudication]:
         """Item id -> adjudication request in ``project`` (only the unsettled ones with ``open_only``)."""
@@ -767,7 +494,7 @@ class Ledger:
         (a record with ``settled`` is closed); returns how many rows were written."""
         with self._tx():
             self._require_items(records, what=f"adjudication of project {project!r}")
-            return _write_adjudications(self._db, project, records)
+            return write_adjudications(self._db, project, records)
 
     # -- label-quality relabel requests ---------------------------------------------------------
     def relabel_requests(self) -> dict[str, int]:
@@ -831,7 +558,7 @@ class Ledger:
         """Append a retraining run's record (needs ``accepted`` and ``reason``; ``published``
         and ``finished_at`` are also kept as columns); returns its row id."""
         with self._tx():
-            return _write_retrain(self._db, record)
+            return write_retrain(self._db, record)
 
     def _require_items(self, ids: Iterable[str], *, what: str) -> None:
         for item_id in ids:
@@ -842,13 +569,13 @@ class Ledger:
     def get_meta(self, key: str, default: Any = None) -> Any:
         """The JSON value stored under ``key``, or ``default``. Keys whose state moved to
         tables in schema version 3 raise ValueError naming the method to use instead."""
-        _check_meta_key(key)
+        check_meta_key(key)
         r = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return default if r is None else json.loads(r["value"])
 
     def set_meta(self, key: str, value: Any) -> None:
         """Store ``value`` (JSON-serialisable) under ``key``; see :meth:`get_meta` for moved keys."""
-        _check_meta_key(key)
+        check_meta_key(key)
         with self._tx():
             self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
 
@@ -901,28 +628,6 @@ class Ledger:
         return n
 
 
-class _Tx:
-    """BEGIN IMMEDIATE ... COMMIT / ROLLBACK; nested use joins the outer transaction."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-        self._outer = False
-
-    def __enter__(self) -> None:
-        if not self._db.in_transaction:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._outer = True
-
-    def __exit__(self, exc_type: object, *_: object) -> None:
-        if not self._outer:
-            return
-        self._db.execute("ROLLBACK" if exc_type is not None else "COMMIT")
-
-
 def parse_time(text: str) -> datetime:
+    """A time the ledger stored (``created_at`` and the like: ISO-8601 with its offset)."""
     return datetime.fromisoformat(text)
-
-
-def iter_chunks(seq: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
-    for i in range(0, len(seq), n):
-        yield seq[i : i + n]
