@@ -20,6 +20,10 @@ so every mask is one solid region and its polygon describes it exactly.
 pool, and ``truth.json`` (every image's true objects, keyed by item id = sha256 of the PNG
 bytes) for the simulated reviewer. Nothing is downloaded: the items come from the IDX files
 of Debian's ``dataset-fashion-mnist`` package (see :mod:`pseudolabel.data.fashion`).
+
+Why this module is over 400 lines: it is one generator (backgrounds, placement with its
+occlusion rules, ground truth, export) whose parts share the scene parameters; it serves the
+demos, tests and benchmarks only.
 """
 
 from __future__ import annotations

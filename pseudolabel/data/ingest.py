@@ -25,6 +25,11 @@ Files that change under us: :func:`reconcile` tells, after a scan, which items t
 are no longer on disk (every file that held their bytes was deleted or now holds other bytes:
 new bytes are a new item) and which moved; :func:`recheck` tells, just before items are used
 (pushed for review), whether their files are still the ones scanned.
+
+Why this module is over 400 lines: scanning, :func:`reconcile` / :func:`recheck` and the
+quarantine CSV apply one set of rules to a file (its stat record, its hash, the reason it
+cannot be used); kept together so that a scan and a re-check can never judge a file
+differently.
 """
 
 from __future__ import annotations
