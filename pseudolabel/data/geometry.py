@@ -88,6 +88,7 @@ def box_iou(
     of :class:`Box` only): 0 wherever the two boxes' class names differ.
     """
     pa, pb = as_xyxy(a, name="a"), as_xyxy(b, name="b")
+    iou: np.ndarray
     if len(pa) == 0 or len(pb) == 0:
         iou = np.zeros((len(pa), len(pb)), dtype=np.float64)
     else:
@@ -98,15 +99,19 @@ def box_iou(
         raw = tv_box_iou(torch.from_numpy(pa), torch.from_numpy(pb)).numpy()
         iou = np.nan_to_num(raw, nan=0.0)  # 0 / 0 for two zero-area boxes
     if same_label:
-        if not (_all_boxes(a) and _all_boxes(b)):
+        la, lb = _labels(a), _labels(b)
+        if la is None or lb is None:
             raise ValueError("same_label=True needs sequences of Box (arrays carry no class names)")
-        same = np.array([[x.label == y.label for y in b] for x in a], dtype=bool).reshape(iou.shape)
-        iou = iou * same
+        same = np.array([[x == y for y in lb] for x in la], dtype=np.bool_).reshape(iou.shape)
+        iou = np.where(same, iou, 0.0)
     return iou
 
 
-def _all_boxes(x: Any) -> bool:
-    return isinstance(x, Sequence) and all(isinstance(v, Box) for v in x)
+def _labels(x: Any) -> list[str] | None:
+    """The class names of a sequence of :class:`Box`; ``None`` for anything else."""
+    if isinstance(x, Sequence) and all(isinstance(v, Box) for v in x):
+        return [v.label for v in x]
+    return None
 
 
 def clip_xyxy(x1: float, y1: float, x2: float, y2: float, *, width: float, height: float
