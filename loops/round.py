@@ -31,6 +31,7 @@ from pseudolabel.metrics import classification_metrics
 from pseudolabel.models.torchvision_cls import TorchvisionClassifier
 from pseudolabel.stopping import StoppingRules, check_all
 from pseudolabel.strategies import entropy, select, uses_labelled_embeddings
+from pseudolabel.strategies.detection import DETECTION_EMBEDDING_STRATEGIES
 from pseudolabel.types import Annotation, Candidate, Item, Prediction
 from pseudolabel.utils import atomic_write_text
 
@@ -478,7 +479,7 @@ def _select_detection(cfg: Config, ledger: Ledger, model: Any, pool: Sequence[It
     scores = detection.image_scores(cfg, preds, by_id, flipped)
     emb = np.stack([np.asarray(p.embedding, dtype=np.float32) for p in preds]) if preds else np.zeros((0, 0))
     lab_emb = None
-    if cfg.selection.strategy in ("kcenter", "hybrid"):
+    if cfg.selection.strategy in DETECTION_EMBEDDING_STRATEGIES:
         lab = _labelled_items(ledger)
         lab_emb = np.stack([p.embedding for p in model.predict(lab, batch_size=cfg.model.infer_batch_size)]) \
             if lab else None
@@ -511,7 +512,7 @@ def _select_classification(cfg: Config, ledger: Ledger, model: Any, pool: Sequen
         sel = select(cfg.selection.strategy, k=k, probs=probs, embeddings=emb, mc_probs=mc,
                      labelled_embeddings=lab_emb, class_balance=cfg.selection.class_balance,
                      hybrid_factor=cfg.selection.hybrid_factor, uncertainty=cfg.selection.uncertainty,
-                     seed=cfg.selection.seed + rid)
+                     seed=cfg.selection.seed + rid, options=cfg.selection.strategy_options())
         for rank, (i, sc) in enumerate(zip(sel.indices.tolist(), sel.scores.tolist())):
             rows.append({"rank": rank, "item_id": df.at[i, "item_id"], "score": float(sc),
                          "predicted": df.at[i, "label"], "confidence": float(df.at[i, "confidence"]),

@@ -88,12 +88,44 @@ class ModelConfig(_Section):
         "to free GPU memory, or the CPU default; classifiers: 256)")
 
 
+class ProbCoverConfig(_Section):
+    """ProbCover's ball radius (see :mod:`pseudolabel.strategies.probcover`)."""
+
+    delta: float | None = Field(default=None, ge=0, le=2, description="ball radius in the L2-normalised "
+                                "embedding space (0..2); null: the largest radius whose balls stay pure")
+    purity: float = Field(default=0.95, gt=0, le=1, description="share of pure balls delta must keep")
+    n_clusters: int | None = Field(default=None, ge=2, description="k-means clusters for the purity; "
+                                   "null: the number of classes")
+
+
+class ScheduleConfig(_Section):
+    """The ``schedule`` strategy: typicality while labels are few, uncertainty after (see
+    :mod:`pseudolabel.strategies.schedule` for the literature's rule of thumb)."""
+
+    low: Literal["typiclust", "probcover", "centroid", "kcenter"] = "typiclust"
+    high: str = Field(default="margin", description="strategy from the switch on (margin, entropy, hybrid, ...)")
+    switch_per_class: float = Field(default=5.0, ge=0, description="labels per class at which to switch")
+
+    @field_validator("high")
+    @classmethod
+    def _known_high(cls, v: str) -> str:
+        from pseudolabel.strategies import STRATEGIES
+        from pseudolabel.strategies.schedule import HIGH_EXCLUDED
+
+        accepted = [s for s in STRATEGIES if s not in HIGH_EXCLUDED]
+        if v not in accepted:
+            raise ValueError(f"schedule high {v!r} is not accepted; choose one of: {', '.join(accepted)}")
+        return v
+
+
 class SelectionConfig(_Section):
     """How the round ranks the pool. Detection: each box gets ``uncertainty`` from its class
     vector, the image score aggregates its boxes (``aggregate``; an image with no confident box
     counts as uncertain) and, with ``localisation`` > 0, mixes in the box instability under
     horizontal-flip test-time augmentation (a second forward pass). Detection strategies:
-    random, least_confidence / margin / entropy (the per-box score), kcenter, hybrid."""
+    random, least_confidence / margin / entropy (the per-box score), kcenter, hybrid, and on the
+    embeddings alone typiclust, centroid, probcover. Low budgets: ``typiclust``, ``centroid``,
+    ``probcover`` (options under ``probcover``) and ``schedule`` (options under ``schedule``)."""
 
     strategy: str = "hybrid"
     batch_size: int = Field(default=20, ge=1, description="tasks queued for review per round")
@@ -111,7 +143,14 @@ class SelectionConfig(_Section):
                                 "flip-TTA box instability in the image score; > 0 costs a second forward pass")
     predraw_conf: float = Field(default=0.25, ge=0, le=1, description="detection: boxes at least this "
                                 "confident are pre-drawn in Label Studio")
+    probcover: ProbCoverConfig = ProbCoverConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
     seed: int = 0
+
+    def strategy_options(self) -> dict[str, dict[str, Any]]:
+        """Strategy-specific options as :func:`pseudolabel.strategies.select` takes them."""
+        pc = {k: v for k, v in self.probcover.model_dump().items() if v is not None}
+        return {"probcover": pc, "schedule": self.schedule.model_dump()}
 
     @field_validator("strategy")
     @classmethod

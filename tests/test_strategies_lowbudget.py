@@ -264,3 +264,49 @@ def test_schedule_runs_typicality_then_uncertainty() -> None:
 def test_select_rejects_malformed_options() -> None:
     with pytest.raises(ValueError, match="options must map strategy names"):
         select("margin", k=1, probs=np.full((3, 2), 0.5), options={"probcover": 0.3})  # type: ignore[dict-item]
+
+
+# ---- detection: image selection on embeddings from any source ----------------------------
+
+
+def test_detection_select_images_on_backbone_embeddings() -> None:
+    from pseudolabel.strategies.detection import DETECTION_STRATEGIES, select_images
+
+    x, blob = _blobs()
+    scores = np.linspace(0, 1, len(x))            # the last blob is the most uncertain
+    for name in ("typiclust", "centroid", "probcover", "kcenter"):
+        sel = select_images(scores, 4, strategy=name, embeddings=x, n_classes=4, seed=0)
+        assert len(set(sel.indices.tolist())) == 4, name
+        if name != "kcenter":
+            assert sorted(blob[sel.indices].tolist()) == [0, 1, 2, 3], name
+        np.testing.assert_allclose(sel.scores, scores[sel.indices])
+    top = select_images(scores, 3, strategy="entropy")
+    assert top.indices.tolist() == [199, 198, 197]
+    hyb = select_images(scores, 3, strategy="hybrid", embeddings=x, hybrid_factor=2)
+    assert set(hyb.indices.tolist()) <= set(range(194, 200)) and hyb.indices[0] == 199
+    lab = select_images(scores, 3, strategy="typiclust", embeddings=x, labelled_embeddings=x[150:152])
+    assert 3 not in blob[lab.indices].tolist()
+    assert "probcover" in DETECTION_STRATEGIES
+    with pytest.raises(ValueError, match="needs embeddings"):
+        select_images(scores, 3, strategy="kcenter")
+    with pytest.raises(ValueError, match="not one of"):
+        select_images(scores, 3, strategy="badge", embeddings=x)
+    with pytest.raises(ValueError, match="same backbone"):
+        select_images(scores, 3, strategy="kcenter", embeddings=x, labelled_embeddings=np.zeros((2, 3)))
+
+
+def test_config_carries_strategy_options() -> None:
+    from pseudolabel.config import ConfigError, load_config
+
+    base = {"project": "p", "workdir": "/tmp/w", "classes": ["a", "b"],
+            "data": {"seed": {"path": "/tmp/s"}, "pool": {"path": "/tmp/p"}, "holdout": {"path": "/tmp/h"}}}
+    cfg = load_config(data=base, environ={}, overrides=[
+        "selection.strategy=schedule", "selection.schedule.low=probcover", "selection.schedule.high=hybrid",
+        "selection.schedule.switch_per_class=3", "selection.probcover.delta=0.4"])
+    opts = cfg.selection.strategy_options()
+    assert opts["schedule"] == {"low": "probcover", "high": "hybrid", "switch_per_class": 3.0}
+    assert opts["probcover"] == {"delta": 0.4, "purity": 0.95}
+    with pytest.raises(ConfigError, match="schedule high 'bald' is not accepted"):
+        load_config(data=base, environ={}, overrides=["selection.schedule.high=bald"])
+    with pytest.raises(ConfigError, match="selection.probcover.delta"):
+        load_config(data=base, environ={}, overrides=["selection.probcover.delta=3"])
