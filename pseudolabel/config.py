@@ -175,6 +175,11 @@ class PseudoConfig(_Section):
         default_factory=dict, description="per-class overrides of threshold / box_threshold")
     weight: float = Field(default=0.5, ge=0, le=1, description="loss weight relative to human labels")
     max_per_class: int | None = Field(default=None, ge=1)
+    per_epoch: int | None = Field(default=None, ge=0, description="classification: at most this many "
+                                  "pseudo-labels per training epoch (a fresh random sample each epoch); null: no cap")
+    ratio: float | None = Field(default=1.0, ge=0, description="classification: at most ratio x the seed + human "
+                                "labels in pseudo-labels per epoch (keeps rounds fast as pseudo-labels pile up); "
+                                "null: no cap")
 
     @field_validator("class_thresholds")
     @classmethod
@@ -193,7 +198,10 @@ class ConsistencyConfig(_Section):
     enabled: bool = False
     threshold: float = Field(default=0.95, gt=0, le=1)
     weight: float = Field(default=1.0, ge=0, le=100)
-    unlabelled_ratio: int = Field(default=3, ge=1, le=64, description="unlabelled images per labelled one in a step")
+    unlabelled_ratio: int = Field(default=1, ge=1, le=64, description="unlabelled images per labelled one in a step")
+    strong_ratio: float = Field(default=0.5, gt=0, le=1, description="share of a step's unlabelled images that get "
+                                "a strong view (confident ones first); with the defaults a step costs < 2 supervised "
+                                "steps")
 
 
 class QualityConfig(_Section):

@@ -169,6 +169,28 @@ class _UnlabelledStream:
         return torch.stack([self.dataset[i] for i in idx])
 
 
+class _BoundedPseudoBatches:
+    """Batch sampler for :class:`TensorDataset` rows: each epoch every ``keep`` row plus a
+    fresh random ``cap`` of the ``pseudo`` rows, shuffled together, in batches of ``batch``
+    (a final batch of one is dropped: batch norm cannot train on it)."""
+
+    def __init__(self, keep: torch.Tensor, pseudo: torch.Tensor, cap: int, batch: int,
+                 generator: torch.Generator) -> None:
+        self.keep, self.pseudo, self.cap, self.batch, self.generator = keep, pseudo, cap, batch, generator
+        self.n = len(keep) + cap
+        self.drop_last = self.n > batch and self.n % batch == 1
+
+    def __len__(self) -> int:
+        return self.n // self.batch if self.drop_last else -(-self.n // self.batch)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        chosen = self.pseudo[torch.randperm(len(self.pseudo), generator=self.generator)[: self.cap]]
+        rows = torch.cat([self.keep, chosen])
+        rows = rows[torch.randperm(len(rows), generator=self.generator)].tolist()
+        for i in range(len(self)):
+            yield rows[i * self.batch : (i + 1) * self.batch]
+
+
 def _read_state_file(path: Path) -> Any:
     if not path.is_file():
         raise ValueError(f"{path} does not exist (expected a local state_dict / checkpoint file)")
@@ -207,14 +229,19 @@ class TorchvisionClassifier(AdapterBase):
     - ``mean`` / ``std``: per-channel normalisation of [0, 1] RGB;
     - ``progress``: show a progress bar while training;
     - ``consistency``, ``consistency_threshold``, ``consistency_weight``,
-      ``unlabelled_ratio``: FixMatch-style consistency training on the ``unlabelled`` images
-      given to :meth:`fit` (see there); off by default.
+      ``unlabelled_ratio``, ``strong_ratio``: FixMatch-style consistency training on the
+      ``unlabelled`` images given to :meth:`fit` (see there); off by default;
+    - ``pseudo_per_epoch``, ``pseudo_ratio``: bound the pseudo-labelled annotations
+      (``source == "pseudo"``) an epoch trains on: at most ``pseudo_per_epoch``, and at most
+      ``pseudo_ratio`` x the number of other (seed / human) annotations; a fresh random
+      sample each epoch. ``None`` for both: every pseudo-label in every epoch.
 
     Learned attributes (after :meth:`fit` or :meth:`load`): ``net_``, ``classes_``,
     ``model_version_``, ``device_``, ``embedding_dim_``, ``history_`` (per-epoch
     ``{"epoch", "loss", "val_accuracy"}``, plus ``"loss_x"``, ``"loss_u"``, ``"mask_rate"`` with
     consistency training), ``weights_skipped_``, ``n_unlabelled_`` (unlabelled images used by
-    consistency training; 0 when it was off).
+    consistency training; 0 when it was off), ``pseudo_per_epoch_`` (pseudo-labelled
+    annotations each epoch trained on).
     """
 
     task: TaskType = "classify"
@@ -244,7 +271,10 @@ class TorchvisionClassifier(AdapterBase):
         consistency: bool = False,
         consistency_threshold: float = 0.95,
         consistency_weight: float = 1.0,
-        unlabelled_ratio: int = 3,
+        unlabelled_ratio: int = 1,
+        strong_ratio: float = 0.5,
+        pseudo_per_epoch: int | None = None,
+        pseudo_ratio: float | None = None,
     ) -> None:
         self.classes = list(classes) if not isinstance(classes, str) else classes  # type: ignore[assignment]
         self.arch = arch
@@ -269,6 +299,9 @@ class TorchvisionClassifier(AdapterBase):
         self.consistency_threshold = consistency_threshold
         self.consistency_weight = consistency_weight
         self.unlabelled_ratio = unlabelled_ratio
+        self.strong_ratio = strong_ratio
+        self.pseudo_per_epoch = pseudo_per_epoch
+        self.pseudo_ratio = pseudo_ratio
 
     # ---- parameters -------------------------------------------------------------------
 
@@ -300,6 +333,17 @@ class TorchvisionClassifier(AdapterBase):
         _int("seed", 0)
         _int("min_steps", 0)
         _int("unlabelled_ratio", 1)
+        sr = self.strong_ratio
+        if isinstance(sr, bool) or not isinstance(sr, (int, float)) or not math.isfinite(sr) or not 0 < sr <= 1:
+            raise ValueError(f"strong_ratio must be a number in (0, 1] (the share of a step's unlabelled images "
+                             f"that get a strong view), got {sr!r}")
+        ppe = self.pseudo_per_epoch
+        if ppe is not None and (isinstance(ppe, bool) or not isinstance(ppe, int) or ppe < 0):
+            raise ValueError(f"pseudo_per_epoch must be an integer >= 0 or None, got {ppe!r}")
+        pr = self.pseudo_ratio
+        if pr is not None and (isinstance(pr, bool) or not isinstance(pr, (int, float)) or not math.isfinite(pr)
+                               or pr < 0):
+            raise ValueError(f"pseudo_ratio must be a number >= 0 or None, got {pr!r}")
         if not isinstance(self.consistency, bool):
             raise ValueError(f"consistency must be True or False, got {self.consistency!r}")
         thr = self.consistency_threshold
@@ -452,20 +496,38 @@ class TorchvisionClassifier(AdapterBase):
         ``history_`` (no early stopping). Raises ``ValueError`` for an unknown class, a
         missing label or a bad weight, naming the item's path.
 
+        Pseudo-labels per epoch (``pseudo_per_epoch`` / ``pseudo_ratio``): when the
+        annotations with ``source == "pseudo"`` outnumber the bound, every epoch trains on all
+        the other annotations plus a fresh random sample of that many pseudo-labels, so a
+        round with 40 human labels and 1,000 pseudo-labels costs about what 80 labels cost
+        (the epoch count and ``min_steps`` apply to these shorter epochs). Over the epochs
+        every pseudo-label still gets its turn.
+
         Consistency training (FixMatch, Sohn et al. 2020), when ``consistency`` is on and
         ``unlabelled`` images are given (otherwise they are ignored): every optimiser step
-        also draws ``unlabelled_ratio * batch_size`` unlabelled images (capped at the pool
-        size; the pool is reshuffled after each pass) and makes two views of each,
-        :func:`~pseudolabel.augment.weak_augment` (the same shift / flip as the labelled
-        batch) and :func:`~pseudolabel.augment.strong_augment` (the weak view, then
-        RandAugment with 2 ops, then Cutout; flips only when ``hflip``). As in the FixMatch reference code, one train-mode
-        forward pass runs on labelled, weak and strong images together (batch-norm statistics
-        shared). The pseudo-label of an image is the argmax of the model's softmax on its weak
-        view, without gradient; it counts only when that maximum probability is
-        >= ``consistency_threshold``. The loss is::
+        also draws ``U = unlabelled_ratio * batch_size`` unlabelled images (capped at the pool
+        size; the pool is reshuffled after each pass). Their weak view
+        (:func:`~pseudolabel.augment.weak_augment`, the same shift / flip as the labelled
+        batch) is predicted without gradient by the current network in eval mode (running
+        batch-norm statistics, no dropout: a teacher pass); the pseudo-label is the argmax,
+        and it counts (mask 1) only when its probability is >= ``consistency_threshold``.
+        ``ceil(strong_ratio * U)`` of the U images get a strong view
+        (:func:`~pseudolabel.augment.strong_augment`: the weak view, RandAugment with 2 ops,
+        Cutout; flips only when ``hflip``): the confident ones first, topped up with others
+        (mask 0: no loss, but they keep the batch-norm statistics of a FixMatch batch), and
+        one train-mode forward pass runs on the labelled and strong images together. The loss
+        is FixMatch's::
 
             mean_labelled(weight * CE(logits, label))
               + consistency_weight * mean_unlabelled(mask * CE(logits_strong, pseudo_label))
+
+        where, when more images are confident than get a strong view, the strong views' sum
+        is scaled by ``confident / confident-with-a-strong-view`` (an unbiased estimate of it).
+        Cost of a step, in supervised steps (forward + backward of the labelled batch): about
+        ``1 + unlabelled_ratio * (0.4 + strong_ratio)`` (the teacher pass costs about 0.4 of
+        a training pass per image), i.e. < 2 with the defaults (``unlabelled_ratio=1``,
+        ``strong_ratio=0.5``); ``python -m loops.bench_ssl`` measures it. ``strong_ratio=1``
+        with ``unlabelled_ratio=7`` is the FixMatch paper's setting (and ~10x the cost).
 
         The number of steps is as without consistency (epochs over the labelled set, at least
         ``min_steps``). ``history_`` then records per epoch the supervised part ``loss_x``,
@@ -482,6 +544,7 @@ class TorchvisionClassifier(AdapterBase):
         if float(weights.sum()) <= 0:
             raise ValueError("every training annotation has weight 0: nothing to learn from")
         val_paths, val_targets, _ = self._encode(val or [], index, what="val")
+        is_pseudo = torch.tensor([a.source == "pseudo" for a in train], dtype=torch.bool)
         u_paths: list[Path] = []
         if unlabelled is not None:
             if isinstance(unlabelled, (str, Path)) or not isinstance(unlabelled, Sequence):
@@ -511,7 +574,7 @@ class TorchvisionClassifier(AdapterBase):
                     torch.Generator().manual_seed(self.seed + 2),
                     _UNLABELLED_CACHE_BYTES,
                 )
-            history = self._train(net, x_train, targets, weights, x_val, val_targets, device, stream)
+            history = self._train(net, x_train, targets, weights, x_val, val_targets, device, stream, is_pseudo)
 
         net.eval()
         self.net_ = net
@@ -521,8 +584,18 @@ class TorchvisionClassifier(AdapterBase):
         self.history_ = history
         self.weights_skipped_ = skipped
         self.n_unlabelled_ = len(u_paths)
+        self.pseudo_per_epoch_ = self._pseudo_cap(int(is_pseudo.sum()), int((~is_pseudo).sum()))
         self.model_version_ = state_hash(net.state_dict())
         return self
+
+    def _pseudo_cap(self, n_pseudo: int, n_other: int) -> int:
+        """Pseudo-labelled annotations per epoch under ``pseudo_per_epoch`` / ``pseudo_ratio``."""
+        cap = n_pseudo
+        if self.pseudo_per_epoch is not None:
+            cap = min(cap, int(self.pseudo_per_epoch))
+        if self.pseudo_ratio is not None:
+            cap = min(cap, math.ceil(float(self.pseudo_ratio) * n_other))
+        return cap
 
     def _train(
         self,
@@ -534,18 +607,25 @@ class TorchvisionClassifier(AdapterBase):
         y_val: torch.Tensor,
         device: torch.device,
         stream: _UnlabelledStream | None = None,
+        is_pseudo: torch.Tensor | None = None,
     ) -> list[dict[str, float]]:
         epochs = int(self.epochs)
         n = len(x)
-        # A final batch of one sample breaks batch norm in train mode: drop it (it is a
-        # different sample every epoch, since batches are reshuffled).
-        drop_last = n > self.batch_size and n % self.batch_size == 1
         gen = torch.Generator().manual_seed(self.seed)
         aug_gen = torch.Generator().manual_seed(self.seed + 1)
         u_aug_gen = torch.Generator().manual_seed(self.seed + 3)
-        loader = DataLoader(
-            TensorDataset(x, y, w), batch_size=int(self.batch_size), shuffle=True, generator=gen, drop_last=drop_last
-        )
+        pseudo = torch.zeros(n, dtype=torch.bool) if is_pseudo is None else is_pseudo
+        cap = self._pseudo_cap(int(pseudo.sum()), int((~pseudo).sum()))
+        loader: DataLoader[Any]
+        if cap < int(pseudo.sum()):
+            loader = DataLoader(TensorDataset(x, y, w), batch_sampler=_BoundedPseudoBatches(
+                torch.nonzero(~pseudo).view(-1), torch.nonzero(pseudo).view(-1), cap, int(self.batch_size), gen))
+        else:
+            # A final batch of one sample breaks batch norm in train mode: drop it (it is a
+            # different sample every epoch, since batches are reshuffled).
+            drop_last = n > self.batch_size and n % self.batch_size == 1
+            loader = DataLoader(TensorDataset(x, y, w), batch_size=int(self.batch_size), shuffle=True, generator=gen,
+                                drop_last=drop_last)
         if epochs > 0 and self.min_steps:
             # Active learning starts from a handful of labels: 20 images at batch 32 is one
             # optimiser step per epoch. Train for at least ``min_steps`` steps whatever the
@@ -620,20 +700,38 @@ class TorchvisionClassifier(AdapterBase):
         and augmented; ``ub``: unlabelled uint8 ``(U, 3, S, S)``. Returns the loss and
         ``(loss_x, loss_u, masked count, U)`` as floats for the history."""
         u01 = ub.to(device, non_blocking=True).float() / 255.0
+        n_u = len(u01)
         u_weak = self._augment(u01, generator) if self.augment else u01
-        u_strong = strong_augment(
-            u01, generator=generator, hflip=bool(self.hflip), pad=int(self.pad) if self.augment else 0
-        )
-        logits_all, _ = _forward(net, torch.cat([xf, self._standardise(u_weak), self._standardise(u_strong)]))
-        n = len(xf)
-        logits, (logits_weak, logits_strong) = logits_all[:n], logits_all[n:].chunk(2)
-        loss_x = (F.cross_entropy(logits, yb, reduction="none") * wb).mean()
+        # Teacher pass: no gradient, eval mode (no dropout, running batch-norm statistics).
+        net.eval()
         with torch.no_grad():
-            conf, pseudo = torch.softmax(logits_weak.detach().float(), dim=1).max(dim=1)
-            mask = (conf >= float(self.consistency_threshold)).float()
-        loss_u = (F.cross_entropy(logits_strong, pseudo, reduction="none") * mask).mean()
+            logits_weak, _ = _forward(net, self._standardise(u_weak))
+            conf, pseudo = torch.softmax(logits_weak.float(), dim=1).max(dim=1)
+        net.train()
+        mask = conf >= float(self.consistency_threshold)
+        n_conf = int(mask.sum())
+        # Strong views for at most ceil(strong_ratio * U) images: the confident ones first (in
+        # random order), topped up with others, which carry no loss but keep the student's
+        # batch-norm statistics close to FixMatch's labelled + unlabelled batches.
+        n_strong = min(n_u, max(1, math.ceil(float(self.strong_ratio) * n_u)))
+        perm = torch.randperm(n_u, generator=generator).to(mask.device)
+        order = perm[torch.argsort((~mask[perm]).to(torch.int8), stable=True)]
+        chosen = order[:n_strong]
+        kept = int(mask[chosen].sum())
+        # Confident images left without a strong view are stood in for by those that have
+        # one: the sum is scaled so the loss keeps FixMatch's expectation.
+        scale = n_conf / kept if kept else 0.0
+        u_strong = strong_augment(
+            u01[chosen], generator=generator, hflip=bool(self.hflip), pad=int(self.pad) if self.augment else 0
+        )
+        n = len(xf)
+        logits_all, _ = _forward(net, torch.cat([xf, self._standardise(u_strong)]))
+        logits, logits_strong = logits_all[:n], logits_all[n:]
+        loss_x = (F.cross_entropy(logits, yb, reduction="none") * wb).mean()
+        ce = F.cross_entropy(logits_strong, pseudo[chosen], reduction="none") * mask[chosen].float()
+        loss_u = ce.sum() * (scale / n_u)
         loss = loss_x + float(self.consistency_weight) * loss_u
-        return loss, (float(loss_x.detach()), float(loss_u.detach()), float(mask.sum()), float(len(mask)))
+        return loss, (float(loss_x.detach()), float(loss_u.detach()), float(n_conf), float(n_u))
 
     @torch.inference_mode()
     def _infer_batch(self, net: nn.Module, xb: torch.Tensor, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
@@ -715,6 +813,7 @@ class TorchvisionClassifier(AdapterBase):
             embedding_dim=int(self.embedding_dim_),
             history=[dict(h) for h in self.history_],
             n_unlabelled=int(getattr(self, "n_unlabelled_", 0)),
+            pseudo_per_epoch=int(getattr(self, "pseudo_per_epoch_", 0)),
             torch_version=str(torch.__version__),
         )
         ckpt = {
@@ -757,5 +856,6 @@ class TorchvisionClassifier(AdapterBase):
         model.history_ = list(config.get("history", []))
         model.weights_skipped_ = []
         model.n_unlabelled_ = int(config.get("n_unlabelled", 0))
+        model.pseudo_per_epoch_ = int(config.get("pseudo_per_epoch", 0))
         model.model_version_ = str(config["model_version"])
         return model
