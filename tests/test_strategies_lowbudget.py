@@ -251,7 +251,7 @@ def test_schedule_runs_typicality_then_uncertainty() -> None:
     want_high = select("margin", k=5, probs=probs)
     np.testing.assert_array_equal(high.indices, want_high.indices)
     np.testing.assert_allclose(high.scores, want_high.scores)
-    assert high.strategy == "schedule"
+    assert high.strategy == "schedule:margin" and low.strategy == "schedule:typiclust"
     # defaults: typiclust below 5 per class, margin from there on; no labels at all = low
     np.testing.assert_array_equal(select("schedule", k=5, probs=probs, embeddings=x).indices,
                                   typiclust(x, 5, seed=0))

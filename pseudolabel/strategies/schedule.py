@@ -76,7 +76,8 @@ def scheduled_strategy(n_labelled: int, n_classes: int, *, low: str = "typiclust
 @register("schedule", labelled_embeddings=True)
 def _schedule_strategy(req: SelectionRequest) -> Selection:
     """Typicality (``low``) below ``switch_per_class`` labels per class, then ``high``;
-    ``scores`` are the chosen strategy's."""
+    ``scores`` are the chosen strategy's, ``strategy`` its name (``select`` reports
+    ``"schedule:<name>"``)."""
     opts = dict(req.options.get("schedule") or {})
     unknown = sorted(set(opts) - {"low", "high", "switch_per_class"})
     if unknown:
@@ -86,4 +87,5 @@ def _schedule_strategy(req: SelectionRequest) -> Selection:
     name = scheduled_strategy(n_labelled, int(probs.shape[1]), low=str(opts.get("low", "typiclust")),
                               high=str(opts.get("high", "margin")),
                               switch_per_class=float(opts.get("switch_per_class", DEFAULT_SWITCH_PER_CLASS)))
-    return get_strategy(name)(dataclasses.replace(req, strategy=name))
+    sel = get_strategy(name)(dataclasses.replace(req, strategy=name))
+    return Selection(sel.indices, sel.scores, name)

@@ -58,7 +58,8 @@ class Selection:
         indices: (k,) int64 pool row indices, unique, most uncertain / first picked first.
         scores: (k,) float64 uncertainty score of each pick (higher = more uncertain); what
             the score is depends on the strategy (see the module docstring).
-        strategy: the strategy name that produced it.
+        strategy: the strategy name that produced it (``"schedule:margin"`` when a strategy
+            delegated to another).
     """
 
     indices: np.ndarray
@@ -228,10 +229,12 @@ def select(
         options=MappingProxyType({str(name): dict(v) for name, v in (options or {}).items()}),
     )
     sel = fn(req)
+    # A strategy that delegates (``schedule``) names the one it ran: "schedule:typiclust".
+    name = strategy if not sel.strategy or sel.strategy == strategy else f"{strategy}:{sel.strategy}"
     return Selection(
         _frozen(np.asarray(sel.indices, dtype=np.int64)),
         _frozen(np.asarray(sel.scores, dtype=np.float64)),
-        strategy,
+        name,
     )
 
 
