@@ -169,7 +169,8 @@ def _build_model(cfg: Config, *, progress: bool, n_train: int = 0, previous: Pat
         batch_size=m.batch_size, lr=m.lr, device=m.device, seed=m.seed, weights=m.weights,
         min_steps=m.min_steps, progress=progress, consistency=cfg.consistency.enabled,
         consistency_threshold=cfg.consistency.threshold, consistency_weight=cfg.consistency.weight,
-        unlabelled_ratio=cfg.consistency.unlabelled_ratio,
+        unlabelled_ratio=cfg.consistency.unlabelled_ratio, strong_ratio=cfg.consistency.strong_ratio,
+        pseudo_per_epoch=cfg.pseudo.per_epoch, pseudo_ratio=cfg.pseudo.ratio,
     )
 
 
@@ -386,9 +387,11 @@ def _run_round(cfg: Config, reviewer: Reviewer | None, ledger: Ledger, *, progre
             rows = _select_detection(cfg, ledger, model, pool, pred_dir, budget_left, rid)
         else:
             rows = _select_classification(cfg, ledger, model, pool, pred_dir, budget_left, rid)
-        out = pd.DataFrame(rows, columns=["rank", "item_id", "score", "predicted", "confidence", "row"])
+        out = pd.DataFrame(rows, columns=["rank", "item_id", "score", "predicted", "confidence", "row", "strategy"])
         atomic_write_text(sel_csv, out.to_csv(index=False))
-        done("select", {"selected": len(out), "strategy": cfg.selection.strategy})
+        # "schedule:margin" when the configured strategy delegated to another this round.
+        ran = sorted({r["strategy"] for r in rows}) or [cfg.selection.strategy]
+        done("select", {"selected": len(out), "strategy": ran[0]})
         timings["select"] = time.perf_counter() - s
 
     # -- push to Label Studio ------------------------------------------------------------------
@@ -486,7 +489,7 @@ def _select_detection(cfg: Config, ledger: Ledger, model: Any, pool: Sequence[It
     sel = detection.select(cfg, k=k, scores=scores, embeddings=emb, labelled_embeddings=lab_emb,
                            seed=cfg.selection.seed + rid)
     return [{"rank": rank, "item_id": df.at[i, "item_id"], "score": float(sc), "predicted": df.at[i, "label"],
-             "confidence": float(df.at[i, "confidence"]), "row": int(i)}
+             "confidence": float(df.at[i, "confidence"]), "row": int(i), "strategy": sel.strategy}
             for rank, (i, sc) in enumerate(zip(sel.indices.tolist(), sel.scores.tolist()))]
 
 
@@ -516,7 +519,7 @@ def _select_classification(cfg: Config, ledger: Ledger, model: Any, pool: Sequen
         for rank, (i, sc) in enumerate(zip(sel.indices.tolist(), sel.scores.tolist())):
             rows.append({"rank": rank, "item_id": df.at[i, "item_id"], "score": float(sc),
                          "predicted": df.at[i, "label"], "confidence": float(df.at[i, "confidence"]),
-                         "row": int(i)})
+                         "row": int(i), "strategy": sel.strategy})
     return rows
 
 
