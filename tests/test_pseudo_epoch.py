@@ -125,3 +125,12 @@ def test_every_pseudo_label_gets_its_turn(sets: tuple[list[Annotation], list[Ann
 def test_bad_bounds_raise(kw: dict[str, Any], word: str, sets: tuple[list[Annotation], list[Annotation]]) -> None:
     with pytest.raises(ValueError, match=word):
         _model(**kw).fit(sets[0])
+
+
+def test_a_pseudo_only_set_is_bounded_by_the_count_alone(sets: tuple[list[Annotation], list[Annotation]]) -> None:
+    _, pseudo = sets
+    m = _model(pseudo_ratio=1.0, epochs=1).fit(pseudo[:30])
+    assert m.pseudo_per_epoch_ == 30
+    assert _model(pseudo_per_epoch=10, epochs=1).fit(pseudo[:30]).pseudo_per_epoch_ == 10
+    with pytest.raises(ValueError, match="nothing to train on"):
+        _model(pseudo_per_epoch=0).fit(pseudo[:30])

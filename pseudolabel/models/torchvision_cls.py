@@ -545,6 +545,9 @@ class TorchvisionClassifier(AdapterBase):
             raise ValueError("every training annotation has weight 0: nothing to learn from")
         val_paths, val_targets, _ = self._encode(val or [], index, what="val")
         is_pseudo = torch.tensor([a.source == "pseudo" for a in train], dtype=torch.bool)
+        if int((~is_pseudo).sum()) + self._pseudo_cap(int(is_pseudo.sum()), int((~is_pseudo).sum())) == 0:
+            raise ValueError(f"train holds only pseudo-labels and pseudo_per_epoch={self.pseudo_per_epoch!r} lets none "
+                             "into an epoch: nothing to train on; give seed / human labels or raise the bound")
         u_paths: list[Path] = []
         if unlabelled is not None:
             if isinstance(unlabelled, (str, Path)) or not isinstance(unlabelled, Sequence):
@@ -593,7 +596,9 @@ class TorchvisionClassifier(AdapterBase):
         cap = n_pseudo
         if self.pseudo_per_epoch is not None:
             cap = min(cap, int(self.pseudo_per_epoch))
-        if self.pseudo_ratio is not None:
+        if self.pseudo_ratio is not None and n_other > 0:
+            # Relative to the other labels; with none (a pseudo-only set) there is nothing to
+            # be relative to, and only pseudo_per_epoch bounds the epoch.
             cap = min(cap, math.ceil(float(self.pseudo_ratio) * n_other))
         return cap
 
