@@ -129,51 +129,59 @@ def _eye(n: int) -> torch.Tensor:
     return torch.eye(2, dtype=torch.float64).expand(n, 2, 2).clone()
 
 
-def _rotate(x: torch.Tensor, m: torch.Tensor, g: torch.Generator, fill: float) -> torch.Tensor:
-    a = torch.deg2rad(_signs(len(x), g).double() * 30.0 * m.double())
+# Geometric ops as maps: (n, H, W, m (n,), generator) -> (linear (n, 2, 2), shift (n, 2)), the
+# output -> input map of :func:`_warp`. Every image's map is drawn here; one warp applies them
+# all, so a strong view resamples each image once per slot whatever op it drew.
+Geometry = Callable[[int, int, int, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _no_shift(n: int) -> torch.Tensor:
+    return torch.zeros(n, 2, dtype=torch.float64)
+
+
+def _rotate_map(n: int, h: int, w: int, m: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    a = torch.deg2rad(_signs(n, g).double() * 30.0 * m.double())
     cos, sin = torch.cos(a), torch.sin(a)
     fwd = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
-    return _warp(x, _inverse_of(fwd), torch.zeros(len(x), 2), fill)
+    return _inverse_of(fwd), _no_shift(n)
 
 
-def _shear(x: torch.Tensor, m: torch.Tensor, g: torch.Generator, fill: float, axis: int) -> torch.Tensor:
-    fwd = _eye(len(x))
-    fwd[:, axis, 1 - axis] = torch.tan(_signs(len(x), g).double() * 0.3 * m.double())
-    return _warp(x, _inverse_of(fwd), torch.zeros(len(x), 2), fill)
+def _shear_map(n: int, m: torch.Tensor, g: torch.Generator, axis: int) -> tuple[torch.Tensor, torch.Tensor]:
+    fwd = _eye(n)
+    fwd[:, axis, 1 - axis] = torch.tan(_signs(n, g).double() * 0.3 * m.double())
+    return _inverse_of(fwd), _no_shift(n)
 
 
-def _shear_x(x: torch.Tensor, m: torch.Tensor, g: torch.Generator, fill: float) -> torch.Tensor:
-    return _shear(x, m, g, fill, 0)
+def _shear_x_map(n: int, h: int, w: int, m: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    return _shear_map(n, m, g, 0)
 
 
-def _shear_y(x: torch.Tensor, m: torch.Tensor, g: torch.Generator, fill: float) -> torch.Tensor:
-    return _shear(x, m, g, fill, 1)
+def _shear_y_map(n: int, h: int, w: int, m: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    return _shear_map(n, m, g, 1)
 
 
-def _scale(x: torch.Tensor, m: torch.Tensor, g: torch.Generator, fill: float) -> torch.Tensor:
-    f = 1.0 + _signs(len(x), g).double() * 0.3 * m.double()
-    return _warp(x, _eye(len(x)) / f.view(-1, 1, 1), torch.zeros(len(x), 2), fill)
+def _scale_map(n: int, h: int, w: int, m: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    f = 1.0 + _signs(n, g).double() * 0.3 * m.double()
+    return _eye(n) / f.view(-1, 1, 1), _no_shift(n)
 
 
-def _translate(x: torch.Tensor, m: torch.Tensor, g: torch.Generator, fill: float, axis: int) -> torch.Tensor:
-    side = x.shape[-1] if axis == 0 else x.shape[-2]
-    shift = torch.zeros(len(x), 2, dtype=torch.float64)
+def _translate_map(n: int, side: int, m: torch.Tensor, g: torch.Generator, axis: int) -> tuple[torch.Tensor, torch.Tensor]:
+    shift = _no_shift(n)
     # Output pixel u shows input u - t: the content moves by t.
-    shift[:, axis] = -_signs(len(x), g).double() * 0.3 * m.double() * side
-    return _warp(x, _eye(len(x)), shift, fill)
+    shift[:, axis] = -_signs(n, g).double() * 0.3 * m.double() * side
+    return _eye(n), shift
 
 
-def _translate_x(x: torch.Tensor, m: torch.Tensor, g: torch.Generator, fill: float) -> torch.Tensor:
-    return _translate(x, m, g, fill, 0)
+def _translate_x_map(n: int, h: int, w: int, m: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    return _translate_map(n, w, m, g, 0)
 
 
-def _translate_y(x: torch.Tensor, m: torch.Tensor, g: torch.Generator, fill: float) -> torch.Tensor:
-    return _translate(x, m, g, fill, 1)
+def _translate_y_map(n: int, h: int, w: int, m: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    return _translate_map(n, h, m, g, 1)
 
 
-def _crop(x: torch.Tensor, m: torch.Tensor, g: torch.Generator, fill: float) -> torch.Tensor:
+def _crop_map(n: int, h: int, w: int, m: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Keep a (1 - 0.4 m) part of each side at a random place, resized back (bilinear)."""
-    n, _, h, w = x.shape
     ch = torch.clamp(torch.round(h * (1 - 0.4 * m.double())), min=1)
     cw = torch.clamp(torch.round(w * (1 - 0.4 * m.double())), min=1)
     top = torch.floor(torch.rand(n, generator=g).double() * (h - ch + 1))
@@ -182,8 +190,27 @@ def _crop(x: torch.Tensor, m: torch.Tensor, g: torch.Generator, fill: float) -> 
     # in centred pixels: u' = u * cw / W + left + cw / 2 - W / 2.
     linear = torch.zeros(n, 2, 2, dtype=torch.float64)
     linear[:, 0, 0], linear[:, 1, 1] = cw / w, ch / h
-    shift = torch.stack([left + cw / 2 - w / 2, top + ch / 2 - h / 2], -1)
-    return _warp(x, linear, shift, fill)
+    return linear, torch.stack([left + cw / 2 - w / 2, top + ch / 2 - h / 2], -1)
+
+
+_GEOMETRY: dict[str, Geometry] = {
+    "rotate": _rotate_map,
+    "shear_x": _shear_x_map,
+    "shear_y": _shear_y_map,
+    "scale": _scale_map,
+    "translate_x": _translate_x_map,
+    "translate_y": _translate_y_map,
+    "crop": _crop_map,
+}
+
+
+def _geometric(name: str) -> Op:
+    def op(x: torch.Tensor, m: torch.Tensor, g: torch.Generator, fill: float) -> torch.Tensor:
+        linear, shift = _GEOMETRY[name](len(x), x.shape[-2], x.shape[-1], m, g)
+        return _warp(x, linear, shift, fill)
+
+    op.__name__ = f"_{name}"
+    return op
 
 
 def _hflip(x: torch.Tensor, m: torch.Tensor, g: torch.Generator, fill: float) -> torch.Tensor:
@@ -246,13 +273,7 @@ def _salt_and_pepper(x: torch.Tensor, m: torch.Tensor, g: torch.Generator, fill:
 
 _OPS: dict[str, Op] = {
     "hflip": _hflip,
-    "rotate": _rotate,
-    "shear_x": _shear_x,
-    "shear_y": _shear_y,
-    "scale": _scale,
-    "translate_x": _translate_x,
-    "translate_y": _translate_y,
-    "crop": _crop,
+    **{name: _geometric(name) for name in _GEOMETRY},
     "brightness": _brightness,
     "contrast": _contrast,
     "saturation": _saturation,
@@ -379,8 +400,9 @@ def strong_augment(
     :func:`cutout` with ``cutout_size`` (0 turns it off). ``fill`` is the grey level of pixels
     uncovered by geometric ops and of the Cutout square.
 
-    Cost: the images are grouped by the op they drew, so the work is at most
-    ``n_ops x len(ops)`` batched calls whatever the batch size (no per-image Python loop).
+    Cost: the images are grouped by the op they drew, so the work is a fixed number of
+    batched calls whatever the batch size (no per-image Python loop): per slot, one call per
+    colour op drawn and a single resampling for all the geometric ones.
     """
     _check_batch(x)
     _check_generator(generator)
@@ -400,17 +422,30 @@ def strong_augment(
         raise ValueError(f"cutout_size must be in [0, 1] (fraction of the image side), got {cutout_size!r}")
     if len(x) == 0:
         return x.clone()
-    y = weak_augment(x, generator=generator, pad=pad, hflip=hflip)
-    n = len(y)
+    y = weak_augment(x, generator=generator, pad=pad, hflip=hflip).clone()
+    n, _, h, w = y.shape
     # n_ops distinct ops per image: the first n_ops of a random permutation (argsort of noise).
     choice = torch.rand(n, len(names), generator=generator).argsort(dim=1)[:, :n_ops]
     mags = torch.rand(n, n_ops, generator=generator, dtype=torch.float64) * magnitude
     for slot in range(n_ops):
+        linear = torch.empty(n, 2, 2, dtype=torch.float64)
+        shift = torch.empty(n, 2, dtype=torch.float64)
+        warped: list[torch.Tensor] = []
         for k, name in enumerate(names):
             rows = torch.nonzero(choice[:, slot] == k).view(-1)
-            if rows.numel():
+            if not rows.numel():
+                continue
+            if name in _GEOMETRY:
+                linear[rows], shift[rows] = _GEOMETRY[name](len(rows), h, w, mags[rows, slot], generator)
+                warped.append(rows)
+            else:
                 idx = rows.to(y.device)
-                y = y.index_copy(0, idx, _OPS[name](y.index_select(0, idx), mags[rows, slot], generator, fill))
+                y[idx] = _OPS[name](y[idx], mags[rows, slot], generator, fill)
+        if warped:
+            # One resampling for every image that drew a geometric op in this slot.
+            rows = torch.cat(warped)
+            idx = rows.to(y.device)
+            y[idx] = _warp(y[idx], linear[rows], shift[rows], fill)
     y = y.clamp(0.0, 1.0)
     if cutout_size > 0:
         y = cutout(y, float(cutout_size), generator=generator, fill=fill)

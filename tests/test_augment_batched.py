@@ -81,19 +81,32 @@ def test_crop_equals_torchvision_resized_crop_of_some_window() -> None:
 
 
 def test_strong_view_of_a_big_batch_is_a_bounded_number_of_calls(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The ops run once per (slot, op) present, whatever the batch size."""
+    """Per slot: one call per colour op drawn and one resampling for all geometric ops,
+    whatever the batch size; every image goes through exactly one op per slot."""
     import importlib
 
     aug = importlib.import_module("pseudolabel.augment")
     calls: list[int] = []
-    for name, fn in list(aug._OPS.items()):
-        def counted(x: torch.Tensor, m: torch.Tensor, g: torch.Generator, fill: float, fn=fn) -> torch.Tensor:
+
+    def counting(fn):  # type: ignore[no-untyped-def]
+        def wrapped(x: torch.Tensor, *a: object) -> torch.Tensor:
             calls.append(len(x))
-            return fn(x, m, g, fill)
-        monkeypatch.setitem(aug._OPS, name, counted)
-    x = torch.rand(500, 3, 16, 16, generator=_gen())
-    strong_augment(x, generator=_gen(), n_ops=2)
-    assert len(calls) <= 2 * len(STRONG_OPS) and sum(calls) == 2 * 500
+            return fn(x, *a)
+        return wrapped
+
+    geometric = {"rotate", "shear_x", "shear_y", "scale", "translate_x", "translate_y", "crop"}
+    for name, fn in list(aug._OPS.items()):
+        if name not in geometric:
+            monkeypatch.setitem(aug._OPS, name, counting(fn))
+    monkeypatch.setattr(aug, "_warp", counting(aug._warp))
+    per_size = {}
+    for n in (300, 900):
+        calls.clear()
+        strong_augment(torch.rand(n, 3, 16, 16, generator=_gen()), generator=_gen(), n_ops=2)
+        assert sum(calls) == 2 * n                       # each image: one op per slot
+        per_size[n] = len(calls)
+    n_colour = len(STRONG_OPS) - len(geometric)
+    assert per_size[300] == per_size[900] == 2 * (n_colour + 1)
 
 
 def test_cutout_batch_matches_the_square_it_drew() -> None:
