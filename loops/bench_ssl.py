@@ -55,11 +55,12 @@ def _best(fn: Any, repeats: int) -> float:
 
 
 def measure(*, workdir: Path, steps: int = 30, batch_size: int = 64, unlabelled_ratio: int | None = None,
-            image_size: int = 32, arch: str = "small_cnn", repeats: int = 2) -> dict[str, Any]:
+            strong_ratio: float | None = None, image_size: int = 32, arch: str = "small_cnn",
+            repeats: int = 2) -> dict[str, Any]:
     """Seconds per optimiser step, supervised and with consistency training, and the time of
     the weak / strong augmentation of one unlabelled batch. Returns a JSON-able dict.
 
-    ``unlabelled_ratio=None`` keeps the classifier's default. The four fits (supervised and
+    ``unlabelled_ratio`` / ``strong_ratio`` ``None`` keep the classifier's defaults. The four fits (supervised and
     consistency, ``S`` and ``2 S`` steps) are interleaved and each one's best of ``repeats``
     is kept, so a machine busy with other work skews both sides alike."""
     import torch
@@ -69,8 +70,11 @@ def measure(*, workdir: Path, steps: int = 30, batch_size: int = 64, unlabelled_
 
     if steps < 1 or batch_size < 1 or repeats < 1 or (unlabelled_ratio is not None and unlabelled_ratio < 1):
         raise ValueError("steps, batch_size, unlabelled_ratio and repeats must be >= 1")
-    extra = {} if unlabelled_ratio is None else {"unlabelled_ratio": unlabelled_ratio}
-    ratio = TorchvisionClassifier(["a", "b"], **extra).unlabelled_ratio
+    extra: dict[str, Any] = {} if unlabelled_ratio is None else {"unlabelled_ratio": unlabelled_ratio}
+    if strong_ratio is not None:
+        extra["strong_ratio"] = strong_ratio
+    probe = TorchvisionClassifier(["a", "b"], **extra)
+    ratio = probe.unlabelled_ratio
     train, pool = _digits(workdir, n_labelled=batch_size, n_unlabelled=max(ratio * batch_size, 200),
                           size=image_size)
 
@@ -83,15 +87,25 @@ def measure(*, workdir: Path, steps: int = 30, batch_size: int = 64, unlabelled_
         return time.process_time() - t0
 
     out: dict[str, Any] = {"arch": arch, "image_size": image_size, "batch_size": batch_size,
-                           "unlabelled_ratio": ratio, "steps": steps, "threads": torch.get_num_threads()}
+                           "unlabelled_ratio": ratio, "strong_ratio": getattr(probe, "strong_ratio", None),
+                           "steps": steps, "threads": torch.get_num_threads()}
     best: dict[tuple[bool, int], float] = {}
+    ratios: list[float] = []
     for _ in range(repeats):
+        t: dict[tuple[bool, int], float] = {}
         for cons in (False, True):
             for n in (steps, 2 * steps):
-                best[cons, n] = min(best.get((cons, n), float("inf")), fit(n, cons))
+                t[cons, n] = fit(n, cons)
+                best[cons, n] = min(best.get((cons, n), float("inf")), t[cons, n])
+        per_step = {c: max(t[c, 2 * steps] - t[c, steps], 1e-9) / steps for c in (False, True)}
+        ratios.append(per_step[True] / per_step[False])
     for name, cons in (("supervised", False), ("consistency", True)):
         out[f"{name}_step_s"] = max(best[cons, 2 * steps] - best[cons, steps], 0.0) / steps
+    # Two estimates: from the fastest fit of each kind, and the median of the ratios measured
+    # back to back within each repeat (robust to the machine's load drifting between repeats).
     out["consistency_over_supervised"] = out["consistency_step_s"] / max(out["supervised_step_s"], 1e-12)
+    out["ratio_per_repeat"] = [round(r, 3) for r in ratios]
+    out["ratio_median"] = float(np.median(ratios))
     g = torch.Generator().manual_seed(0)
     u = torch.rand(ratio * batch_size, 3, image_size, image_size, generator=g)
     out["weak_augment_batch_s"] = _best(lambda: weak_augment(u, generator=g, pad=2, hflip=False), repeats + 1)
@@ -128,6 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--unlabelled-ratio", type=int, default=None, help="default: the classifier's")
+    p.add_argument("--strong-ratio", type=float, default=None, help="default: the classifier's")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--arch", default="small_cnn")
     p.add_argument("--repeats", type=int, default=2)
@@ -145,8 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             res = measure_pseudo(workdir=args.workdir, image_size=args.image_size, arch=args.arch)
         else:
             res = measure(workdir=args.workdir, steps=args.steps, batch_size=args.batch_size,
-                          unlabelled_ratio=args.unlabelled_ratio, image_size=args.image_size, arch=args.arch,
-                          repeats=args.repeats)
+                          unlabelled_ratio=args.unlabelled_ratio, strong_ratio=args.strong_ratio,
+                          image_size=args.image_size, arch=args.arch, repeats=args.repeats)
     except ValueError as e:
         print(f"error: {e}")
         return 2

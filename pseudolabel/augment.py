@@ -120,11 +120,6 @@ def _warp(x: torch.Tensor, linear: torch.Tensor, shift: torch.Tensor, fill: floa
     return out[:, :3] + fill * (1.0 - out[:, 3:])
 
 
-def _inverse_of(forward: torch.Tensor) -> torch.Tensor:
-    """(n, 2, 2) inverses (the warp maps output -> input, the ops are defined input -> output)."""
-    return torch.linalg.inv(forward.to(torch.float64))
-
-
 def _eye(n: int) -> torch.Tensor:
     return torch.eye(2, dtype=torch.float64).expand(n, 2, 2).clone()
 
@@ -142,14 +137,16 @@ def _no_shift(n: int) -> torch.Tensor:
 def _rotate_map(n: int, h: int, w: int, m: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     a = torch.deg2rad(_signs(n, g).double() * 30.0 * m.double())
     cos, sin = torch.cos(a), torch.sin(a)
-    fwd = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
-    return _inverse_of(fwd), _no_shift(n)
+    # The inverse of a rotation by a is the rotation by -a (the transpose).
+    inv = torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], -2)
+    return inv, _no_shift(n)
 
 
 def _shear_map(n: int, m: torch.Tensor, g: torch.Generator, axis: int) -> tuple[torch.Tensor, torch.Tensor]:
-    fwd = _eye(n)
-    fwd[:, axis, 1 - axis] = torch.tan(_signs(n, g).double() * 0.3 * m.double())
-    return _inverse_of(fwd), _no_shift(n)
+    inv = _eye(n)
+    # The inverse of the shear [[1, t], [0, 1]] is [[1, -t], [0, 1]].
+    inv[:, axis, 1 - axis] = -torch.tan(_signs(n, g).double() * 0.3 * m.double())
+    return inv, _no_shift(n)
 
 
 def _shear_x_map(n: int, h: int, w: int, m: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -350,11 +347,15 @@ def weak_augment(
     if pad > 0 and n > 0:
         padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="replicate")
         offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator).to(x.device)
-        # Two gathers (rows, then columns) cut every image's window out of its padded copy.
-        rows = (offsets[:, 0:1] + torch.arange(h, device=x.device)).view(n, 1, h, 1)
-        x = padded.gather(2, rows.expand(n, c, h, w + 2 * pad))
-        cols = (offsets[:, 1:2] + torch.arange(w, device=x.device)).view(n, 1, 1, w)
-        x = x.gather(3, cols.expand(n, c, h, w))
+        # Images that drew the same offset share one slice: at most (2 pad + 1)^2 copies,
+        # whatever the batch size.
+        key = offsets[:, 0] * (2 * pad + 1) + offsets[:, 1]
+        out = torch.empty_like(x)
+        for k in torch.unique(key).tolist():
+            idx = torch.nonzero(key == k).view(-1)
+            dy, dx = divmod(int(k), 2 * pad + 1)
+            out[idx] = padded[idx, :, dy : dy + h, dx : dx + w]
+        x = out
     if hflip:
         flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
         x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
@@ -422,7 +423,9 @@ def strong_augment(
         raise ValueError(f"cutout_size must be in [0, 1] (fraction of the image side), got {cutout_size!r}")
     if len(x) == 0:
         return x.clone()
-    y = weak_augment(x, generator=generator, pad=pad, hflip=hflip).clone()
+    y = weak_augment(x, generator=generator, pad=pad, hflip=hflip)
+    if y is x:              # no shift and no flip: weak_augment returned the input itself
+        y = x.clone()
     n, _, h, w = y.shape
     # n_ops distinct ops per image: the first n_ops of a random permutation (argsort of noise).
     choice = torch.rand(n, len(names), generator=generator).argsort(dim=1)[:, :n_ops]
@@ -431,10 +434,16 @@ def strong_augment(
         linear = torch.empty(n, 2, 2, dtype=torch.float64)
         shift = torch.empty(n, 2, dtype=torch.float64)
         warped: list[torch.Tensor] = []
+        # The images of each op, from one sort: op k owns order[start_k : start_k + count_k].
+        order = torch.argsort(choice[:, slot], stable=True)
+        counts = torch.bincount(choice[:, slot], minlength=len(names)).tolist()
+        starts = [0]
+        for c in counts[:-1]:
+            starts.append(starts[-1] + c)
         for k, name in enumerate(names):
-            rows = torch.nonzero(choice[:, slot] == k).view(-1)
-            if not rows.numel():
+            if not counts[k]:
                 continue
+            rows = order[starts[k] : starts[k] + counts[k]]
             if name in _GEOMETRY:
                 linear[rows], shift[rows] = _GEOMETRY[name](len(rows), h, w, mags[rows, slot], generator)
                 warped.append(rows)

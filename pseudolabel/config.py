@@ -199,9 +199,9 @@ class ConsistencyConfig(_Section):
     threshold: float = Field(default=0.95, gt=0, le=1)
     weight: float = Field(default=1.0, ge=0, le=100)
     unlabelled_ratio: int = Field(default=1, ge=1, le=64, description="unlabelled images per labelled one in a step")
-    strong_ratio: float = Field(default=0.5, gt=0, le=1, description="share of a step's unlabelled images that get "
-                                "a strong view (confident ones first); with the defaults a step costs < 2 supervised "
-                                "steps")
+    strong_ratio: float = Field(default=0.5, gt=0, le=1, description="share of a step's unlabelled images trained "
+                                "on (those confident at their last visit first); with the defaults a step costs about "
+                                "1.9 supervised steps")
 
 
 class QualityConfig(_Section):

@@ -244,3 +244,35 @@ def test_benchmark_on_a_yolo_set_reports_map(yolo_set: tuple[Path, dict], tmp_pa
     assert rounds["map50"].between(0, 1).all() and rounds["accuracy"].isna().all()
     assert (res.summary["metric"] == "map50").all() and res.summary["labels_to_95"].isna().all()
     assert "No full-data reference" in (tmp_path / "det" / "summary.md").read_text()
+    # with the full-data reference: YOLO trained on seed + the whole pool with the true boxes
+    ref = run_benchmark(data=src, strategies=["random"], seeds=[0], rounds=1, batch_size=5, pseudo_settings=[False],
+                        oracle=True, out_dir=tmp_path / "det2", epochs=2, seed_size=10, n_holdout=10,
+                        torch_threads=1, overrides=["model.image_size=64", "model.batch_size=8"])
+    assert ref.reference["train_size"] == 10 + 40 and 0 <= ref.reference["map50"] <= 1
+    assert ref.reference["metric"] == "map50" and "holdout map50" in (tmp_path / "det2" / "summary.md").read_text()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_benchmark_data_through_label_studio(digits_tree: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    """Without --oracle the campaigns queue real tasks in a local Label Studio and the
+    simulated reviewer answers them through its API."""
+    from loops.benchmark import run_benchmark
+    from pseudolabel.review.server import LabelStudioNotFound, find_label_studio
+
+    try:
+        find_label_studio()
+    except LabelStudioNotFound as exc:       # as the label_studio fixture: skip locally, fail in CI
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI needs the Label Studio server for integration tests: {exc}")
+        pytest.skip(f"Label Studio server not installed: {exc}")
+    src, _ = digits_tree
+    res = run_benchmark(data=src, strategies=["margin", "random"], seeds=[0], rounds=1, batch_size=5,
+                        pseudo_settings=[False], oracle=False, out_dir=tmp_path / "ls", epochs=1, min_steps=5,
+                        n_holdout=50, reference=False, torch_threads=1)
+    rounds = res.rounds
+    assert sorted(rounds["labels"].unique().tolist()) == [20, 25]
+    first = rounds[rounds["round"] == 1]
+    # the reviewer answered every queued task: 5 per campaign, corrections where the model was wrong
+    assert first["corrections"].between(0, 5).all()
+    assert (tmp_path / "ls" / "label-studio").is_dir()
