@@ -172,11 +172,12 @@ class _UnlabelledStream:
         self.order: list[int] = []
         self.confidence = torch.full((len(paths),), -1.0)
 
-    def draw(self) -> torch.Tensor:
-        """The next ``batch`` pool indices, (B,) int64."""
-        while len(self.order) < self.batch:
+    def draw(self, n: int | None = None) -> torch.Tensor:
+        """The next ``n`` (default ``batch``; at most the pool size) pool indices, (n,) int64."""
+        n = self.batch if n is None else min(max(int(n), 1), len(self.dataset))
+        while len(self.order) < n:
             self.order += torch.randperm(len(self.dataset), generator=self.generator).tolist()
-        idx, self.order = self.order[: self.batch], self.order[self.batch :]
+        idx, self.order = self.order[:n], self.order[n:]
         return torch.tensor(idx, dtype=torch.long)
 
     def images(self, idx: torch.Tensor) -> torch.Tensor:
@@ -521,8 +522,9 @@ class TorchvisionClassifier(AdapterBase):
 
         Consistency training (FixMatch, Sohn et al. 2020), when ``consistency`` is on and
         ``unlabelled`` images are given (otherwise they are ignored): every optimiser step
-        also draws ``U = unlabelled_ratio * batch_size`` unlabelled pool images (capped at
-        the pool size; the pool is reshuffled after each pass) and trains on
+        also draws ``U = unlabelled_ratio * B`` unlabelled pool images, B the labelled
+        batch of that step (capped at the pool size; the pool is reshuffled after each pass),
+        and trains on
         ``S = ceil(strong_ratio * U)`` of them: those the teacher found confident at their last
         visit first (never-seen ones and ties in random order), since only a confident image's
         strong view carries loss. Their weak view (:func:`~pseudolabel.augment.weak_augment`,
@@ -720,7 +722,9 @@ class TorchvisionClassifier(AdapterBase):
         """FixMatch loss for one step (see :meth:`fit`). ``xf``: the labelled batch, normalised
         and augmented; ``stream``: the unlabelled pool. Returns the loss and ``(loss_x,
         loss_u, confident count, evaluated count)`` as floats for the history."""
-        drawn = stream.draw()
+        # unlabelled_ratio images per labelled image of *this* batch: a small labelled set (a
+        # short last batch, or fewer labels than batch_size) does not get a larger share.
+        drawn = stream.draw(int(self.unlabelled_ratio) * len(xf))
         n_strong = min(len(drawn), max(1, math.ceil(float(self.strong_ratio) * len(drawn))))
         # Images confident at their last visit first (ties and never-seen ones in random order):
         # they are the ones whose strong view is likely to carry loss.
