@@ -22,9 +22,8 @@ from pseudolabel.data.errors import DataWarning
 from pseudolabel.data.ingest import OnMissing
 from pseudolabel.data.objects import DetSet, DetTask, check_not_empty, training_boxes
 from pseudolabel.metrics_det import detection_map, segmentation_scores, semantic_mask
-from pseudolabel.strategies.detection import DETECTION_STRATEGIES, image_uncertainty
-from pseudolabel.strategies.diversity import kcenter_greedy
-from pseudolabel.strategies.selection import Selection, top_k
+from pseudolabel.strategies.detection import image_uncertainty, select_images
+from pseudolabel.strategies.selection import Selection
 from pseudolabel.types import Annotation, Box, Item, Prediction
 
 _AGG = {"max": "max", "mean": "mean", "sum": "sum", "topk": "topk_mean"}
@@ -180,29 +179,12 @@ def image_scores(cfg: Config, preds: Sequence[Prediction], items: Mapping[str, I
 
 def select(cfg: Config, *, k: int, scores: np.ndarray, embeddings: np.ndarray,
            labelled_embeddings: np.ndarray | None, seed: int) -> Selection:
-    """Pick ``k`` images: random, top-k by ``scores`` (uncertainty strategies), k-center on
-    ``embeddings`` (``kcenter``) or top ``hybrid_factor * k`` by score then k-center (``hybrid``)."""
-    strategy = cfg.selection.strategy
-    n = len(scores)
-    k = min(k, n)
-    if k <= 0:
-        return Selection(np.zeros(0, dtype=np.int64), np.zeros(0), strategy)
-    if strategy == "random":
-        idx = np.random.default_rng(seed).permutation(n)[:k]
-    elif strategy in ("least_confidence", "margin", "entropy"):
-        idx = top_k(scores, k)
-    elif strategy == "kcenter":
-        idx = kcenter_greedy(embeddings, k, already_selected=labelled_embeddings, seed=seed)
-    elif strategy == "hybrid":
-        cand = top_k(scores, min(cfg.selection.hybrid_factor * k, n))
-        nothing = labelled_embeddings is None or len(labelled_embeddings) == 0
-        local = kcenter_greedy(embeddings[cand], k, already_selected=labelled_embeddings,
-                               start=0 if nothing else None, seed=seed)
-        idx = cand[local]
-    else:
-        raise ValueError(f"selection.strategy {strategy!r} is not one of {', '.join(DETECTION_STRATEGIES)}")
-    idx = np.asarray(idx, dtype=np.int64)
-    return Selection(idx, scores[idx], strategy)
+    """Pick ``k`` images with ``selection.strategy`` from the image ``scores`` (N,) and the
+    ``embeddings`` (N, D) (see :func:`pseudolabel.strategies.detection.select_images`)."""
+    s = cfg.selection
+    return select_images(scores, k, strategy=s.strategy, embeddings=embeddings,
+                         labelled_embeddings=labelled_embeddings, hybrid_factor=s.hybrid_factor,
+                         n_classes=len(cfg.classes), seed=seed, options=s.strategy_options())
 
 
 def predraw(pred: Prediction, conf: float, *, fallback: int = 0) -> tuple[Prediction, str]:

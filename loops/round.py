@@ -35,6 +35,7 @@ from pseudolabel.models.torchvision_cls import TorchvisionClassifier
 from pseudolabel.report import HOLDOUT_FILE, report_round, write_holdout_predictions
 from pseudolabel.stopping import StoppingRules, check_all
 from pseudolabel.strategies import SCORE_FUNCTIONS, entropy, select, uses_labelled_embeddings
+from pseudolabel.strategies.detection import DETECTION_EMBEDDING_STRATEGIES
 from pseudolabel.types import Annotation, Candidate, Item, Prediction
 from pseudolabel.utils import atomic_write_text
 
@@ -242,7 +243,8 @@ def _build_model(cfg: Config, *, progress: bool, n_train: int = 0, previous: Pat
         batch_size=m.batch_size, lr=m.lr, device=m.device, seed=m.seed, weights=m.weights,
         min_steps=m.min_steps, progress=progress, consistency=cfg.consistency.enabled,
         consistency_threshold=cfg.consistency.threshold, consistency_weight=cfg.consistency.weight,
-        unlabelled_ratio=cfg.consistency.unlabelled_ratio, allow_download=m.allow_download,
+        unlabelled_ratio=cfg.consistency.unlabelled_ratio, strong_ratio=cfg.consistency.strong_ratio,
+        pseudo_per_epoch=cfg.pseudo.per_epoch, pseudo_ratio=cfg.pseudo.ratio, allow_download=m.allow_download,
     )
 
 
@@ -675,12 +677,15 @@ def _select(r: _Round, selectable: Sequence[Item]) -> dict[str, Any]:
         rows = _select_detection(cfg, ledger, r.model, selectable, pred_dir, room, r.rid)
     else:
         rows = _select_classification(cfg, ledger, r.model, selectable, pred_dir, room, r.rid)
-    out = pd.DataFrame(rows, columns=["rank", "item_id", "score", "uncertainty", "predicted", "confidence", "row"])
+    out = pd.DataFrame(rows, columns=["rank", "item_id", "score", "uncertainty", "predicted", "confidence", "row",
+                                      "strategy"])
     atomic_write_text(r.dir / "selection.csv", out.to_csv(index=False))
     if room < cfg.selection.batch_size:
         r.log(f"  select: {len(out)} new tasks ({waiting} still waiting for reviewers; the queue holds "
               f"selection.max_queued {cap}" + (f", label budget left {budget_left}" if budget_left < cap else "") + ")")
-    return {"selected": len(out), "strategy": cfg.selection.strategy, "waiting": waiting}
+    # "schedule:margin" when the configured strategy delegated to another this round.
+    ran = sorted({row["strategy"] for row in rows}) or [cfg.selection.strategy]
+    return {"selected": len(out), "strategy": ran[0], "waiting": waiting}
 
 
 def _push(r: _Round, scored: Sequence[Item]) -> dict[str, Any]:
@@ -778,14 +783,15 @@ def _select_detection(cfg: Config, ledger: Ledger, model: Any, pool: Sequence[It
     scores = detection.image_scores(cfg, preds, by_id, flipped)
     emb = np.stack([np.asarray(p.embedding, dtype=np.float32) for p in preds]) if preds else np.zeros((0, 0))
     lab_emb = None
-    if cfg.selection.strategy in ("kcenter", "hybrid"):
+    if cfg.selection.strategy in DETECTION_EMBEDDING_STRATEGIES:
         lab = _labelled_items(ledger)
         lab_emb = np.stack([p.embedding for p in model.predict(lab, batch_size=cfg.model.infer_batch_size)]) \
             if lab else None
     sel = detection.select(cfg, k=k, scores=scores, embeddings=emb, labelled_embeddings=lab_emb,
                            seed=cfg.selection.seed + rid)
     return [{"rank": rank, "item_id": df.at[i, "item_id"], "score": float(sc), "uncertainty": float(scores[i]),
-             "predicted": df.at[i, "label"], "confidence": float(df.at[i, "confidence"]), "row": int(i)}
+             "predicted": df.at[i, "label"], "confidence": float(df.at[i, "confidence"]), "row": int(i),
+             "strategy": sel.strategy}
             for rank, (i, sc) in enumerate(zip(sel.indices.tolist(), sel.scores.tolist()))]
 
 
@@ -811,12 +817,12 @@ def _select_classification(cfg: Config, ledger: Ledger, model: Any, pool: Sequen
         sel = select(cfg.selection.strategy, k=k, probs=probs, embeddings=emb, mc_probs=mc,
                      labelled_embeddings=lab_emb, class_balance=cfg.selection.class_balance,
                      hybrid_factor=cfg.selection.hybrid_factor, uncertainty=cfg.selection.uncertainty,
-                     seed=cfg.selection.seed + rid)
+                     seed=cfg.selection.seed + rid, options=cfg.selection.strategy_options())
         u = uncertainty_of(cfg, probs)
         for rank, (i, sc) in enumerate(zip(sel.indices.tolist(), sel.scores.tolist())):
             rows.append({"rank": rank, "item_id": df.at[i, "item_id"], "score": float(sc),
                          "uncertainty": float(u[i]), "predicted": df.at[i, "label"],
-                         "confidence": float(df.at[i, "confidence"]), "row": int(i)})
+                         "confidence": float(df.at[i, "confidence"]), "row": int(i), "strategy": sel.strategy})
     return rows
 
 
@@ -825,7 +831,7 @@ def _candidates(cfg: Config, ledger: Ledger, model: Any, pred_dir: Path, sel_df:
     uncertainty as the score (the review order)."""
     preds = _review_predictions(cfg, model, pred_dir, set(sel_df["item_id"]))
     return [Candidate(item=ledger.item(r.item_id), score=float(r.uncertainty), prediction=preds[r.item_id][0],
-                      strategy=cfg.selection.strategy, note=preds[r.item_id][1])
+                      strategy=str(r.strategy), note=preds[r.item_id][1])
             for r in sel_df.itertuples()]
 
 

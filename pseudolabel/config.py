@@ -172,12 +172,44 @@ class ModelConfig(_Section):
         return v
 
 
+class ProbCoverConfig(_Section):
+    """ProbCover's ball radius (see :mod:`pseudolabel.strategies.probcover`)."""
+
+    delta: float | None = Field(default=None, ge=0, le=2, description="ball radius in the L2-normalised "
+                                "embedding space (0..2); null: the largest radius whose balls stay pure")
+    purity: float = Field(default=0.95, gt=0, le=1, description="share of pure balls delta must keep")
+    n_clusters: int | None = Field(default=None, ge=2, description="k-means clusters for the purity; "
+                                   "null: the number of classes")
+
+
+class ScheduleConfig(_Section):
+    """The ``schedule`` strategy: typicality while labels are few, uncertainty after (see
+    :mod:`pseudolabel.strategies.schedule` for the literature's rule of thumb)."""
+
+    low: Literal["typiclust", "probcover", "centroid", "kcenter"] = "typiclust"
+    high: str = Field(default="margin", description="strategy from the switch on (margin, entropy, hybrid, ...)")
+    switch_per_class: float = Field(default=5.0, ge=0, description="labels per class at which to switch")
+
+    @field_validator("high")
+    @classmethod
+    def _known_high(cls, v: str) -> str:
+        from pseudolabel.strategies import STRATEGIES
+        from pseudolabel.strategies.schedule import HIGH_EXCLUDED
+
+        accepted = [s for s in STRATEGIES if s not in HIGH_EXCLUDED]
+        if v not in accepted:
+            raise ValueError(f"schedule high {v!r} is not accepted; choose one of: {', '.join(accepted)}")
+        return v
+
+
 class SelectionConfig(_Section):
     """How the round ranks the pool. Detection: each box gets ``uncertainty`` from its class
     vector, the image score aggregates its boxes (``aggregate``; an image with no confident box
     counts as uncertain) and, with ``localisation`` > 0, mixes in the box instability under
     horizontal-flip test-time augmentation (a second forward pass). Detection strategies:
-    random, least_confidence / margin / entropy (the per-box score), kcenter, hybrid."""
+    random, least_confidence / margin / entropy (the per-box score), kcenter, hybrid, and on the
+    embeddings alone typiclust, centroid, probcover. Low budgets: ``typiclust``, ``centroid``,
+    ``probcover`` (options under ``probcover``) and ``schedule`` (options under ``schedule``)."""
 
     strategy: str = "hybrid"
     batch_size: int = Field(default=20, ge=1, description="tasks queued for review per round")
@@ -201,7 +233,14 @@ class SelectionConfig(_Section):
     predraw_fallback: int = Field(default=3, ge=0, le=100, description="detection: when no box reaches "
                                   "predraw_conf, pre-draw this many best boxes, with a note that they are "
                                   "low-confidence guesses (0: show nothing)")
+    probcover: ProbCoverConfig = ProbCoverConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
     seed: int = 0
+
+    def strategy_options(self) -> dict[str, dict[str, Any]]:
+        """Strategy-specific options as :func:`pseudolabel.strategies.select` takes them."""
+        pc = {k: v for k, v in self.probcover.model_dump().items() if v is not None}
+        return {"probcover": pc, "schedule": self.schedule.model_dump()}
 
     @field_validator("strategy")
     @classmethod
@@ -232,6 +271,11 @@ class PseudoConfig(_Section):
     min_class_score: float = Field(default=0.5, ge=0, le=1, description="a class whose holdout F1 (classify) "
                                    "or AP50 (detect/segment) is below this gets no pseudo-labels: a model bad at "
                                    "a class would teach its own mistakes (0: off)")
+    per_epoch: int | None = Field(default=None, ge=0, description="classification: at most this many "
+                                  "pseudo-labels per training epoch (a fresh random sample each epoch); null: no cap")
+    ratio: float | None = Field(default=1.0, ge=0, description="classification: at most ratio x the seed + human "
+                                "labels in pseudo-labels per epoch (keeps rounds fast as pseudo-labels pile up); "
+                                "null: no cap")
 
     @field_validator("class_thresholds")
     @classmethod
@@ -250,7 +294,10 @@ class ConsistencyConfig(_Section):
     enabled: bool = False
     threshold: float = Field(default=0.95, gt=0, le=1)
     weight: float = Field(default=1.0, ge=0, le=100)
-    unlabelled_ratio: int = Field(default=3, ge=1, le=64, description="unlabelled images per labelled one in a step")
+    unlabelled_ratio: int = Field(default=1, ge=1, le=64, description="unlabelled images per labelled one in a step")
+    strong_ratio: float = Field(default=0.5, gt=0, le=1, description="share of a step's unlabelled images trained "
+                                "on (those confident at their last visit first); with the defaults a step costs about "
+                                "1.9 supervised steps")
 
 
 class PretrainConfig(_Section):

@@ -4,6 +4,7 @@ It implements the same push / pull contract as the Label Studio client (``push``
 ``listing``; flags and model versions are no-ops: there is no reviewer UI) but keeps tasks in memory and answers them from the ground truth. The default path of the demo and the
 tests is the real Label Studio server with :class:`~pseudolabel.review.simulated.SimulatedReviewer`;
 this one exists so that benchmarks over many seeds and strategies stay cheap.
+:class:`BoxOracleReviewer` does the same for boxes and polygons.
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
 from pseudolabel.review.client import PullResult, TaskInfo
-from pseudolabel.types import Annotation, Candidate, utcnow
+from pseudolabel.types import Annotation, Box, Candidate, utcnow
+
+if TYPE_CHECKING:
+    from pseudolabel.review.simulated_boxes import BoxReviewStats
 
 
 @dataclass
@@ -107,3 +111,70 @@ class OracleReviewer:
     def task_states(self) -> dict[str, str]:
         answered = {a.item.id for a in self._done}
         return {i: ("answered" if i in answered else "queued") for i in self._tasks}
+
+
+class BoxOracleReviewer:
+    """The in-process stand-in for :class:`~pseudolabel.review.simulated_boxes.SimulatedBoxReviewer`
+    (detection / segmentation): same ``submit`` / ``collect`` contract as the Label Studio
+    client, answers from ``truth`` (item id -> true pixel boxes) with the edits a person
+    would make to the pre-drawn boxes (:func:`~pseudolabel.review.simulated_boxes.plan_edits`),
+    counted in :class:`~pseudolabel.review.simulated_boxes.BoxReviewStats`.
+
+    ``sizes``: item id -> image ``(width, height)`` in pixels (segmentation compares masks).
+    """
+
+    def __init__(self, truth: Mapping[str, Sequence[Box]], classes: Sequence[str], *,
+                 sizes: Mapping[str, tuple[int, int]], task: str = "detect", project_title: str = "oracle",
+                 reviewer: str = "oracle@pseudolabel.local") -> None:
+        if task not in ("detect", "segment"):
+            raise ValueError(f"task must be 'detect' or 'segment', got {task!r}")
+        self.truth = truth
+        self.classes = list(classes)
+        self.sizes = sizes
+        self.task = task
+        self.project_title = project_title
+        self.reviewer = reviewer
+        self._tasks: dict[str, tuple[int, Candidate]] = {}
+        self._done: list[Annotation] = []
+        self._next_id = 1
+
+    def submit(self, candidates: Sequence[Candidate], *, round_id: int, model_version: str) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for c in candidates:
+            if c.item.id not in self._tasks:
+                self._tasks[c.item.id] = (self._next_id, c)
+                self._next_id += 1
+            out[c.item.id] = self._tasks[c.item.id][0]
+        return out
+
+    def answer_pending(self) -> "BoxReviewStats":
+        from pseudolabel.review.simulated_boxes import BoxReviewStats, plan_edits
+
+        st = BoxReviewStats()
+        answered = {a.item.id for a in self._done}
+        for item_id, (task_id, cand) in self._tasks.items():
+            if item_id in answered:
+                continue
+            if item_id not in self.truth:
+                raise ValueError(f"item {item_id!r} was queued but has no entry in truth")
+            predicted = cand.prediction.boxes if cand.prediction is not None else ()
+            plan = plan_edits(predicted, self.truth[item_id], task=self.task, image_size=self.sizes.get(item_id))
+            accepted = plan.edits == 0 and cand.prediction is not None
+            st.answered += 1
+            st.accepted += int(accepted)
+            st.corrected += int(not accepted)
+            st.edits += plan.edits
+            st.kept += plan.kept
+            st.relabelled += plan.relabelled
+            st.reshaped += plan.reshaped
+            st.deleted += plan.deleted
+            st.added += plan.added
+            st.per_item.append((item_id, plan.edits))
+            self._done.append(Annotation(item=cand.item, boxes=tuple(plan.final), source="human",
+                                         reviewer=self.reviewer, review_outcome="accepted" if accepted else "corrected",
+                                         ls_task_id=task_id, ls_annotation_id=task_id, created_at=utcnow(),
+                                         empty_ok=True))
+        return st
+
+    def collect(self, *, since: datetime | None = None) -> list[Annotation]:
+        return [a for a in self._done if since is None or a.created_at >= since]

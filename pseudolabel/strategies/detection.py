@@ -12,7 +12,9 @@ Pure numpy. Conventions:
 Composition (modAL-style): :func:`box_uncertainty` gives ``(B,)`` per-box scores,
 :func:`aggregate` reduces them to one image score, :func:`localisation_stability` adds a
 test-time-augmentation term, :func:`image_uncertainty` wires them for one
-:class:`~pseudolabel.types.Prediction`.
+:class:`~pseudolabel.types.Prediction`. :func:`select_images` picks the batch from the
+``(N,)`` image scores and an ``(N, D)`` image-embedding array from any source (the
+detector's own pooled features, or a pretrained / self-supervised backbone's).
 """
 
 from __future__ import annotations
@@ -21,12 +23,20 @@ from typing import Literal
 
 import numpy as np
 
+from collections.abc import Mapping
+from typing import Any
+
+from pseudolabel.strategies.diversity import kcenter_greedy, validate_embeddings
+from pseudolabel.strategies.selection import Selection, top_k
 from pseudolabel.strategies.uncertainty import _KERNELS
 from pseudolabel.types import Prediction
 
 # Image-selection strategies a detection / segmentation round accepts (the others need class
-# probabilities per image).
-DETECTION_STRATEGIES: tuple[str, ...] = ("random", "least_confidence", "margin", "entropy", "kcenter", "hybrid")
+# probabilities per image). The last three use only the embeddings (typicality / coverage).
+DETECTION_STRATEGIES: tuple[str, ...] = ("random", "least_confidence", "margin", "entropy", "kcenter", "hybrid",
+                                         "typiclust", "centroid", "probcover")
+DETECTION_EMBEDDING_STRATEGIES: tuple[str, ...] = ("kcenter", "hybrid", "typiclust", "centroid", "probcover")
+"""Detection strategies that read the image embeddings (and the labelled images' embeddings)."""
 
 Aggregation = Literal["max", "mean", "sum", "topk_mean"]
 AGGREGATIONS: tuple[str, ...] = ("max", "mean", "sum", "topk_mean")
@@ -35,6 +45,7 @@ BOX_SCORES: tuple[str, ...] = tuple(sorted(_KERNELS))
 __all__ = [
     "AGGREGATIONS",
     "BOX_SCORES",
+    "DETECTION_EMBEDDING_STRATEGIES",
     "DETECTION_STRATEGIES",
     "aggregate",
     "box_iou",
@@ -44,6 +55,7 @@ __all__ = [
     "image_uncertainty",
     "localisation_stability",
     "normalise_box_probs",
+    "select_images",
 ]
 
 
@@ -248,3 +260,89 @@ def image_uncertainty(
         raise ValueError(f"stability_weight must be in [0, 1], got {stability_weight!r}")
     instability = localisation_stability(boxes_array(prediction), boxes_array(tta_prediction), width)
     return float((1.0 - stability_weight) * base + stability_weight * instability)
+
+
+def select_images(
+    scores: np.ndarray,
+    k: int,
+    *,
+    strategy: str,
+    embeddings: np.ndarray | None = None,
+    labelled_embeddings: np.ndarray | None = None,
+    hybrid_factor: int = 5,
+    n_classes: int | None = None,
+    seed: int = 0,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Selection:
+    """Pick ``k`` images for review.
+
+    Args:
+        scores: (N,) image uncertainty (higher = more uncertain), e.g. from
+            :func:`image_uncertainty`.
+        k: batch size; ``min(k, N)`` are returned.
+        strategy: one of :data:`DETECTION_STRATEGIES`: ``random``; ``least_confidence`` /
+            ``margin`` / ``entropy`` (top-k by ``scores``, which the caller computed with that
+            box score); ``kcenter`` (greedy k-center on ``embeddings``); ``hybrid`` (the top
+            ``hybrid_factor * k`` by ``scores``, then k-center among them); ``typiclust`` /
+            ``centroid`` / ``probcover`` (typicality / coverage on ``embeddings`` only).
+        embeddings: (N, D) image embeddings from any source: the detector's own, or a
+            pretrained / self-supervised backbone's (better in the first rounds).
+        labelled_embeddings: (M, D) embeddings of the images labelled already, same source.
+        n_classes: the class count; ``probcover`` chooses its radius with that many clusters
+            unless ``options["probcover"]["delta"]`` is set.
+        seed: seed of ``random`` and of the clustering / first k-center pick.
+        options: strategy options by name, as for :func:`~pseudolabel.strategies.select`.
+
+    Returns:
+        :class:`~pseudolabel.strategies.Selection`: (min(k, N),) indices in pick order and
+        their ``scores``.
+
+    Raises:
+        ValueError: unknown strategy (listing :data:`DETECTION_STRATEGIES`), missing or
+        mismatched embeddings.
+    """
+    from pseudolabel.strategies.coldstart import centroid
+    from pseudolabel.strategies.probcover import DEFAULT_PURITY, probcover
+    from pseudolabel.strategies.typiclust import typiclust
+
+    if strategy not in DETECTION_STRATEGIES:
+        raise ValueError(f"detection strategy {strategy!r} is not one of {', '.join(DETECTION_STRATEGIES)}")
+    sc = np.asarray(scores, dtype=np.float64).reshape(-1)
+    n = sc.shape[0]
+    k = min(int(k), n)
+    if k <= 0:
+        return Selection(np.zeros(0, dtype=np.int64), np.zeros(0), strategy)
+    emb = lab = None
+    if strategy in DETECTION_EMBEDDING_STRATEGIES:
+        if embeddings is None:
+            raise ValueError(f"detection strategy {strategy!r} needs embeddings, an (N, D) array")
+        emb = validate_embeddings(embeddings)
+        if emb.shape[0] != n:
+            raise ValueError(f"embeddings have {emb.shape[0]} rows but scores {n}; one row per image")
+        if labelled_embeddings is not None and len(labelled_embeddings):
+            lab = validate_embeddings(labelled_embeddings, name="labelled_embeddings")
+            if lab.shape[1] != emb.shape[1]:
+                raise ValueError(f"labelled_embeddings have D={lab.shape[1]} but embeddings have D={emb.shape[1]}; "
+                                 "both must come from the same backbone")
+    opts = dict((options or {}).get(strategy) or {})
+    if strategy == "random":
+        idx = np.random.default_rng(seed).permutation(n)[:k]
+    elif strategy in ("least_confidence", "margin", "entropy"):
+        idx = top_k(sc, k)
+    elif strategy == "kcenter":
+        idx = kcenter_greedy(emb, k, already_selected=lab, seed=seed)
+    elif strategy == "hybrid":
+        cand = top_k(sc, min(int(hybrid_factor) * k, n))
+        local = kcenter_greedy(emb[cand], k, already_selected=lab,  # type: ignore[index]
+                               start=0 if lab is None else None, seed=seed)
+        idx = cand[local]
+    elif strategy == "typiclust":
+        idx = typiclust(emb, k, labelled_embeddings=lab, seed=seed)  # type: ignore[arg-type]
+    elif strategy == "centroid":
+        idx = centroid(emb, k, labelled_embeddings=lab, seed=seed)  # type: ignore[arg-type]
+    else:
+        idx = probcover(emb, k, labelled_embeddings=lab, delta=opts.get("delta"),  # type: ignore[arg-type]
+                        n_clusters=opts.get("n_clusters", n_classes), purity=float(opts.get("purity", DEFAULT_PURITY)),
+                        seed=seed)
+    idx = np.asarray(idx, dtype=np.int64)
+    return Selection(idx, sc[idx], strategy)

@@ -36,7 +36,10 @@ interleaved round by round.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 
@@ -55,7 +58,8 @@ class Selection:
         indices: (k,) int64 pool row indices, unique, most uncertain / first picked first.
         scores: (k,) float64 uncertainty score of each pick (higher = more uncertain); what
             the score is depends on the strategy (see the module docstring).
-        strategy: the strategy name that produced it.
+        strategy: the strategy name that produced it (``"schedule:margin"`` when a strategy
+            delegated to another).
     """
 
     indices: np.ndarray
@@ -87,6 +91,8 @@ class SelectionRequest:
     uncertainty: str
     seed: int | None
     mc_probs: np.ndarray | None = None   # (T, n, C) MC-dropout samples, for ``bald``
+    # Strategy-specific options by strategy name, e.g. {"probcover": {"delta": 0.3}}.
+    options: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
 
     def need_probs(self) -> np.ndarray:
         if self.probs is None:
@@ -127,6 +133,7 @@ def select(
     uncertainty: str = "entropy",
     seed: int | None = 0,
     mc_probs: np.ndarray | None = None,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Selection:
     """Pick ``k`` pool items to review with the named strategy.
 
@@ -146,6 +153,10 @@ def select(
             ``least_confidence``.
         seed: seed for ``random`` and the first ``kcenter`` pick; same seed, same result.
         mc_probs: (T, N, C) Monte-Carlo dropout samples, needed by ``bald``.
+        options: strategy-specific options by strategy name, e.g.
+            ``{"probcover": {"delta": 0.3, "purity": 0.95}, "schedule": {"low": "typiclust",
+            "high": "margin", "switch_per_class": 5}}`` (see each strategy's module); other
+            strategies ignore them.
 
     Returns:
         :class:`Selection` with (min(k, N),) ``indices`` and ``scores``.
@@ -164,6 +175,10 @@ def select(
     if isinstance(hybrid_factor, bool) or not isinstance(hybrid_factor, (int, np.integer)) or hybrid_factor < 1:
         raise ValueError(f"hybrid_factor must be an int >= 1; got {hybrid_factor!r}")
 
+    if options is not None and (not isinstance(options, Mapping)
+                                or not all(isinstance(v, Mapping) for v in options.values())):
+        raise ValueError(f"options must map strategy names to option mappings, e.g. "
+                         f"{{'probcover': {{'delta': 0.3}}}}; got {options!r}")
     p = validate_probs(probs) if probs is not None else None
     emb = validate_embeddings(embeddings) if embeddings is not None else None
     lab = (
@@ -211,12 +226,15 @@ def select(
         uncertainty=uncertainty,
         seed=seed,
         mc_probs=mc_probs,
+        options=MappingProxyType({str(name): dict(v) for name, v in (options or {}).items()}),
     )
     sel = fn(req)
+    # A strategy that delegates (``schedule``) names the one it ran: "schedule:typiclust".
+    name = strategy if not sel.strategy or sel.strategy == strategy else f"{strategy}:{sel.strategy}"
     return Selection(
         _frozen(np.asarray(sel.indices, dtype=np.int64)),
         _frozen(np.asarray(sel.scores, dtype=np.float64)),
-        strategy,
+        name,
     )
 
 
