@@ -32,6 +32,7 @@ training on the whole pool); "labels to 90 % / 95 %" then stay empty.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import time
@@ -205,42 +206,26 @@ def _export(dataset: str, data_root: Path, *, data_seed: int, n_pool: int | None
 def full_data_reference(cfg: Any, truth: dict[str, Any]) -> dict[str, Any]:
     """Train the campaign's model once on seed + the whole pool with true labels and score it
     on the holdout: the accuracy (detection: mAP50) an unlimited labelling budget would buy."""
-    from loops.round import _build_model
-    from pseudolabel.data.formats import read_labels
+    import tempfile
+
     from pseudolabel.data.ingest import scan_folder
-    from pseudolabel.metrics import classification_metrics
-    from pseudolabel.types import Annotation
+    from pseudolabel.models import registry
+    from pseudolabel.tasks import task_for
 
     t0 = time.perf_counter()
-    if cfg.task != "classify":
-        return _detection_reference(cfg, truth, t0)
-    seed = read_labels(cfg.data.seed.format, cfg.data.seed.path, classes=cfg.classes)
-    hold = read_labels(cfg.data.holdout.format, cfg.data.holdout.path, classes=cfg.classes)
+    task = task_for(cfg)
+    seed, hold = task.read("seed"), task.read("holdout")
     pool = scan_folder(cfg.data.pool.path, recursive=True)
-    train = [Annotation(item=it, label=seed.labels[it.id], source="seed") for it in seed.items]
-    train += [Annotation(item=it, label=truth[it.id], source="human") for it in pool.items]
-    model = _build_model(cfg, progress=False).fit(train)
-    probs, _ = model.predict_proba_embed(hold.items, batch_size=cfg.model.infer_batch_size)
-    pred = [cfg.classes[i] for i in probs.argmax(1)]
-    m = classification_metrics([hold.labels[it.id] for it in hold.items], pred, classes=cfg.classes)
-    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "train_size": len(train),
-            "holdout_size": len(hold.items), "seconds": round(time.perf_counter() - t0, 1)}
-
-
-def _detection_reference(cfg: Any, truth: dict[str, Any], t0: float) -> dict[str, Any]:
-    from loops import detection
-    from pseudolabel.data.ingest import scan_folder
-    from pseudolabel.types import Annotation
-
-    seed = detection.read_labelled(cfg, "seed")
-    hold = detection.read_labelled(cfg, "holdout")
-    pool = scan_folder(cfg.data.pool.path, recursive=True)
-    train = [Annotation(item=it, boxes=tuple(seed.boxes[it.id]), source="seed", empty_ok=True) for it in seed.items]
-    train += [Annotation(item=it, boxes=tuple(truth[it.id]), source="human", empty_ok=True) for it in pool.items]
-    model = detection.build_model(cfg, n_train=len(train)).fit(train)
-    m = detection.evaluate(cfg, model, hold.items, hold.boxes)
-    return {"accuracy": m["map50"], "map50": m["map50"], "map50_95": m["map50_95"], "train_size": len(train),
-            "holdout_size": len(hold.items), "seconds": round(time.perf_counter() - t0, 1)}
+    train = [task.seed_annotation(it, seed.labels[it.id]) for it in seed.items]
+    # The pool with its true labels, as if a reviewer had answered every image.
+    train += [dataclasses.replace(task.seed_annotation(it, truth[it.id]), source="human") for it in pool.items]
+    model = registry.build(cfg, n_train=len(train)).fit(train)
+    with tempfile.TemporaryDirectory() as tmp:
+        m = task.evaluate(model, hold.items, hold.labels, Path(tmp))
+    head = m["accuracy"] if cfg.task == "classify" else m["map50"]
+    extra = {"macro_f1": m["macro_f1"]} if cfg.task == "classify" else {"map50": m["map50"], "map50_95": m["map50_95"]}
+    return {"accuracy": head, **extra, "train_size": len(train), "holdout_size": len(hold.items),
+            "seconds": round(time.perf_counter() - t0, 1)}
 
 
 @dataclass
@@ -421,12 +406,12 @@ def _run_benchmark(
                     seed_strategy=seed_strategy)
     metric = "accuracy" if prep.task == "classify" else "map50"
     if prep.task != "classify":
-        from pseudolabel.strategies.detection import DETECTION_STRATEGIES
+        from pseudolabel.strategies.detection import detection_strategies
 
-        bad = [s for s in strategies if s not in DETECTION_STRATEGIES]
+        bad = [s for s in strategies if s not in detection_strategies()]
         if bad:
             raise ValueError(f"strategies {bad!r} do not apply to detection; choose from: "
-                             f"{', '.join(DETECTION_STRATEGIES)}")
+                             f"{', '.join(detection_strategies())}")
     if prep.bench is not None:
         bd = prep.bench
         skipped = ", ".join(f"{v} {k}" for k, v in bd.skipped.items() if v)

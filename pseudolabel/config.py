@@ -492,15 +492,52 @@ class Config(_Section):
         if not det and self.stop.metric not in ("accuracy", "macro_f1"):
             raise ValueError(f"stop.metric {self.stop.metric!r} needs task detect/segment; classify reports "
                              "accuracy, macro_f1")
-        from pseudolabel.strategies.detection import DETECTION_STRATEGIES
+        from pseudolabel.strategies.detection import detection_strategies
 
-        if det and self.selection.strategy not in DETECTION_STRATEGIES:
+        if det and self.selection.strategy not in detection_strategies():
             raise ValueError(f"selection.strategy {self.selection.strategy!r} is for classification; task "
-                             f"{self.task} accepts: {', '.join(DETECTION_STRATEGIES)}")
+                             f"{self.task} accepts: {', '.join(detection_strategies())}")
         unknown = sorted(set(self.pseudo.class_thresholds) - set(self.classes))
         if unknown:
             raise ValueError(f"pseudo.class_thresholds names unknown classes {unknown!r}; classes are {self.classes!r}")
+        self._check_keys_fit(det)
         return self
+
+    def _check_keys_fit(self, det: bool) -> None:
+        """Keys that do nothing for this task or model are errors saying why (compared by value
+        with their default, not by "was it set": a saved round config repeats every default)."""
+        def changed(section: BaseModel, *keys: str) -> list[str]:
+            fields = type(section).model_fields
+            return [k for k in keys if getattr(section, k) != fields[k].get_default(call_default_factory=True)]
+
+        rules: list[tuple[str, BaseModel, tuple[str, ...], str]] = []
+        if det:
+            rules += [
+                ("selection", self.selection, ("class_balance", "mc_samples"),
+                 f"needs each image's class probabilities (classification), not task {self.task}'s boxes"),
+                ("quality", self.quality, ("enabled",), "turns on the label-quality check (confident learning), "
+                 "which is for classification"),
+                ("pseudo", self.pseudo, ("mode", "threshold"), "is for classification; boxes use pseudo.box_threshold "
+                 "and pseudo.class_thresholds"),
+                ("pseudo", self.pseudo, ("per_epoch", "ratio"), "bounds the pseudo-labels per epoch of a classifier; "
+                 "YOLO trains on every pseudo-labelled image"),
+            ]
+        else:
+            rules += [
+                ("selection", self.selection, ("aggregate", "topk", "min_box_score", "localisation", "predraw_conf",
+                                               "predraw_fallback"), "is for boxes (task detect / segment)"),
+                ("pseudo", self.pseudo, ("box_threshold",), "is for boxes; classification uses pseudo.threshold"),
+            ]
+        if self.model.arch != "yolo":
+            rules.append(("model", self.model, ("yolo_yaml", "conf", "iou", "train_args", "runtime"),
+                          f"is for model.arch yolo; arch is {self.model.arch!r}"))
+        for name, section, keys, why in rules:
+            bad = changed(section, *keys)
+            if bad:
+                raise ValueError(f"{name}.{bad[0]} {why}")
+        if self.model.arch == "yolo" and self.consistency.enabled:
+            raise ValueError("consistency (FixMatch) training needs model.arch small_cnn or resnet18; YOLO does not "
+                             "train on unlabelled images (use pseudo-labels)")
 
     def snapshot(self) -> dict[str, Any]:
         """Plain, YAML-serialisable dict of the effective config (no secrets in it)."""
@@ -540,6 +577,8 @@ def _format_validation(err: ValidationError, origin: str) -> str:
             lines.append(f"  {key}: {e['input']!r} is not accepted; {e['msg'].lower()}")
         elif e["type"] == "missing":
             lines.append(f"  {key}: required key is missing")
+        elif not e["loc"]:
+            lines.append(f"  {e['msg'].removeprefix('Value error, ')}")   # a rule across keys: the message names them
         else:
             lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
     return "\n".join(lines)

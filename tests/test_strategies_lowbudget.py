@@ -270,7 +270,7 @@ def test_select_rejects_malformed_options() -> None:
 
 
 def test_detection_select_images_on_backbone_embeddings() -> None:
-    from pseudolabel.strategies.detection import DETECTION_STRATEGIES, select_images
+    from pseudolabel.strategies.detection import detection_strategies, select_images
 
     x, blob = _blobs()
     scores = np.linspace(0, 1, len(x))            # the last blob is the most uncertain
@@ -286,7 +286,7 @@ def test_detection_select_images_on_backbone_embeddings() -> None:
     assert set(hyb.indices.tolist()) <= set(range(194, 200)) and hyb.indices[0] == 199
     lab = select_images(scores, 3, strategy="typiclust", embeddings=x, labelled_embeddings=x[150:152])
     assert 3 not in blob[lab.indices].tolist()
-    assert "probcover" in DETECTION_STRATEGIES
+    assert "probcover" in detection_strategies()
     with pytest.raises(ValueError, match="needs embeddings"):
         select_images(scores, 3, strategy="kcenter")
     with pytest.raises(ValueError, match="not one of"):

@@ -272,6 +272,12 @@ class TorchvisionClassifier(AdapterBase):
 
     task: TaskType = "classify"
 
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """Trains on unlabelled images (consistency); MC dropout with ``small_cnn`` (resnet18
+        has no dropout layer)."""
+        return frozenset({"unlabelled", "mc_dropout"} if self.arch == "small_cnn" else {"unlabelled"})
+
     def __init__(
         self,
         classes: Sequence[str],
@@ -832,6 +838,59 @@ class TorchvisionClassifier(AdapterBase):
                 np.zeros((0, self.embedding_dim_), dtype=np.float32),
             )
         return np.stack([p.probs for p in preds]), np.stack([p.embedding for p in preds])  # type: ignore[misc]
+
+    def mc_dropout_probs(self, items: Sequence[Item], *, T: int = 10, batch_size: int | None = 64,
+                         seed: int | None = 0) -> np.ndarray:
+        """The ``mc_dropout`` capability: ``T`` forward passes with dropout on, ``(T, N, C)``
+        float32 softmax probabilities (columns in ``classes_`` order, rows in ``items`` order).
+
+        Images are decoded as :meth:`predict` decodes them. Batch-norm layers stay in eval
+        mode; only dropout layers are switched to training mode, and every module's mode is
+        restored afterwards, so later ``predict`` calls are unaffected. ``seed``: torch seed of
+        the dropout masks (the global RNG state is restored after); ``None`` leaves the RNG
+        alone. Raises ``ValueError`` when not fitted, when the network has no dropout layer
+        with p > 0 (every pass would be identical, e.g. ``resnet18``), or for bad ``T`` /
+        ``batch_size`` / items.
+        """
+        self._check_fitted()
+        batch_size = 64 if batch_size is None else batch_size
+        for name, value in (("T", T), ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1; got {value!r}")
+        net = self.net_
+        dropouts = [m for m in net.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+        if not dropouts or all(float(getattr(m, "p", 0.0)) == 0.0 for m in dropouts):
+            raise ValueError(
+                f"{type(net).__name__} has no dropout layer with p > 0, so all T passes would be "
+                "identical; use arch='small_cnn' (dropout before the head) for BALD"
+            )
+        items = list(items)
+        for i, it in enumerate(items):
+            if not isinstance(it, Item):
+                raise ValueError(f"items[{i}] is a {type(it).__name__}, expected an Item")
+        out = np.empty((int(T), len(items), len(self.classes_)), dtype=np.float32)
+        if not items:
+            return out
+        device = self.device_
+        modes = {m: m.training for m in net.modules()}
+        fork_devices = [device] if device.type == "cuda" else []
+        try:
+            net.eval()
+            for m in dropouts:
+                m.train()
+            with torch.random.fork_rng(devices=fork_devices, enabled=seed is not None), torch.no_grad():
+                if seed is not None:
+                    torch.manual_seed(int(seed))
+                for lo in range(0, len(items), int(batch_size)):
+                    batch = items[lo : lo + int(batch_size)]
+                    x = self._normalise(self._decode_all([Path(it.path) for it in batch]), device)
+                    for t in range(int(T)):
+                        logits, _ = _forward(net, x)
+                        out[t, lo : lo + x.shape[0]] = torch.softmax(logits.float(), dim=1).cpu().numpy()
+        finally:
+            for m, mode in modes.items():
+                m.training = mode
+        return out
 
     def save(self, path: Path | str) -> None:
         """Write ``{"format", "config", "state_dict"}`` to ``path`` atomically.

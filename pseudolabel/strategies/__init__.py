@@ -19,7 +19,7 @@ Importing this package only defines names and fills the strategy registry.
 """
 
 from .badge import badge, gradient_embeddings
-from .bayesian import bald, mc_dropout_probs, select_bald
+from .bayesian import bald, select_bald
 from .diversity import kcenter_greedy
 from .registry import STRATEGIES, STRATEGY_NAMES, get_strategy, register, uses_labelled_embeddings
 from .selection import Selection, SelectionRequest, balanced_top_k, select, top_k
@@ -56,7 +56,6 @@ __all__ = [
     "kcenter_greedy",
     "least_confidence",
     "margin",
-    "mc_dropout_probs",
     "probcover",
     "purity_delta",
     "random_scores",

@@ -19,24 +19,16 @@ detector's own pooled features, or a pretrained / self-supervised backbone's).
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import numpy as np
 
-from collections.abc import Mapping
-from typing import Any
-
-from pseudolabel.strategies.diversity import kcenter_greedy, validate_embeddings
-from pseudolabel.strategies.selection import Selection, top_k
+from pseudolabel.strategies.registry import needs_probs, without_probs
+from pseudolabel.strategies.selection import Selection
 from pseudolabel.strategies.uncertainty import _KERNELS
 from pseudolabel.types import Prediction
 
-# Image-selection strategies a detection / segmentation round accepts (the others need class
-# probabilities per image). The last three use only the embeddings (typicality / coverage).
-DETECTION_STRATEGIES: tuple[str, ...] = ("random", "least_confidence", "margin", "entropy", "kcenter", "hybrid",
-                                         "typiclust", "centroid", "probcover")
-DETECTION_EMBEDDING_STRATEGIES: tuple[str, ...] = ("kcenter", "hybrid", "typiclust", "centroid", "probcover")
-"""Detection strategies that read the image embeddings (and the labelled images' embeddings)."""
 
 Aggregation = Literal["max", "mean", "sum", "topk_mean"]
 AGGREGATIONS: tuple[str, ...] = ("max", "mean", "sum", "topk_mean")
@@ -45,8 +37,7 @@ BOX_SCORES: tuple[str, ...] = tuple(sorted(_KERNELS))
 __all__ = [
     "AGGREGATIONS",
     "BOX_SCORES",
-    "DETECTION_EMBEDDING_STRATEGIES",
-    "DETECTION_STRATEGIES",
+    "detection_strategies",
     "aggregate",
     "box_iou",
     "box_uncertainty",
@@ -274,75 +265,51 @@ def select_images(
     seed: int = 0,
     options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Selection:
-    """Pick ``k`` images for review.
+    """Pick ``k`` images for review with any registered strategy that runs without class
+    probabilities (:func:`detection_strategies`), through the one
+    :func:`~pseudolabel.strategies.select`.
 
     Args:
         scores: (N,) image uncertainty (higher = more uncertain), e.g. from
-            :func:`image_uncertainty`.
+            :func:`image_uncertainty`: what the uncertainty strategies rank by.
         k: batch size; ``min(k, N)`` are returned.
-        strategy: one of :data:`DETECTION_STRATEGIES`: ``random``; ``least_confidence`` /
-            ``margin`` / ``entropy`` (top-k by ``scores``, which the caller computed with that
-            box score); ``kcenter`` (greedy k-center on ``embeddings``); ``hybrid`` (the top
-            ``hybrid_factor * k`` by ``scores``, then k-center among them); ``typiclust`` /
-            ``centroid`` / ``probcover`` (typicality / coverage on ``embeddings`` only).
+        strategy: e.g. ``random``; ``least_confidence`` / ``margin`` / ``entropy`` (top-k by
+            ``scores``, which the caller computed with that box score); ``kcenter``;
+            ``hybrid`` (the top ``hybrid_factor * k`` by ``scores``, then k-center among them);
+            ``typiclust`` / ``centroid`` / ``probcover`` (typicality / coverage on
+            ``embeddings``); ``schedule``; or one registered later.
         embeddings: (N, D) image embeddings from any source: the detector's own, or a
             pretrained / self-supervised backbone's (better in the first rounds).
         labelled_embeddings: (M, D) embeddings of the images labelled already, same source.
-        n_classes: the class count; ``probcover`` chooses its radius with that many clusters
-            unless ``options["probcover"]["delta"]`` is set.
+        n_classes: the class count (``probcover`` clusters into that many groups unless
+            ``options["probcover"]["delta"]`` is set; ``schedule`` counts labels per class).
         seed: seed of ``random`` and of the clustering / first k-center pick.
         options: strategy options by name, as for :func:`~pseudolabel.strategies.select`.
 
     Returns:
         :class:`~pseudolabel.strategies.Selection`: (min(k, N),) indices in pick order and
-        their ``scores``.
+        their scores.
 
     Raises:
-        ValueError: unknown strategy (listing :data:`DETECTION_STRATEGIES`), missing or
-        mismatched embeddings.
+        ValueError: a strategy that needs class probabilities (listing the ones that do
+        not), missing or mismatched embeddings.
     """
-    from pseudolabel.strategies.coldstart import centroid
-    from pseudolabel.strategies.probcover import DEFAULT_PURITY, probcover
-    from pseudolabel.strategies.typiclust import typiclust
+    from pseudolabel.strategies.selection import select
 
-    if strategy not in DETECTION_STRATEGIES:
-        raise ValueError(f"detection strategy {strategy!r} is not one of {', '.join(DETECTION_STRATEGIES)}")
+    if needs_probs(strategy):
+        raise ValueError(f"strategy {strategy!r} is not one of the strategies for boxes (it needs class "
+                         f"probabilities per image): {', '.join(detection_strategies())}")
     sc = np.asarray(scores, dtype=np.float64).reshape(-1)
-    n = sc.shape[0]
-    k = min(int(k), n)
-    if k <= 0:
+    if min(int(k), sc.shape[0]) <= 0:
         return Selection(np.zeros(0, dtype=np.int64), np.zeros(0), strategy)
-    emb = lab = None
-    if strategy in DETECTION_EMBEDDING_STRATEGIES:
-        if embeddings is None:
-            raise ValueError(f"detection strategy {strategy!r} needs embeddings, an (N, D) array")
-        emb = validate_embeddings(embeddings)
-        if emb.shape[0] != n:
-            raise ValueError(f"embeddings have {emb.shape[0]} rows but scores {n}; one row per image")
-        if labelled_embeddings is not None and len(labelled_embeddings):
-            lab = validate_embeddings(labelled_embeddings, name="labelled_embeddings")
-            if lab.shape[1] != emb.shape[1]:
-                raise ValueError(f"labelled_embeddings have D={lab.shape[1]} but embeddings have D={emb.shape[1]}; "
-                                 "both must come from the same backbone")
-    opts = dict((options or {}).get(strategy) or {})
-    if strategy == "random":
-        idx = np.random.default_rng(seed).permutation(n)[:k]
-    elif strategy in ("least_confidence", "margin", "entropy"):
-        idx = top_k(sc, k)
-    elif strategy == "kcenter":
-        idx = kcenter_greedy(emb, k, already_selected=lab, seed=seed)
-    elif strategy == "hybrid":
-        cand = top_k(sc, min(int(hybrid_factor) * k, n))
-        local = kcenter_greedy(emb[cand], k, already_selected=lab,  # type: ignore[index]
-                               start=0 if lab is None else None, seed=seed)
-        idx = cand[local]
-    elif strategy == "typiclust":
-        idx = typiclust(emb, k, labelled_embeddings=lab, seed=seed)  # type: ignore[arg-type]
-    elif strategy == "centroid":
-        idx = centroid(emb, k, labelled_embeddings=lab, seed=seed)  # type: ignore[arg-type]
-    else:
-        idx = probcover(emb, k, labelled_embeddings=lab, delta=opts.get("delta"),  # type: ignore[arg-type]
-                        n_clusters=opts.get("n_clusters", n_classes), purity=float(opts.get("purity", DEFAULT_PURITY)),
-                        seed=seed)
-    idx = np.asarray(idx, dtype=np.int64)
-    return Selection(idx, sc[idx], strategy)
+    emb = embeddings if embeddings is not None and np.asarray(embeddings).size else None
+    return select(strategy, k=int(k), scores=sc, embeddings=emb, labelled_embeddings=labelled_embeddings,
+                  hybrid_factor=hybrid_factor, seed=seed, options=options, n_classes=n_classes)
+
+
+def detection_strategies() -> tuple[str, ...]:
+    """The strategies a detection / segmentation round accepts: every registered strategy
+    that runs without class probabilities (so one registered later is usable for boxes)."""
+    import pseudolabel.strategies  # noqa: F401  (fills the registry)
+
+    return without_probs()

@@ -320,8 +320,8 @@ def _probcover_strategy(req: SelectionRequest) -> Selection:
         )
     opts = dict(req.options.get("probcover") or {})
     n_clusters = opts.get("n_clusters")
-    if n_clusters is None and req.probs is not None:
-        n_clusters = int(req.probs.shape[1])
+    if n_clusters is None:
+        n_clusters = req.n_classes
     picks = probcover(emb, req.k, labelled_embeddings=req.labelled_embeddings, delta=opts.get("delta"),
                       n_clusters=n_clusters, purity=float(opts.get("purity", DEFAULT_PURITY)), seed=req.seed)
     return Selection(picks, req.entropy_or_zero(picks))

@@ -82,9 +82,10 @@ def _schedule_strategy(req: SelectionRequest) -> Selection:
     unknown = sorted(set(opts) - {"low", "high", "switch_per_class"})
     if unknown:
         raise ValueError(f"unknown schedule options {unknown!r}; accepted: low, high, switch_per_class")
-    probs = req.need_probs()
+    if req.n_classes is None:
+        raise ValueError("strategy 'schedule' needs probs (N, C), or n_classes, to count labels per class")
     n_labelled = 0 if req.labelled_embeddings is None else int(req.labelled_embeddings.shape[0])
-    name = scheduled_strategy(n_labelled, int(probs.shape[1]), low=str(opts.get("low", "typiclust")),
+    name = scheduled_strategy(n_labelled, req.n_classes, low=str(opts.get("low", "typiclust")),
                               high=str(opts.get("high", "margin")),
                               switch_per_class=float(opts.get("switch_per_class", DEFAULT_SWITCH_PER_CLASS)))
     sel = get_strategy(name)(dataclasses.replace(req, strategy=name))
