@@ -1,20 +1,16 @@
 """User mistakes and bad answers found by the fault suite (tests/faults), pinned as unit tests:
-files in another encoding name the file, line and encoding; an empty seed or holdout set is
-refused before a round opens; answers with wrong types or boxes outside the image never pass
-as labels."""
+a config in another encoding names the file, line and encoding; answers with wrong types or
+boxes outside the image never pass as labels; a bad token or a page that is not the API is
+one line."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-import yaml
 
-from loops.demo import demo_config, export_digits
-from loops.round import ingest
 from pseudolabel.config import ConfigError, load_config
 from pseudolabel.data.formats import read_csv_labels
-from pseudolabel.data.ledger import Ledger
 from pseudolabel.review import convert
 from pseudolabel.review.decode import Decoder
 from pseudolabel.types import Item
@@ -40,3 +36,14 @@ def test_latin1_label_csv_and_config_are_named(tmp_path: Path) -> None:
     cfg.write_bytes("project: café\n".encode("latin-1"))
     with pytest.raises(ConfigError, match=r"c\.yaml:1: not UTF-8 text"):
         load_config(cfg, environ={})
+
+
+def _choices(value: object) -> list[dict[str, object]]:
+    return [{"from_name": "label", "to_name": "image", "type": "choices", "value": value}]
+
+
+@pytest.mark.parametrize("value", [{"choices": "3"}, {"choices": "12"}, {"choices": [3]}, {"choices": [None]},
+                                   ["3"], "3"])
+def test_choices_of_wrong_type_are_not_a_label(value: object) -> None:
+    with pytest.raises(ValueError, match="is not a list of class names"):
+        convert.label_from_choices(_choices(value))
