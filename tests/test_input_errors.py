@@ -47,3 +47,24 @@ def _choices(value: object) -> list[dict[str, object]]:
 def test_choices_of_wrong_type_are_not_a_label(value: object) -> None:
     with pytest.raises(ValueError, match="is not a list of class names"):
         convert.label_from_choices(_choices(value))
+
+
+def _rect(x: float, y: float, w: float, h: float) -> dict[str, object]:
+    return {"from_name": "label", "to_name": "image", "type": "rectanglelabels", "original_width": 100,
+            "original_height": 50, "value": {"x": x, "y": y, "width": w, "height": h, "rotation": 0,
+                                             "rectanglelabels": ["cat"]}}
+
+
+def test_boxes_outside_the_image_are_clipped_or_refused(tmp_path: Path) -> None:
+    dec = Decoder(("cat",), "detect", tmp_path, None)
+    item = Item(id="x", path=tmp_path / "x.png", width=100, height=50)
+    warnings: list[str] = []
+    _, boxes = dec.result([_rect(10, 10, 20, 20)], item, warnings)
+    assert (boxes[0].x1, boxes[0].y1, boxes[0].x2, boxes[0].y2) == (10, 5, 30, 15) and warnings == []
+    _, boxes = dec.result([_rect(90, -10, 20, 40)], item, warnings)  # reaches over two edges
+    assert (boxes[0].x1, boxes[0].y1, boxes[0].x2, boxes[0].y2) == (90, 0, 100, 15)
+    assert len(warnings) == 1 and "clipped to [90.0, 0.0, 100.0, 15.0] px" in warnings[0]
+    with pytest.raises(ValueError, match=r"lies outside the 100x50 image"):
+        dec.result([_rect(150, 150, 20, 20)], item, [])
+    with pytest.raises(ValueError, match="has no area"):
+        dec.result([_rect(10, 10, 0, 20)], item, [])
