@@ -222,7 +222,9 @@ def sync_reviews(
             client.flag_task(r.task_id, f"{FLAG_PREFIX} {r.reason}. Please fix it and submit again.")  # type: ignore[attr-defined]
             if log is not None:
                 log(f"  sync: answer {r.annotation_id} on task {r.task_id} not used: {r.reason} (flagged in Label Studio)")
-    fixed = {a.ls_task_id for a in mine} - {r.task_id for r in rejected if r.action == "ignored"}
+    # A flag comes off every pulled task whose answers all decode now: a fixed answer, and
+    # also an answer the ledger already holds that the server had sent garbled for a while.
+    fixed = {a.ls_task_id for a in anns if a.item.id in known} - {r.task_id for r in rejected if r.action == "ignored"}
     for tid in sorted(t for t in fixed if t is not None and str(pulled.notes.get(t, "")).startswith(FLAG_PREFIX)):
         client.flag_task(tid, "")  # type: ignore[attr-defined]
     rec = reconcile(ledger, client)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from loops.review import sync_reviews
+from loops.review import FLAG_PREFIX, sync_reviews
 from pseudolabel.data.ledger import Ledger
 from pseudolabel.review.client import LabelStudioClient
 from pseudolabel.types import Candidate
@@ -62,3 +62,32 @@ def test_sync_deletes_unanswered_duplicates(label_studio: Any, ls_images_root: P
     assert again.duplicates_deleted == 0 and again.duplicates == 1 and again.added == 0
     ledger.close()
 
+
+def test_sync_lifts_flags_of_answers_that_decode(label_studio: Any, ls_images_root: Path, make_digit_pngs: Any,
+                                                tmp_path: Path) -> None:
+    """A task flagged while the server sent its answer garbled (tests/faults: server garbage),
+    whose answer the ledger already holds, is unflagged by the next sync; a task whose answer
+    is still unusable stays flagged."""
+    items = make_digit_pngs(ls_images_root / "flags", 2, offset=620)
+    client = LabelStudioClient(label_studio.url, label_studio.token, "stale flags", CLASSES,
+                               images_root=ls_images_root)
+    client.ensure_project()
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    ledger.add_items(items, split="pool")
+    tasks = client.submit([Candidate(item=it, score=1.0, prediction=None, strategy="entropy") for it in items],
+                          round_id=1)
+    ledger.record_tasks(client.project_title, 1, tasks)
+    good, bad = (tasks[it.id] for it in items)
+    client.annotate(good, "5")
+    client.annotate(bad, result=[{"from_name": "label", "to_name": "image", "type": "choices",
+                                  "value": {"choices": ["5", "6"]}}])
+    first = sync_reviews(ledger, client, round_id=1)
+    assert first.added == 1 and first.rejected == 1
+    client.flag_task(good, f"{FLAG_PREFIX} result is str, not a list of regions. Please fix it and submit again.")
+    flagged = {t.task_id for t in client.listing() if str(t.data.get("note", "")).startswith(FLAG_PREFIX)}
+    assert flagged == {good, bad}
+    second = sync_reviews(ledger, client, round_id=1)
+    assert second.added == 0
+    flagged = {t.task_id for t in client.listing() if str(t.data.get("note", "")).startswith(FLAG_PREFIX)}
+    assert flagged == {bad}
+    ledger.close()
