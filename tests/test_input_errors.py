@@ -68,3 +68,34 @@ def test_boxes_outside_the_image_are_clipped_or_refused(tmp_path: Path) -> None:
         dec.result([_rect(150, 150, 20, 20)], item, [])
     with pytest.raises(ValueError, match="has no area"):
         dec.result([_rect(10, 10, 0, 20)], item, [])
+
+
+def test_a_success_status_without_the_api_is_a_protocol_error() -> None:
+    from label_studio_sdk.core.api_error import ApiError
+
+    from pseudolabel.review.transport import LabelStudioProtocolError, RetryPolicy, call
+
+    def page() -> None:
+        raise ApiError(status_code=200, headers={"set-cookie": "sessionid=s3cret"}, body="<html>Please log in</html>")
+
+    with pytest.raises(LabelStudioProtocolError) as e:
+        call("GET /api/version", page, url="http://127.0.0.1:9", policy=RetryPolicy(retry_seconds=0))
+    assert str(e.value) == ("the server at http://127.0.0.1:9 answered GET /api/version with an HTML page, not "
+                            "Label Studio's API: is label_studio.url the Label Studio server?")
+
+
+@pytest.mark.parametrize("claims", ["eyJ0b2tlbl90eXBlIjoicmVmcmVzaCJ9",              # no expiry
+                                    "eyJ0b2tlbl90eXBlIjoicmVmcmVzaCIsImV4cCI6MTAwfQ"])  # expired in 1970
+def test_a_bad_personal_access_token_is_one_line(tmp_path: Path, claims: str) -> None:
+    """The SDK checks a personal access token when it is built: that is an auth error naming
+    the token's variable, like the server's own 401 (nothing is sent: no server needed)."""
+    from pseudolabel.review.client import LabelStudioClient
+    from pseudolabel.review.transport import LabelStudioAuthError
+
+    token = f"eyJhbGciOiJIUzI1NiJ9.{claims}.c2lnbmF0dXJl"
+    client = LabelStudioClient("http://127.0.0.1:9", token, "bad token", ["a", "b"], images_root=tmp_path,
+                               token_env="MY_LS_TOKEN")
+    with pytest.raises(LabelStudioAuthError, match=r"refused the token for connect \(HTTP 401: API key .*"
+                                                   r"check the environment variable MY_LS_TOKEN") as e:
+        client.check_server()
+    assert token not in str(e.value) and "headers" not in str(e.value)
