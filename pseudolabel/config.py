@@ -16,6 +16,8 @@ from typing import Any, Literal, Mapping, Sequence
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pseudolabel.utils import read_text_utf8
+
 ENV_PREFIX = "PSEUDOLABEL__"
 
 
@@ -616,9 +618,11 @@ def load_config(
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
         try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+            loaded = yaml.safe_load(read_text_utf8(p))
         except yaml.YAMLError as e:
             raise ConfigError(f"{p}: not valid YAML: {e}") from e
+        except ValueError as e:  # not UTF-8
+            raise ConfigError(str(e)) from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of keys, got {type(loaded).__name__}")
         tree = loaded

@@ -11,7 +11,7 @@ enclosing axis-aligned box and reported as a ``Rejected`` with ``action="used"``
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,29 @@ def as_int(value: Any, what: str) -> int:
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         return int(value)
     raise ValueError(f"{what} {value!r} is not an integer")
+
+
+def _inside(box: Box, width: int, height: int, warnings: list[str] | None) -> Box:
+    """``box`` clipped to the ``width`` x ``height`` pixel image (a warning when that moved a
+    corner by more than half a pixel); ``ValueError`` when nothing of it lies in the image."""
+    def cx(x: float) -> float:
+        return min(max(x, 0.0), float(width))
+
+    def cy(y: float) -> float:
+        return min(max(y, 0.0), float(height))
+
+    clipped = replace(box, x1=cx(box.x1), y1=cy(box.y1), x2=cx(box.x2), y2=cy(box.y2),
+                      polygon=None if box.polygon is None else tuple((cx(x), cy(y)) for x, y in box.polygon))
+    corners = (box.x1, box.y1, box.x2, box.y2)
+    if not (clipped.x1 < clipped.x2 and clipped.y1 < clipped.y2):
+        raise ValueError(f"box {box.label!r} ({', '.join(f'{v:.1f}' for v in corners)} px) lies outside "
+                         f"the {width}x{height} image")
+    if max(abs(a - b) for a, b in zip(corners, (clipped.x1, clipped.y1, clipped.x2, clipped.y2))) > 0.5:
+        if warnings is not None:
+            warnings.append(f"box {box.label!r} reaches outside the {width}x{height} image: clipped to "
+                            f"[{clipped.x1:.1f}, {clipped.y1:.1f}, {clipped.x2:.1f}, {clipped.y2:.1f}] px")
+        return clipped
+    return box
 
 
 @dataclass(frozen=True)
@@ -147,6 +170,8 @@ class Decoder:
         for b in boxes:
             if not (b.x1 < b.x2 and b.y1 < b.y2):
                 raise ValueError(f"box {b.label!r} has no area ({b.x1:.1f}, {b.y1:.1f}, {b.x2:.1f}, {b.y2:.1f} px)")
+        if item.width > 0 and item.height > 0:
+            boxes = tuple(_inside(b, item.width, item.height, warnings) for b in boxes)
         return None, boxes
 
     @staticmethod
