@@ -1,7 +1,10 @@
 """Label-efficiency benchmark: simulated labelling campaigns on real data, strategy vs random.
 
 For one dataset (``digits``: scikit-learn's bundled scans; ``fashion``: a Fashion-MNIST
-subset) the data is exported once (same seed set, holdout and pool for every campaign); then,
+subset; or **your own labelled data** with ``data=DIR``: an ImageFolder tree for
+classification, a YOLO or COCO set for detection, split into seed / holdout / pool by
+:mod:`loops.bench_data`) the data is exported once (same seed set, holdout and pool for
+every campaign); then,
 for every random seed x strategy x pseudo-label setting, :func:`loops.campaign.run_campaign`
 runs with the same model, the same batch per round and the same label budget, the stop
 target set out of reach so that every campaign spends the whole budget. The seed varies the
@@ -19,11 +22,17 @@ Outputs in ``out_dir``: ``rounds.csv`` (every round of every campaign), ``learni
 accuracy, normalised area under the learning curve, final accuracy, and the differences to
 random), ``reference.json`` (the full-data accuracy: the same model trained on the whole pool
 with its true labels).
+
+The metric is the task's headline holdout metric: accuracy for classification, mAP50 for
+detection (the ``metric`` column of ``summary.csv`` says which; the ``*_accuracy`` columns
+then hold mAP50). ``reference=False`` skips the full-data model (for detection it costs a YOLO
+training on the whole pool); "labels to 90 % / 95 %" then stay empty.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import time
@@ -39,10 +48,10 @@ from rich.table import Table
 
 DATASETS = ("digits", "fashion")
 ROUND_COLUMNS = ["dataset", "strategy", "pseudo", "seed", "round", "labels", "accuracy", "macro_f1",
-                 "corrections", "seconds", "pseudo_used"]
+                 "corrections", "seconds", "pseudo_used", "map50", "map50_95", "edits_per_image"]
 SUMMARY_COLUMNS = ["dataset", "strategy", "pseudo", "seeds", "reference_accuracy", "labels_to_90", "labels_to_95",
                    "auc", "final_accuracy", "final_accuracy_std", "final_labels", "auc_vs_random",
-                   "final_vs_random", "labels_saved_95_vs_random"]
+                   "final_vs_random", "labels_saved_95_vs_random", "metric"]
 
 
 @dataclass
@@ -94,8 +103,9 @@ def _curve(labels: Sequence[float], accuracy: Sequence[float]) -> tuple[np.ndarr
     return x, y
 
 
-def mean_curve(rounds: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std over seeds, per round: columns ``round, labels, accuracy, accuracy_std, n``.
+def mean_curve(rounds: pd.DataFrame, *, metric: str = "accuracy") -> pd.DataFrame:
+    """Mean and std over seeds, per round: columns ``round, labels, accuracy, accuracy_std, n``
+    (``accuracy`` = the mean of the ``metric`` column).
 
     Rounds are aligned by number: every campaign of one setting spends the same batch per
     round, so round k has the same label count in every seed (the mean is reported). A
@@ -105,9 +115,9 @@ def mean_curve(rounds: pd.DataFrame) -> pd.DataFrame:
     g = rounds.groupby("round")
     out = pd.DataFrame({
         "labels": g["labels"].mean(),
-        "accuracy": g["accuracy"].mean(),
-        "accuracy_std": g["accuracy"].std(ddof=0),
-        "n": g["accuracy"].size(),
+        "accuracy": g[metric].mean(),
+        "accuracy_std": g[metric].std(ddof=0),
+        "n": g[metric].size(),
     }).reset_index()
     return out.sort_values("round").reset_index(drop=True)
 
@@ -124,22 +134,26 @@ def _fill_stopped(rounds: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def summarise(rounds: pd.DataFrame, reference_accuracy: float) -> pd.DataFrame:
+def summarise(rounds: pd.DataFrame, reference_accuracy: float | None, *, metric: str = "accuracy") -> pd.DataFrame:
     """One row per (dataset, strategy, pseudo) from ``rounds`` (:data:`ROUND_COLUMNS`);
     ``*_vs_random`` compare with ``random`` under the same pseudo setting (None without it).
-    ``labels_saved_95_vs_random`` > 0 means fewer labels than random to reach 95 %."""
+    ``labels_saved_95_vs_random`` > 0 means fewer labels than random to reach 95 %.
+    ``metric``: the rounds column summarised (``accuracy``, or ``map50`` for detection); the
+    ``*_accuracy`` summary columns hold it. ``reference_accuracy`` None: no full-data
+    reference, so no labels-to-90/95 %."""
     rows: list[dict[str, Any]] = []
     for (dataset, strategy, pseudo), df in rounds.groupby(["dataset", "strategy", "pseudo"], sort=False):
-        mc = mean_curve(df)
+        mc = mean_curve(df, metric=metric)
         last = df.sort_values("round").groupby("seed").tail(1)     # each campaign's final model
+        ref = reference_accuracy
         rows.append({
             "dataset": dataset, "strategy": strategy, "pseudo": bool(pseudo), "seeds": int(df["seed"].nunique()),
-            "reference_accuracy": reference_accuracy,
-            "labels_to_90": labels_to_reach(mc["labels"], mc["accuracy"], 0.90 * reference_accuracy),
-            "labels_to_95": labels_to_reach(mc["labels"], mc["accuracy"], 0.95 * reference_accuracy),
+            "reference_accuracy": ref,
+            "labels_to_90": None if ref is None else labels_to_reach(mc["labels"], mc["accuracy"], 0.90 * ref),
+            "labels_to_95": None if ref is None else labels_to_reach(mc["labels"], mc["accuracy"], 0.95 * ref),
             "auc": normalised_auc(mc["labels"], mc["accuracy"]),
-            "final_accuracy": float(last["accuracy"].mean()),
-            "final_accuracy_std": float(last["accuracy"].std(ddof=0)),
+            "final_accuracy": float(last[metric].mean()),
+            "final_accuracy_std": float(last[metric].std(ddof=0)),
             "final_labels": float(last["labels"].mean()),
         })
     out = pd.DataFrame(rows, columns=SUMMARY_COLUMNS[:11])
@@ -158,6 +172,7 @@ def summarise(rounds: pd.DataFrame, reference_accuracy: float) -> pd.DataFrame:
     out["auc_vs_random"] = [vs(r, "auc") for _, r in out.iterrows()]
     out["final_vs_random"] = [vs(r, "final_accuracy") for _, r in out.iterrows()]
     out["labels_saved_95_vs_random"] = [saved(r) for _, r in out.iterrows()]
+    out["metric"] = metric
     return out[SUMMARY_COLUMNS]
 
 
@@ -188,28 +203,44 @@ def _export(dataset: str, data_root: Path, *, data_seed: int, n_pool: int | None
     raise ValueError(f"unknown dataset {dataset!r}; choose one of: {', '.join(DATASETS)}")
 
 
-def full_data_reference(cfg: Any, truth: dict[str, str]) -> dict[str, Any]:
+def full_data_reference(cfg: Any, truth: dict[str, Any]) -> dict[str, Any]:
     """Train the campaign's model once on seed + the whole pool with true labels and score it
-    on the holdout: the accuracy an unlimited labelling budget would buy."""
-    from loops.round import _build_model
-    from pseudolabel.data.formats import read_labels
+    on the holdout: the accuracy (detection: mAP50) an unlimited labelling budget would buy."""
+    import tempfile
+
     from pseudolabel.data.ingest import scan_folder
-    from pseudolabel.metrics import classification_metrics
-    from pseudolabel.models.torchvision_cls import TorchvisionClassifier
-    from pseudolabel.types import Annotation
+    from pseudolabel.models import registry
+    from pseudolabel.tasks import task_for
 
     t0 = time.perf_counter()
-    seed = read_labels(cfg.data.seed.format, cfg.data.seed.path, classes=cfg.classes)
-    hold = read_labels(cfg.data.holdout.format, cfg.data.holdout.path, classes=cfg.classes)
+    task = task_for(cfg)
+    seed, hold = task.read("seed"), task.read("holdout")
     pool = scan_folder(cfg.data.pool.path, recursive=True)
-    train = [Annotation(item=it, label=seed.labels[it.id], source="seed") for it in seed.items]
-    train += [Annotation(item=it, label=truth[it.id], source="human") for it in pool.items]
-    model: TorchvisionClassifier = _build_model(cfg, progress=False).fit(train)
-    probs, _ = model.predict_proba_embed(hold.items, batch_size=cfg.model.infer_batch_size)
-    pred = [cfg.classes[i] for i in probs.argmax(1)]
-    m = classification_metrics([hold.labels[it.id] for it in hold.items], pred, classes=cfg.classes)
-    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "train_size": len(train),
-            "holdout_size": len(hold.items), "seconds": round(time.perf_counter() - t0, 1)}
+    train = [task.seed_annotation(it, seed.labels[it.id]) for it in seed.items]
+    # The pool with its true labels, as if a reviewer had answered every image.
+    train += [dataclasses.replace(task.seed_annotation(it, truth[it.id]), source="human") for it in pool.items]
+    model = registry.build(cfg, n_train=len(train)).fit(train)
+    with tempfile.TemporaryDirectory() as tmp:
+        m = task.evaluate(model, hold.items, hold.labels, Path(tmp))
+    head = m["accuracy"] if cfg.task == "classify" else m["map50"]
+    extra = {"macro_f1": m["macro_f1"]} if cfg.task == "classify" else {"map50": m["map50"], "map50_95": m["map50_95"]}
+    return {"accuracy": head, **extra, "train_size": len(train), "holdout_size": len(hold.items),
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+@dataclass
+class _Prepared:
+    """The exported data a benchmark runs on."""
+
+    name: str
+    task: str
+    root: Path
+    truth: dict[str, Any]
+    classes: list[str]
+    image_size: int
+    n_seed: int
+    sizes: dict[str, tuple[int, int]]
+    bench: Any = None            # loops.bench_data.BenchData for --data
 
 
 # ------------------------------------------------------------------------------------------
@@ -218,7 +249,8 @@ def full_data_reference(cfg: Any, truth: dict[str, str]) -> dict[str, Any]:
 
 def run_benchmark(
     *,
-    dataset: str = "digits",
+    dataset: str | None = "digits",
+    data: Path | None = None,
     strategies: Sequence[str] = ("entropy", "margin", "hybrid", "random"),
     seeds: Sequence[int] = (0, 1, 2),
     rounds: int = 8,
@@ -226,26 +258,39 @@ def run_benchmark(
     pseudo_settings: Sequence[bool] = (False, True),
     oracle: bool = False,
     out_dir: Path,
-    epochs: int = 30,
-    min_steps: int = 300,
+    epochs: int | None = None,
+    min_steps: int | None = None,
     seed_per_class: int = 2,
+    seed_size: int | None = None,
+    seed_strategy: str = "random",
     n_pool: int | None = None,
     n_holdout: int | None = None,
     data_seed: int = 0,
+    reference: bool = True,
     overrides: Sequence[str] = (),
     console: Console | None = None,
     verbose: bool = False,
     torch_threads: int | None = None,
 ) -> BenchmarkResult:
-    """Run every (seed, strategy, pseudo) campaign on ``dataset`` and write the reports.
+    """Run every (seed, strategy, pseudo) campaign and write the reports.
 
+    - ``dataset`` (``digits`` / ``fashion``) or ``data`` (a folder of your labelled images,
+      see :mod:`loops.bench_data`; it wins over ``dataset``);
     - ``rounds``: review rounds per campaign; each queues ``batch_size`` items, so the label
       budget is ``seed set + rounds * batch_size`` and a campaign trains ``rounds + 1`` models;
     - ``epochs`` / ``min_steps``: the model's training length (same for every campaign and
-      for the full-data reference);
-    - ``n_pool``: pool size (default: every image left for digits, 3,000 for fashion);
-      ``n_holdout``: holdout size (default 400 for digits, 1,000 for fashion);
-    - ``overrides``: extra ``section.key=value`` config overrides applied to every campaign;
+      for the full-data reference; ``None``: 30 / 300 for classification, the detection
+      demo's settings for detection);
+    - ``seed_per_class`` (classification) / ``seed_size`` (detection, or the total of a
+      cold-start seed set): the seed set; ``seed_strategy``: ``random`` (stratified) or a
+      cold-start method (``centroid``, ``typiclust``, ``probcover``, ``kcenter``) choosing the
+      seed set label-free on pixel embeddings (``data`` only);
+    - ``n_pool``: pool size (default: every image left for digits and ``data``, 3,000 for
+      fashion); ``n_holdout``: holdout size (default 400 for digits, 1,000 for fashion, 20 %
+      of ``data`` up to 1,000 / 200 images for classification / detection);
+    - ``reference``: train the full-data model (the yardstick of "labels to 90 / 95 %");
+    - ``overrides``: extra ``section.key=value`` config overrides applied to every campaign
+      and to the reference (e.g. ``model.arch=resnet18``, ``selection.probcover.delta=0.3``);
     - ``torch_threads``: CPU threads torch may use during the run (restored afterwards);
       ``1`` is much faster on a small, busy machine, where intra-op threads oversubscribe.
 
@@ -253,10 +298,11 @@ def run_benchmark(
     """
     import torch
 
-    kw = dict(dataset=dataset, strategies=strategies, seeds=seeds, rounds=rounds, batch_size=batch_size,
+    kw = dict(dataset=dataset, data=data, strategies=strategies, seeds=seeds, rounds=rounds, batch_size=batch_size,
               pseudo_settings=pseudo_settings, oracle=oracle, out_dir=out_dir, epochs=epochs, min_steps=min_steps,
-              seed_per_class=seed_per_class, n_pool=n_pool, n_holdout=n_holdout, data_seed=data_seed,
-              overrides=overrides, console=console, verbose=verbose)
+              seed_per_class=seed_per_class, seed_size=seed_size, seed_strategy=seed_strategy, n_pool=n_pool,
+              n_holdout=n_holdout, data_seed=data_seed, reference=reference, overrides=overrides, console=console,
+              verbose=verbose)
     if torch_threads is None:
         return _run_benchmark(**kw)  # type: ignore[arg-type]
     if isinstance(torch_threads, bool) or torch_threads < 1:
@@ -269,22 +315,80 @@ def run_benchmark(
         torch.set_num_threads(before)
 
 
+def _prepare(*, dataset: str | None, data: Path | None, data_root: Path, data_seed: int, n_pool: int | None,
+             n_holdout: int | None, seed_per_class: int, seed_size: int | None, seed_strategy: str) -> _Prepared:
+    if data is not None:
+        from loops.bench_data import prepare
+
+        bd = prepare(data, data_root, seed_per_class=seed_per_class, n_seed=seed_size, n_holdout=n_holdout,
+                     n_pool=n_pool, data_seed=data_seed, seed_strategy=seed_strategy)
+        return _Prepared(name=Path(data).resolve().name, task=bd.task, root=data_root, truth=bd.truth,
+                         classes=bd.classes, image_size=bd.image_size, n_seed=len(bd.seed), sizes=bd.sizes, bench=bd)
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of: {', '.join(DATASETS)} (or pass data=DIR)")
+    if seed_strategy != "random":
+        raise ValueError("seed_strategy (a cold-start seed set) needs data=DIR; --dataset digits/fashion use a "
+                         "stratified random seed set")
+    hold = n_holdout if n_holdout is not None else (400 if dataset == "digits" else 1000)
+    exported, classes, image_size = _export(dataset, data_root, data_seed=data_seed, n_pool=n_pool, n_holdout=hold,
+                                            seed_per_class=seed_per_class)
+    return _Prepared(name=dataset, task="classify", root=data_root, truth=exported.truth, classes=list(classes),
+                     image_size=image_size, n_seed=seed_per_class * len(classes), sizes={})
+
+
+def _campaign_config(prep: _Prepared, sub: Path, *, strategy: str, pseudo: bool, seed: int, project: str,
+                     rounds: int, batch_size: int, epochs: int | None, min_steps: int | None,
+                     overrides: Sequence[str]) -> Any:
+    from loops.demo import DETECT_DEFAULTS, demo_config
+    from pseudolabel.config import load_config, set_dotted
+
+    over: dict[str, Any] = {
+        "classes": list(prep.classes), "model.image_size": prep.image_size, "model.seed": seed,
+        "selection.seed": seed, "selection.batch_size": batch_size, "pseudo.enabled": pseudo, "stop.target": 1.0,
+        "stop.label_budget": prep.n_seed + rounds * batch_size, "stop.max_rounds": rounds + 1,
+        "report.enabled": False,   # hundreds of simulated rounds: no HTML page for each
+    }
+    if prep.task == "classify":
+        over |= {"model.epochs": 30 if epochs is None else epochs}
+        raw = demo_config(sub, prep.root, strategy=strategy, project=project, **over)
+        raw["model"]["min_steps"] = 300 if min_steps is None else min_steps
+    else:
+        bd = prep.bench
+        raw = {"project": project, "task": "detect", "workdir": str(sub),
+               "data": {"seed": {"format": "yolo", "path": str(bd.seed_dir), "labels": str(bd.seed_labels)},
+                        "pool": {"path": str(bd.pool_dir)},
+                        "holdout": {"format": "yolo", "path": str(bd.holdout_dir), "labels": str(bd.holdout_labels)}},
+               "label_studio": {"images_root": str(prep.root)}}
+        for section, values in DETECT_DEFAULTS.items():
+            raw[section] = {**values}
+        raw["selection"]["strategy"] = strategy
+        over |= {"stop.metric": "map50"}
+        if epochs is not None:
+            over["model.epochs"] = epochs
+        if min_steps is not None:
+            over["model.min_steps"] = min_steps
+        for dotted, value in over.items():
+            set_dotted(raw, dotted, value, origin=f"benchmark({dotted}=...)")
+    sub.mkdir(parents=True, exist_ok=True)
+    (sub / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    return load_config(sub / "config.yaml", overrides=overrides, environ={})
+
+
 def _run_benchmark(
-    *, dataset: str, strategies: Sequence[str], seeds: Sequence[int], rounds: int, batch_size: int,
-    pseudo_settings: Sequence[bool], oracle: bool, out_dir: Path, epochs: int, min_steps: int,
-    seed_per_class: int, n_pool: int | None, n_holdout: int | None, data_seed: int, overrides: Sequence[str],
-    console: Console | None, verbose: bool,
+    *, dataset: str | None, data: Path | None, strategies: Sequence[str], seeds: Sequence[int], rounds: int,
+    batch_size: int, pseudo_settings: Sequence[bool], oracle: bool, out_dir: Path, epochs: int | None,
+    min_steps: int | None, seed_per_class: int, seed_size: int | None, seed_strategy: str, n_pool: int | None,
+    n_holdout: int | None, data_seed: int, reference: bool, overrides: Sequence[str], console: Console | None,
+    verbose: bool,
 ) -> BenchmarkResult:
     from loops.campaign import run_campaign
-    from loops.demo import demo_config
-    from pseudolabel.config import load_config
-    from pseudolabel.strategies import STRATEGY_NAMES
+    from pseudolabel.strategies import STRATEGIES
 
     console = console or Console()
     quiet = Console(quiet=True)
-    bad = [s for s in strategies if s not in STRATEGY_NAMES]
-    if bad or not strategies:
-        raise ValueError(f"unknown strategies {bad or list(strategies)!r}; choose from: {', '.join(STRATEGY_NAMES)}")
+    if not strategies or any(s not in STRATEGIES for s in strategies):
+        bad = [s for s in strategies if s not in STRATEGIES] or list(strategies)
+        raise ValueError(f"unknown strategies {bad!r}; choose from: {', '.join(STRATEGIES)}")
     if rounds < 1 or batch_size < 1:
         raise ValueError(f"rounds and batch_size must be >= 1, got rounds={rounds}, batch_size={batch_size}")
     if not seeds or not pseudo_settings:
@@ -297,32 +401,39 @@ def _run_benchmark(
     for sub in ("data", "runs", "label-studio"):
         shutil.rmtree(out_dir / sub, ignore_errors=True)
     data_root = out_dir / "data"
-    hold = n_holdout if n_holdout is not None else (400 if dataset == "digits" else 1000)
-    data, classes, image_size = _export(dataset, data_root, data_seed=data_seed, n_pool=n_pool, n_holdout=hold,
-                                        seed_per_class=seed_per_class)
-    n_seed = seed_per_class * len(classes)
-    console.print(f"[bold]benchmark[/]: {dataset}, {len(data.truth)} images exported to {data_root}; "
+    prep = _prepare(dataset=dataset, data=data, data_root=data_root, data_seed=data_seed, n_pool=n_pool,
+                    n_holdout=n_holdout, seed_per_class=seed_per_class, seed_size=seed_size,
+                    seed_strategy=seed_strategy)
+    metric = "accuracy" if prep.task == "classify" else "map50"
+    if prep.task != "classify":
+        from pseudolabel.strategies.detection import detection_strategies
+
+        bad = [s for s in strategies if s not in detection_strategies()]
+        if bad:
+            raise ValueError(f"strategies {bad!r} do not apply to detection; choose from: "
+                             f"{', '.join(detection_strategies())}")
+    if prep.bench is not None:
+        bd = prep.bench
+        skipped = ", ".join(f"{v} {k}" for k, v in bd.skipped.items() if v)
+        console.print(f"[bold]benchmark[/]: {data} ({bd.layout}, {prep.task}, {len(prep.classes)} classes): "
+                      f"seed {len(bd.seed)} ({seed_strategy}), holdout {len(bd.holdout)}, pool {len(bd.pool)} "
+                      f"images, image size {prep.image_size}" + (f"; left out: {skipped}" if skipped else ""))
+    console.print(f"[bold]benchmark[/]: {prep.name}, {len(prep.truth)} images exported to {data_root}; "
                   f"{len(seeds)} seeds x {len(strategies)} strategies x {len(pseudo_settings)} pseudo settings, "
                   f"{rounds} rounds of {batch_size} ({'oracle' if oracle else 'Label Studio'} reviewer)")
 
     def make_cfg(sub: Path, strategy: str, pseudo: bool, seed: int, project: str) -> Any:
-        raw = demo_config(sub, data_root, strategy=strategy, project=project, **{
-            "classes": list(classes), "model.image_size": image_size, "model.epochs": epochs,
-            "model.seed": seed, "selection.seed": seed, "selection.batch_size": batch_size,
-            "pseudo.enabled": pseudo, "stop.target": 1.0, "stop.label_budget": n_seed + rounds * batch_size,
-            "stop.max_rounds": rounds + 1,
-            "report.enabled": False,   # hundreds of simulated rounds: no HTML page for each
-        })
-        raw["model"]["min_steps"] = min_steps
-        sub.mkdir(parents=True, exist_ok=True)
-        (sub / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-        return load_config(sub / "config.yaml", overrides=overrides, environ={})
+        return _campaign_config(prep, sub, strategy=strategy, pseudo=pseudo, seed=seed, project=project,
+                                rounds=rounds, batch_size=batch_size, epochs=epochs, min_steps=min_steps,
+                                overrides=overrides)
 
-    ref_cfg = make_cfg(out_dir / "runs" / "reference", "random", False, data_seed, "reference")
-    console.print("training the full-data reference (whole pool, true labels)...")
-    reference = full_data_reference(ref_cfg, data.truth)
-    console.print(f"full-data reference: holdout accuracy {reference['accuracy']:.4f} "
-                  f"({reference['train_size']} training images, {reference['seconds']} s)")
+    ref: dict[str, Any] = {"accuracy": None, "metric": metric}
+    if reference:
+        ref_cfg = make_cfg(out_dir / "runs" / "reference", "random", False, data_seed, "reference")
+        console.print("training the full-data reference (whole pool, true labels)...")
+        ref = full_data_reference(ref_cfg, prep.truth) | {"metric": metric}
+        console.print(f"full-data reference: holdout {metric} {ref['accuracy']:.4f} "
+                      f"({ref['train_size']} training images, {ref['seconds']} s)")
 
     all_rows: list[dict[str, Any]] = []
     combos = [(s, st, p) for s in seeds for p in pseudo_settings for st in strategies]
@@ -330,28 +441,37 @@ def _run_benchmark(
     def run_all(make_reviewer: Callable[[Any, str, int], tuple[Any, Callable[[], Any]]]) -> None:
         for k, (seed, strategy, pseudo) in enumerate(combos, 1):
             tag = f"{strategy}-{'pseudo' if pseudo else 'nopseudo'}-s{seed}"
-            cfg = make_cfg(out_dir / "runs" / tag, strategy, pseudo, seed, f"bench-{dataset}-{tag}")
+            cfg = make_cfg(out_dir / "runs" / tag, strategy, pseudo, seed, f"bench-{prep.name}-{tag}")
             reviewer, answer_fn = make_reviewer(cfg, tag, seed)
 
             def answer(res: Any, answer_fn: Callable[[], Any] = answer_fn) -> dict[str, Any]:
                 st = answer_fn()
-                return {"answered": st.answered, "accepted": st.accepted, "corrections": st.corrected}
+                out = {"answered": st.answered, "accepted": st.accepted, "corrections": st.corrected}
+                if hasattr(st, "edits"):
+                    out["edits_per_image"] = st.edits / st.answered if st.answered else 0.0
+                return out
 
             res = run_campaign(cfg, reviewer, answer=answer, console=console if verbose else quiet, progress=False)
             for r in res.rows:
-                all_rows.append({"dataset": dataset, "strategy": strategy, "pseudo": pseudo, "seed": seed,
+                all_rows.append({"dataset": prep.name, "strategy": strategy, "pseudo": pseudo, "seed": seed,
                                  "round": r["round"], "labels": r["labels"], "accuracy": r["accuracy"],
                                  "macro_f1": r["macro_f1"], "corrections": r["corrections"],
-                                 "seconds": r["seconds"], "pseudo_used": r.get("pseudo", 0)})
+                                 "seconds": r["seconds"], "pseudo_used": r.get("pseudo", 0),
+                                 "map50": r.get("map50"), "map50_95": r.get("map50_95"),
+                                 "edits_per_image": r.get("edits_per_image")})
             last = res.rows[-1]
-            console.print(f"[{k}/{len(combos)}] {tag}: {last['labels']} labels, accuracy {last['accuracy']:.4f} "
+            console.print(f"[{k}/{len(combos)}] {tag}: {last['labels']} labels, {metric} {last[metric]:.4f} "
                           f"({res.seconds:.1f} s)")
 
     if oracle:
-        from pseudolabel.review.oracle import OracleReviewer
+        from pseudolabel.review.oracle import BoxOracleReviewer, OracleReviewer
 
         def oracle_reviewer(cfg: Any, tag: str, seed: int) -> tuple[Any, Callable[[], Any]]:
-            rv = OracleReviewer(data.truth, cfg.classes, seed=seed, project_title=cfg.project)
+            if prep.task == "classify":
+                rv: Any = OracleReviewer(prep.truth, cfg.classes, seed=seed, project_title=cfg.project)
+            else:
+                rv = BoxOracleReviewer(prep.truth, cfg.classes, sizes=prep.sizes, task=cfg.task,
+                                       project_title=cfg.project)
             return rv, rv.answer_pending
 
         run_all(oracle_reviewer)
@@ -359,27 +479,32 @@ def _run_benchmark(
         from pseudolabel.review.client import LabelStudioClient
         from pseudolabel.review.server import LabelStudioServer
         from pseudolabel.review.simulated import SimulatedReviewer
+        from pseudolabel.review.simulated_boxes import SimulatedBoxReviewer
 
         console.print("starting Label Studio on 127.0.0.1 (first start runs migrations, ~30 s)...")
         with LabelStudioServer(data_dir=out_dir / "label-studio", images_root=data_root) as server:
             def ls_reviewer(cfg: Any, tag: str, seed: int) -> tuple[Any, Callable[[], Any]]:
                 client = LabelStudioClient(url=server.url, token=server.token,
                                            project_title=cfg.label_studio.project_title or cfg.project,
-                                           classes=cfg.classes, images_root=data_root)
+                                           classes=cfg.classes, task_type=cfg.task, images_root=data_root)
                 client.ensure_project()
-                sim = SimulatedReviewer(client=client, truth=data.truth, classes=cfg.classes, seed=seed)
+                if prep.task == "classify":
+                    sim: Any = SimulatedReviewer(client=client, truth=prep.truth, classes=cfg.classes, seed=seed)
+                else:
+                    sim = SimulatedBoxReviewer(client, prep.truth, cfg.classes, sizes=prep.sizes)
                 return client, sim.answer_pending
 
             run_all(ls_reviewer)
 
     rounds_df = pd.DataFrame(all_rows, columns=ROUND_COLUMNS)
-    summary = summarise(rounds_df, float(reference["accuracy"]))
-    paths = write_reports(out_dir, rounds_df, summary, reference | {"dataset": dataset})
+    summary = summarise(rounds_df, None if ref.get("accuracy") is None else float(ref["accuracy"]), metric=metric)
+    paths = write_reports(out_dir, rounds_df, summary, ref | {"dataset": prep.name})
     seconds = time.perf_counter() - t0
-    console.print(summary_table(summary, title=f"{dataset}: label efficiency "
-                                f"(full-data accuracy {reference['accuracy']:.4f})"))
+    title = f"{prep.name}: label efficiency" + (
+        f" (full-data {metric} {ref['accuracy']:.4f})" if ref.get("accuracy") is not None else " (no reference)")
+    console.print(summary_table(summary, title=title))
     console.print(f"benchmark wall time {seconds:.0f} s; reports in {out_dir}")
-    return BenchmarkResult(rounds=rounds_df, summary=summary, reference=reference, paths=paths, seconds=seconds)
+    return BenchmarkResult(rounds=rounds_df, summary=summary, reference=ref, paths=paths, seconds=seconds)
 
 
 # ------------------------------------------------------------------------------------------
@@ -415,17 +540,29 @@ def _fmt(v: Any, spec: str = ".4f") -> str:
 
 _DISPLAY = [("strategy", "strategy", ""), ("pseudo", "pseudo", ""), ("seeds", "seeds", ""),
             ("labels_to_90", "labels to 90%", "labels"), ("labels_to_95", "labels to 95%", "labels"),
-            ("auc", "AUC (norm.)", ".4f"), ("final_accuracy", "final acc", ".4f"),
+            ("auc", "AUC (norm.)", ".4f"), ("final_accuracy", "final {metric}", ".4f"),
             ("final_accuracy_std", "± std", ".4f"), ("auc_vs_random", "AUC vs random", "+.4f"),
             ("final_vs_random", "final vs random", "+.4f"), ("labels_saved_95_vs_random", "labels saved @95%", "labels")]
 
 
+def _metric_name(summary: pd.DataFrame) -> str:
+    m = str(summary["metric"].iloc[0]) if "metric" in summary and len(summary) else "accuracy"
+    return "acc" if m == "accuracy" else m
+
+
 def summary_markdown(summary: pd.DataFrame, reference: dict[str, Any]) -> str:
-    lines = [f"# Label efficiency: {reference.get('dataset', '')}", "",
-             f"Full-data reference (same model, whole pool with true labels): holdout accuracy "
-             f"**{reference['accuracy']:.4f}**; 90 % of it = {0.9 * reference['accuracy']:.4f}, "
-             f"95 % = {0.95 * reference['accuracy']:.4f}. '-' = not reached within the budget.", "",
-             "| " + " | ".join(h for _, h, _ in _DISPLAY) + " |",
+    metric = reference.get("metric", "accuracy")
+    ref = reference.get("accuracy")
+    if ref is None:
+        head = (f"No full-data reference was trained (--no-reference): labels to 90 % / 95 % are not computed; "
+                f"compare the curves, AUC and final holdout {metric}.")
+    else:
+        head = (f"Full-data reference (same model, whole pool with true labels): holdout {metric} "
+                f"**{ref:.4f}**; 90 % of it = {0.9 * ref:.4f}, 95 % = {0.95 * ref:.4f}. "
+                "'-' = not reached within the budget.")
+    name = _metric_name(summary)
+    lines = [f"# Label efficiency: {reference.get('dataset', '')}", "", head, "",
+             "| " + " | ".join(h.format(metric=name) for _, h, _ in _DISPLAY) + " |",
              "|" + "---|" * len(_DISPLAY)]
     for _, r in summary.iterrows():
         lines.append("| " + " | ".join(_fmt(r[k], f) for k, _, f in _DISPLAY) + " |")
@@ -434,26 +571,29 @@ def summary_markdown(summary: pd.DataFrame, reference: dict[str, Any]) -> str:
 
 def summary_table(summary: pd.DataFrame, *, title: str = "label efficiency") -> Table:
     t = Table(title=title)
+    name = _metric_name(summary)
     for _, h, _ in _DISPLAY:
-        t.add_column(h, justify="right")
+        t.add_column(h.format(metric=name), justify="right")
     for _, r in summary.iterrows():
         t.add_row(*(_fmt(r[k], f) for k, _, f in _DISPLAY))
     return t
 
 
 def learning_curve_png(rounds: pd.DataFrame, reference: dict[str, Any]) -> bytes:
-    """Labels vs holdout accuracy, mean line and ±1 std band over seeds per (strategy, pseudo).
-    Uses matplotlib's object API with the Agg canvas (no global backend switch)."""
+    """Labels vs the holdout metric (``reference['metric']``: accuracy or map50), mean line and
+    ±1 std band over seeds per (strategy, pseudo). Uses matplotlib's object API with the Agg
+    canvas (no global backend switch)."""
     import io
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    metric = reference.get("metric", "accuracy")
     fig = Figure(figsize=(8, 5), dpi=110)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     for (strategy, pseudo), df in rounds.groupby(["strategy", "pseudo"], sort=False):
-        mc = mean_curve(df)
+        mc = mean_curve(df, metric=metric)
         label = f"{strategy}{' + pseudo' if pseudo else ''}"
         style = "--" if strategy == "random" else "-"
         (line,) = ax.plot(mc["labels"], mc["accuracy"], style, marker="o", ms=3, label=label)
@@ -464,7 +604,7 @@ def learning_curve_png(rounds: pd.DataFrame, reference: dict[str, Any]) -> bytes
         ax.axhline(ref, color="black", lw=1, label=f"full data ({ref:.3f})")
         ax.axhline(0.95 * ref, color="grey", lw=0.8, ls=":", label="95 % of full data")
     ax.set_xlabel("human labels (seed + reviewed)")
-    ax.set_ylabel("holdout accuracy")
+    ax.set_ylabel(f"holdout {metric}")
     ax.set_title(f"label efficiency: {reference.get('dataset', '')} (mean ± std over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
@@ -482,8 +622,15 @@ def _csv(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pseudolabel benchmark", description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", choices=DATASETS, default="digits")
+    p = argparse.ArgumentParser(
+        prog="pseudolabel benchmark", description=__doc__.split("\n\n")[0],
+        epilog="Your own data: --data DIR (ImageFolder DIR/<class>/<image>; YOLO DIR/images + DIR/labels + "
+               "data.yaml; or a COCO .json). Example: pseudolabel benchmark --data ~/photos --oracle "
+               "--strategies schedule,margin,random --seeds 0,1,2")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--dataset", choices=DATASETS, default=None, help="a bundled dataset (default digits)")
+    src.add_argument("--data", type=Path, default=None,
+                     help="your labelled data: ImageFolder tree, YOLO folder or COCO .json; split by the benchmark")
     p.add_argument("--strategies", default="entropy,margin,hybrid,random", help="comma-separated; include random")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated random seeds")
     p.add_argument("--rounds", type=int, default=8, help="review rounds per campaign")
@@ -491,13 +638,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pseudo", default="both", choices=["both", "on", "off"], help="pseudo-label settings to run")
     p.add_argument("--oracle", action="store_true", help="in-process oracle reviewer instead of Label Studio")
     p.add_argument("--out", type=Path, default=Path("runs/benchmark"), help="output folder")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--min-steps", type=int, default=300)
-    p.add_argument("--seed-per-class", type=int, default=2)
-    p.add_argument("--pool", type=int, default=None, help="pool size (digits: all left, ~1,400; fashion: 3000)")
-    p.add_argument("--holdout", type=int, default=None, help="holdout size (digits 400, fashion 1000)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: 30 classify; detection: 40)")
+    p.add_argument("--min-steps", type=int, default=None, help="at least this many optimiser steps (default 300 "
+                   "classify; 0 detection)")
+    p.add_argument("--seed-per-class", type=int, default=2, help="classification seed set: images per class")
+    p.add_argument("--seed-size", type=int, default=None, help="detection seed set (default 20 images), or the "
+                   "total of a cold-start seed set")
+    p.add_argument("--seed-strategy", default="random",
+                   help="--data only: random (stratified), or a label-free cold start on pixel embeddings: "
+                        "centroid, typiclust, probcover, kcenter")
+    p.add_argument("--pool", type=int, default=None, help="pool size (default: all left; fashion: 3000)")
+    p.add_argument("--holdout", type=int, default=None,
+                   help="holdout size (digits 400, fashion 1000, --data: 20%% up to 1000 / 200 for detection)")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the seed/holdout/pool split")
-    p.add_argument("--set", dest="overrides", action="append", default=[], help="config override section.key=value")
+    p.add_argument("--no-reference", dest="reference", action="store_false",
+                   help="skip the full-data model (no labels-to-90/95%%; saves a training on the whole pool)")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   help="config override section.key=value for every campaign, e.g. model.arch=resnet18, "
+                        "selection.schedule.switch_per_class=3, selection.probcover.delta=0.3")
     p.add_argument("--verbose", action="store_true", help="print every round")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads during the run (1 is fastest on a small shared machine)")
@@ -514,16 +672,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     pseudo = {"both": [False, True], "on": [True], "off": [False]}[args.pseudo]
     import sys
 
+    from pseudolabel.config import ConfigError
+
     # Piped to a file or CI log, rich would squeeze the summary table into 80 columns.
     console = Console() if sys.stdout.isatty() else Console(width=160)
     try:
-        run_benchmark(dataset=args.dataset, strategies=_csv(args.strategies), seeds=seeds, rounds=args.rounds,
-                      batch_size=args.batch_size, pseudo_settings=pseudo, oracle=args.oracle, out_dir=args.out,
-                      epochs=args.epochs, min_steps=args.min_steps, seed_per_class=args.seed_per_class,
-                      n_pool=args.pool, n_holdout=args.holdout, data_seed=args.data_seed,
-                      overrides=args.overrides, verbose=args.verbose, torch_threads=args.threads,
-                      console=console)
-    except ValueError as e:
+        run_benchmark(dataset=args.dataset or "digits", data=args.data, strategies=_csv(args.strategies), seeds=seeds,
+                      rounds=args.rounds, batch_size=args.batch_size, pseudo_settings=pseudo, oracle=args.oracle,
+                      out_dir=args.out, epochs=args.epochs, min_steps=args.min_steps,
+                      seed_per_class=args.seed_per_class, seed_size=args.seed_size, seed_strategy=args.seed_strategy,
+                      n_pool=args.pool, n_holdout=args.holdout, data_seed=args.data_seed, reference=args.reference,
+                      overrides=args.overrides, verbose=args.verbose, torch_threads=args.threads, console=console)
+    except (ValueError, ConfigError) as e:
         print(f"error: {e}")
         return 2
     return 0

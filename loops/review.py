@@ -57,17 +57,20 @@ class SyncResult:
     repaired: int = 0                    # answers used after a repair (e.g. rotated box -> enclosing box)
     adopted: int = 0                     # tasks found in Label Studio that the ledger did not know
     states_fixed: int = 0                # ledger task states brought in line with Label Studio
-    duplicates: int = 0                  # items with more than one task in the project
+    duplicates: int = 0                  # items with more than one task in the project, after the clean-up
+    duplicates_deleted: int = 0          # unanswered extra tasks deleted (made by an import that landed late)
 
 
 @dataclass
 class Reconciled:
     """What :func:`reconcile` found: tasks adopted into the ledger, states corrected,
-    ``duplicates`` (item id → task ids, several tasks for one item), ledger tasks that
-    Label Studio no longer has, and the server's state counts."""
+    ``deleted`` (unanswered duplicate tasks removed), ``duplicates`` (item id → task ids of
+    the items that still have several tasks), ledger tasks that Label Studio no longer has,
+    and the server's state counts."""
 
     adopted: int = 0
     states_fixed: int = 0
+    deleted: list[int] = field(default_factory=list)
     duplicates: dict[str, list[int]] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
@@ -84,7 +87,12 @@ def reconcile(ledger: Ledger, client: Collector) -> Reconciled:
       was lost, a push by an older version) is adopted: recorded with its round and state,
       so the item is never imported again;
     - every known task's state follows the server (answered / skipped / queued);
-    - items with several tasks (duplicates made in the past or by hand) are reported;
+    - an item with several tasks keeps the ones with answers (else the one the ledger records,
+      else the oldest); its other, unanswered tasks are deleted. An import that the server
+      applied after the client had given up and imported again makes such tasks, at a time
+      no push can wait for, so the sweep that runs before every round removes them. Items
+      with answers on several tasks are reported (``pseudolabel repair`` says which), never
+      thinned: human work is not thrown away;
     - ledger tasks the project no longer has are reported (``missing``).
     Items unknown to the ledger (tasks made by hand for other images) are left alone.
     """
@@ -97,12 +105,14 @@ def reconcile(ledger: Ledger, client: Collector) -> Reconciled:
     out = Reconciled()
     for iid, tasks in by_item.items():
         tasks.sort(key=lambda t: t.task_id)
+        row = rows.get(iid)
+        if len(tasks) > 1 and iid in known_items:
+            tasks = _drop_unanswered_duplicates(ledger, client, iid, tasks, row, out)
         if len(tasks) > 1:
             out.duplicates[iid] = [t.task_id for t in tasks]
         if iid not in known_items:
             continue
         # The task the ledger records, else the one with answers, else the oldest.
-        row = rows.get(iid)
         main = next((t for t in tasks if row is not None and t.task_id == row["task_id"]), None) \
             or next((t for t in tasks if t.total_annotations or t.cancelled_annotations), tasks[0])
         state = _state(tasks)
@@ -120,6 +130,25 @@ def reconcile(ledger: Ledger, client: Collector) -> Reconciled:
             out.states_fixed += 1
     out.missing = sorted(set(rows) - set(by_item))
     return out
+
+
+def _drop_unanswered_duplicates(ledger: Ledger, client: Collector, item_id: str, tasks: list[Any],
+                                row: dict[str, Any] | None, out: Reconciled) -> list[Any]:
+    """Delete the unanswered tasks of one item but one kept task; returns the tasks left.
+
+    Kept: every task with an answer (or skip); without any, the task the ledger records,
+    else the oldest. The ledger is pointed at a kept task when its own was deleted."""
+    answered = [t for t in tasks if t.total_annotations or t.cancelled_annotations]
+    recorded = None if row is None else row["task_id"]
+    keep = answered or [next((t for t in tasks if t.task_id == recorded), tasks[0])]
+    for t in tasks:
+        if t not in keep:
+            client.delete_task(t.task_id)  # type: ignore[attr-defined]
+            out.deleted.append(t.task_id)
+    if row is not None and recorded not in {t.task_id for t in keep}:
+        ledger.record_task_id(client.project_title, item_id, keep[0].task_id)
+        row["task_id"] = keep[0].task_id
+    return keep
 
 
 def _state(tasks: Sequence[Any]) -> str:
@@ -190,13 +219,16 @@ def sync_reviews(
             client.flag_task(r.task_id, f"{FLAG_PREFIX} {r.reason}. Please fix it and submit again.")  # type: ignore[attr-defined]
             if log is not None:
                 log(f"  sync: answer {r.annotation_id} on task {r.task_id} not used: {r.reason} (flagged in Label Studio)")
-    fixed = {a.ls_task_id for a in mine} - {r.task_id for r in rejected if r.action == "ignored"}
+    # A flag comes off every pulled task whose answers all decode now: a fixed answer, and
+    # also an answer the ledger already holds that the server had sent garbled for a while.
+    fixed = {a.ls_task_id for a in anns if a.item.id in known} - {r.task_id for r in rejected if r.action == "ignored"}
     for tid in sorted(t for t in fixed if t is not None and str(pulled.notes.get(t, "")).startswith(FLAG_PREFIX)):
         client.flag_task(tid, "")  # type: ignore[attr-defined]
     rec = reconcile(ledger, client)
-    if log is not None and (rec.adopted or rec.duplicates or rec.missing):
-        log(f"  sync: {rec.adopted} tasks adopted from Label Studio, {len(rec.duplicates)} items with duplicate "
-            f"tasks (`pseudolabel repair` removes them), {len(rec.missing)} tasks missing in Label Studio")
+    if log is not None and (rec.adopted or rec.deleted or rec.duplicates or rec.missing):
+        log(f"  sync: {rec.adopted} tasks adopted from Label Studio, {len(rec.deleted)} unanswered duplicate tasks "
+            f"deleted, {len(rec.duplicates)} items with answers on several tasks (`pseudolabel repair` lists them), "
+            f"{len(rec.missing)} tasks missing in Label Studio")
     ledger.set_meta(key, started.isoformat())
     outcomes = [a.review_outcome for a in mine]
     n_cons, n_adj, agreements = 0, 0, []
@@ -214,6 +246,7 @@ def sync_reviews(
         mean_agreement=sum(agreements) / len(agreements) if agreements else None,
         rejected=sum(r.action == "ignored" for r in rejected), repaired=sum(r.action == "used" for r in rejected),
         adopted=rec.adopted, states_fixed=rec.states_fixed, duplicates=len(rec.duplicates),
+        duplicates_deleted=len(rec.deleted),
     )
 
 

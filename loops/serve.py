@@ -24,13 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
-from loops import detection
 from loops.retrain import models_dir, published_info
-from loops.round import is_detection, uncertainty_of
 from pseudolabel.config import Config
-from pseudolabel.models.torchvision_cls import TorchvisionClassifier
+from pseudolabel.models import registry
+from pseudolabel.tasks import PoolPredictions, task_for
 from pseudolabel.review import convert
 from pseudolabel.review.backend import BackendServer, MLBackend, NoModel
 from pseudolabel.review.decode import Decoder
@@ -39,9 +37,7 @@ from pseudolabel.types import Item
 
 def load_model(cfg: Config, path: Path) -> Any:
     """The model saved at ``path`` (a round's or a retrain's ``model.pt``) on ``model.device``."""
-    if is_detection(cfg):
-        return detection.load_model(cfg, path)
-    return TorchvisionClassifier.load(path, device=cfg.model.device)
+    return registry.load(path, cfg=cfg)
 
 
 def published_model_path(cfg: Config) -> Path | None:
@@ -146,16 +142,12 @@ class PublishedModel:
             return []
         cfg = self.cfg
         bs = self.batch_size or cfg.model.infer_batch_size or len(items)
-        if is_detection(cfg):
-            # Decode in this process: decode workers would be started (and stopped) per request.
-            preds = list(model.predict(items, batch_size=bs, workers=0))
-            scores = detection.image_scores(cfg, preds, {it.id: it for it in items})
-            shown = [detection.predraw(p, cfg.selection.predraw_conf, fallback=cfg.selection.predraw_fallback)[0]
-                     for p in preds]
-        else:
-            preds = list(model.predict(items, batch_size=bs))
-            scores = uncertainty_of(cfg, np.stack([np.asarray(p.probs, dtype=np.float64) for p in preds]))
-            shown = preds
+        task = task_for(cfg)
+        # YOLO decodes in this process: decode workers would be started (and stopped) per request.
+        extra = {"workers": 0} if cfg.model.arch == "yolo" else {}
+        preds = list(model.predict(items, batch_size=bs, **extra))
+        scores = task.uncertainty(PoolPredictions.of(preds, classes=cfg.classes), {it.id: it for it in items})
+        shown = [task.review_prediction(p)[0] for p in preds]
         return [convert.prediction_to_ls(p, classes=cfg.classes, task_type=cfg.task, width=it.width,
                                          height=it.height, uncertainty=float(u))
                 for p, it, u in zip(shown, items, scores)]

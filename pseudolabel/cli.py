@@ -179,15 +179,15 @@ def demo(
     digits for --task classify, scenes of Fashion-MNIST items for --task detect / segment."""
     from loops.demo import run_demo
     from pseudolabel.strategies import STRATEGIES
+    from pseudolabel.strategies.detection import detection_strategies
 
     if task not in ("classify", "detect", "segment"):
         raise _fail(f"--task {task!r}: choose classify, detect or segment", 2)
     names = [s.strip() for s in strategy.split(",") if s.strip()]
-    if task != "classify":
-        from pseudolabel.strategies.detection import DETECTION_STRATEGIES as STRATEGIES  # noqa: N811
-    bad = [s for s in names if s not in STRATEGIES]
+    choices = list(STRATEGIES) if task == "classify" else list(detection_strategies())
+    bad = [s for s in names if s not in choices]
     if bad or not names:
-        raise _fail(f"unknown strategy {bad or strategy!r}; choose from: {', '.join(STRATEGIES)}", 2)
+        raise _fail(f"unknown strategy {bad or strategy!r}; choose from: {', '.join(choices)}", 2)
     if not 0.0 <= error_rate <= 1.0:
         raise _fail(f"--error-rate must be between 0 and 1, got {error_rate}", 2)
     run_demo(workdir, strategies=names, error_rate=error_rate, seed=seed, overrides=set_ or [],

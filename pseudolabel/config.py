@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pseudolabel.types import CLASSIFY_FORMATS, OBJECT_FORMATS
+from pseudolabel.utils import read_text_utf8
 
 ENV_PREFIX = "PSEUDOLABEL__"
 
@@ -172,12 +173,44 @@ class ModelConfig(_Section):
         return v
 
 
+class ProbCoverConfig(_Section):
+    """ProbCover's ball radius (see :mod:`pseudolabel.strategies.probcover`)."""
+
+    delta: float | None = Field(default=None, ge=0, le=2, description="ball radius in the L2-normalised "
+                                "embedding space (0..2); null: the largest radius whose balls stay pure")
+    purity: float = Field(default=0.95, gt=0, le=1, description="share of pure balls delta must keep")
+    n_clusters: int | None = Field(default=None, ge=2, description="k-means clusters for the purity; "
+                                   "null: the number of classes")
+
+
+class ScheduleConfig(_Section):
+    """The ``schedule`` strategy: typicality while labels are few, uncertainty after (see
+    :mod:`pseudolabel.strategies.schedule` for the literature's rule of thumb)."""
+
+    low: Literal["typiclust", "probcover", "centroid", "kcenter"] = "typiclust"
+    high: str = Field(default="margin", description="strategy from the switch on (margin, entropy, hybrid, ...)")
+    switch_per_class: float = Field(default=5.0, ge=0, description="labels per class at which to switch")
+
+    @field_validator("high")
+    @classmethod
+    def _known_high(cls, v: str) -> str:
+        from pseudolabel.strategies import STRATEGIES
+        from pseudolabel.strategies.schedule import HIGH_EXCLUDED
+
+        accepted = [s for s in STRATEGIES if s not in HIGH_EXCLUDED]
+        if v not in accepted:
+            raise ValueError(f"schedule high {v!r} is not accepted; choose one of: {', '.join(accepted)}")
+        return v
+
+
 class SelectionConfig(_Section):
     """How the round ranks the pool. Detection: each box gets ``uncertainty`` from its class
     vector, the image score aggregates its boxes (``aggregate``; an image with no confident box
     counts as uncertain) and, with ``localisation`` > 0, mixes in the box instability under
     horizontal-flip test-time augmentation (a second forward pass). Detection strategies:
-    random, least_confidence / margin / entropy (the per-box score), kcenter, hybrid."""
+    random, least_confidence / margin / entropy (the per-box score), kcenter, hybrid, and on the
+    embeddings alone typiclust, centroid, probcover. Low budgets: ``typiclust``, ``centroid``,
+    ``probcover`` (options under ``probcover``) and ``schedule`` (options under ``schedule``)."""
 
     strategy: str = "hybrid"
     batch_size: int = Field(default=20, ge=1, description="tasks queued for review per round")
@@ -201,7 +234,14 @@ class SelectionConfig(_Section):
     predraw_fallback: int = Field(default=3, ge=0, le=100, description="detection: when no box reaches "
                                   "predraw_conf, pre-draw this many best boxes, with a note that they are "
                                   "low-confidence guesses (0: show nothing)")
+    probcover: ProbCoverConfig = ProbCoverConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
     seed: int = 0
+
+    def strategy_options(self) -> dict[str, dict[str, Any]]:
+        """Strategy-specific options as :func:`pseudolabel.strategies.select` takes them."""
+        pc = {k: v for k, v in self.probcover.model_dump().items() if v is not None}
+        return {"probcover": pc, "schedule": self.schedule.model_dump()}
 
     @field_validator("strategy")
     @classmethod
@@ -232,6 +272,11 @@ class PseudoConfig(_Section):
     min_class_score: float = Field(default=0.5, ge=0, le=1, description="a class whose holdout F1 (classify) "
                                    "or AP50 (detect/segment) is below this gets no pseudo-labels: a model bad at "
                                    "a class would teach its own mistakes (0: off)")
+    per_epoch: int | None = Field(default=None, ge=0, description="classification: at most this many "
+                                  "pseudo-labels per training epoch (a fresh random sample each epoch); null: no cap")
+    ratio: float | None = Field(default=1.0, ge=0, description="classification: at most ratio x the seed + human "
+                                "labels in pseudo-labels per epoch (keeps rounds fast as pseudo-labels pile up); "
+                                "null: no cap")
 
     @field_validator("class_thresholds")
     @classmethod
@@ -250,7 +295,10 @@ class ConsistencyConfig(_Section):
     enabled: bool = False
     threshold: float = Field(default=0.95, gt=0, le=1)
     weight: float = Field(default=1.0, ge=0, le=100)
-    unlabelled_ratio: int = Field(default=3, ge=1, le=64, description="unlabelled images per labelled one in a step")
+    unlabelled_ratio: int = Field(default=1, ge=1, le=64, description="unlabelled images per labelled one in a step")
+    strong_ratio: float = Field(default=0.5, gt=0, le=1, description="share of a step's unlabelled images trained "
+                                "on (those confident at their last visit first); with the defaults a step costs about "
+                                "1.9 supervised steps")
 
 
 class PretrainConfig(_Section):
@@ -445,15 +493,52 @@ class Config(_Section):
         if not det and self.stop.metric not in ("accuracy", "macro_f1"):
             raise ValueError(f"stop.metric {self.stop.metric!r} needs task detect/segment; classify reports "
                              "accuracy, macro_f1")
-        from pseudolabel.strategies.detection import DETECTION_STRATEGIES
+        from pseudolabel.strategies.detection import detection_strategies
 
-        if det and self.selection.strategy not in DETECTION_STRATEGIES:
+        if det and self.selection.strategy not in detection_strategies():
             raise ValueError(f"selection.strategy {self.selection.strategy!r} is for classification; task "
-                             f"{self.task} accepts: {', '.join(DETECTION_STRATEGIES)}")
+                             f"{self.task} accepts: {', '.join(detection_strategies())}")
         unknown = sorted(set(self.pseudo.class_thresholds) - set(self.classes))
         if unknown:
             raise ValueError(f"pseudo.class_thresholds names unknown classes {unknown!r}; classes are {self.classes!r}")
+        self._check_keys_fit(det)
         return self
+
+    def _check_keys_fit(self, det: bool) -> None:
+        """Keys that do nothing for this task or model are errors saying why (compared by value
+        with their default, not by "was it set": a saved round config repeats every default)."""
+        def changed(section: BaseModel, *keys: str) -> list[str]:
+            fields = type(section).model_fields
+            return [k for k in keys if getattr(section, k) != fields[k].get_default(call_default_factory=True)]
+
+        rules: list[tuple[str, BaseModel, tuple[str, ...], str]] = []
+        if det:
+            rules += [
+                ("selection", self.selection, ("class_balance", "mc_samples"),
+                 f"needs each image's class probabilities (classification), not task {self.task}'s boxes"),
+                ("quality", self.quality, ("enabled",), "turns on the label-quality check (confident learning), "
+                 "which is for classification"),
+                ("pseudo", self.pseudo, ("mode", "threshold"), "is for classification; boxes use pseudo.box_threshold "
+                 "and pseudo.class_thresholds"),
+                ("pseudo", self.pseudo, ("per_epoch", "ratio"), "bounds the pseudo-labels per epoch of a classifier; "
+                 "YOLO trains on every pseudo-labelled image"),
+            ]
+        else:
+            rules += [
+                ("selection", self.selection, ("aggregate", "topk", "min_box_score", "localisation", "predraw_conf",
+                                               "predraw_fallback"), "is for boxes (task detect / segment)"),
+                ("pseudo", self.pseudo, ("box_threshold",), "is for boxes; classification uses pseudo.threshold"),
+            ]
+        if self.model.arch != "yolo":
+            rules.append(("model", self.model, ("yolo_yaml", "conf", "iou", "train_args", "runtime"),
+                          f"is for model.arch yolo; arch is {self.model.arch!r}"))
+        for name, section, keys, why in rules:
+            bad = changed(section, *keys)
+            if bad:
+                raise ValueError(f"{name}.{bad[0]} {why}")
+        if self.model.arch == "yolo" and self.consistency.enabled:
+            raise ValueError("consistency (FixMatch) training needs model.arch small_cnn or resnet18; YOLO does not "
+                             "train on unlabelled images (use pseudo-labels)")
 
     def snapshot(self) -> dict[str, Any]:
         """Plain, YAML-serialisable dict of the effective config (no secrets in it)."""
@@ -493,6 +578,8 @@ def _format_validation(err: ValidationError, origin: str) -> str:
             lines.append(f"  {key}: {e['input']!r} is not accepted; {e['msg'].lower()}")
         elif e["type"] == "missing":
             lines.append(f"  {key}: required key is missing")
+        elif not e["loc"]:
+            lines.append(f"  {e['msg'].removeprefix('Value error, ')}")   # a rule across keys: the message names them
         else:
             lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
     return "\n".join(lines)
@@ -530,9 +617,11 @@ def load_config(
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
         try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+            loaded = yaml.safe_load(read_text_utf8(p))
         except yaml.YAMLError as e:
             raise ConfigError(f"{p}: not valid YAML: {e}") from e
+        except ValueError as e:  # not UTF-8
+            raise ConfigError(str(e)) from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of keys, got {type(loaded).__name__}")
         tree = loaded

@@ -70,10 +70,6 @@ __all__ = ["SourceResult", "init_ray", "load_model", "pseudo_label_ray", "pseudo
 _DEAD_PROXY = "http://127.0.0.1:9"
 _LOOPBACK = "127.0.0.1,localhost,::1"
 
-# Checkpoint "format" prefix -> adapter name in pseudolabel.models.registry.
-_FORMATS = {"pseudolabel.torchvision_cls/": "torchvision", "pseudolabel.ultralytics_yolo/": "yolo"}
-
-
 def ray_safe_env(temp_dir: Path, *, local: bool = True) -> dict[str, str]:
     """Environment variables that keep a Ray node offline and inside ``temp_dir``.
 
@@ -154,30 +150,12 @@ def init_ray(
 
 
 def load_model(model_path: Path, *, device: str = "auto") -> Any:
-    """Load any adapter checkpoint (written by ``TorchvisionClassifier.save`` or
-    ``YoloModel.save``), choosing the adapter from the checkpoint's ``format`` field.
+    """Load any adapter checkpoint, choosing the adapter from the checkpoint's ``format``
+    (:func:`pseudolabel.models.registry.load`). Raises ValueError naming the file when it is
+    not one of ours."""
+    from pseudolabel.models.registry import load
 
-    Raises ValueError naming the file when it is not one of ours.
-    """
-    import torch
-
-    from pseudolabel.models.registry import get_adapter
-
-    model_path = Path(model_path)
-    if not model_path.is_file():
-        raise ValueError(f"{model_path}: no such model checkpoint")
-    try:
-        obj = torch.load(model_path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same message
-        raise ValueError(f"{model_path}: not readable with torch.load(weights_only=True) ({e})") from e
-    fmt = obj.get("format") if isinstance(obj, dict) else None
-    for prefix, adapter in _FORMATS.items():
-        if isinstance(fmt, str) and fmt.startswith(prefix):
-            return get_adapter(adapter).load(model_path, device=device)
-    raise ValueError(
-        f"{model_path}: checkpoint format {fmt!r} is not one of {sorted(p + '*' for p in _FORMATS)}; "
-        "save the model with its adapter's save()"
-    )
+    return load(Path(model_path), device=device)
 
 
 # --- shards: the engine's own writer and resume rule, plus a record of source files ---------

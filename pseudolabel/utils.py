@@ -10,6 +10,22 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def read_text_utf8(path: Path) -> str:
+    """The text of a file the user wrote (CSV, YAML, label file), as UTF-8; a byte-order mark
+    is allowed. Another encoding (Latin-1, UTF-16...) raises a ``ValueError`` naming the file,
+    the line and the byte that is not UTF-8, and the encoding expected."""
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        p = Path(path)
+        raise ValueError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}: {exc.reason}); "
+            f"save the file as UTF-8, e.g. from Latin-1: iconv -f latin1 -t utf-8 {p.name} > {p.stem}-utf8{p.suffix}"
+        ) from None
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``:
     a reader sees the old file or the new one, never a half-written one."""

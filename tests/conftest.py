@@ -22,6 +22,22 @@ from pseudolabel.types import Item
 netguard.install()
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--faults-full", action="store_true", default=False,
+                     help="also run the full fault-injection matrix (tests marked faults_full; "
+                          "`python -m tests.faults.report` runs it and prints the table)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The full fault matrix takes many minutes: CI runs a representative set (see tests/faults/).
+    if config.getoption("--faults-full") or "faults_full" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="full fault matrix: run with --faults-full (or python -m tests.faults.report)")
+    for item in items:
+        if "faults_full" in item.keywords:
+            item.add_marker(skip)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     # A library may catch the NonLoopbackConnection it got; the attempt still fails the run.
     if netguard.attempts:

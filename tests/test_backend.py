@@ -19,12 +19,13 @@ import pytest
 import torch
 
 from conftest import write_digit_pngs
-from loops.round import uncertainty_of
 from loops.serve import PublishedModel, load_model, make_backend, published_model_path
 from pseudolabel.config import load_config
+from pseudolabel.models import registry
 from pseudolabel.models.torchvision_cls import TorchvisionClassifier
 from pseudolabel.review.backend import BackendServer, MLBackend, check_bind, is_loopback
 from pseudolabel.review.convert import label_config, local_files_url, ls_prediction_score
+from pseudolabel.tasks import PoolPredictions, task_for
 from pseudolabel.types import Annotation, Item
 
 CLASSES = [str(d) for d in range(10)]
@@ -93,7 +94,8 @@ def test_predict_answers_each_task_as_the_round_would(campaign: dict[str, Any], 
         assert res["model_version"] == model.model_version
         assert res["result"] == [{"from_name": "label", "to_name": "image", "type": "choices",
                                   "value": {"choices": [CLASSES[int(np.argmax(probs))]]}}]
-        u = float(uncertainty_of(campaign["cfg"], probs[None])[0])
+        task = task_for(campaign["cfg"])
+        u = float(task.uncertainty(PoolPredictions.of([expected[it.id]]), {it.id: it})[0])
         assert res["score"] == pytest.approx(ls_prediction_score(u))
     # Unusable tasks: no prediction (Label Studio stores none and asks again), and why.
     assert out["results"][1] == out["results"][3] == out["results"][4] == []
@@ -355,7 +357,6 @@ def test_boxes_and_polygons_as_the_round_pushes_them(task: str, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """A real (tiny, barely trained) YOLO: the backend draws what the round's push would draw
     for the same image: confident boxes, else the best guesses; the round's image score."""
-    from loops import detection
     from test_yolo import CLASSES as YCLASSES
     from test_yolo import make_scenes
 
@@ -385,12 +386,13 @@ def test_boxes_and_polygons_as_the_round_pushes_them(task: str, tmp_path: Path,
         out = httpx.post(server.url + "/predict", json={"tasks": [_task(i, _url(it, root)) for i, it in
                                                                   enumerate(items)]}, timeout=120).json()
     served = backend.predictor.refresh()
-    preds = list(detection.load_model(cfg, work / "rounds" / "0001" / "model.pt").predict(items, batch_size=4))
-    scores = detection.image_scores(cfg, preds, {it.id: it for it in items})
+    preds = list(registry.load(work / "rounds" / "0001" / "model.pt", cfg=cfg).predict(items, batch_size=4))
+    det = task_for(cfg)
+    scores = det.uncertainty(PoolPredictions.of(preds), {it.id: it for it in items})
     kinds = {"detect": "rectanglelabels", "segment": "polygonlabels"}
     drawn = 0
     for res, p, it, u in zip(out["results"], preds, items, scores):
-        shown, _note = detection.predraw(p, cfg.selection.predraw_conf, fallback=cfg.selection.predraw_fallback)
+        shown, _note = det.review_prediction(p)
         assert res["model_version"] == served
         assert res == json.loads(json.dumps(prediction_to_ls(shown, classes=YCLASSES, task_type=task, width=it.width,
                                                              height=it.height, uncertainty=float(u))))

@@ -21,9 +21,9 @@ import torch
 
 from conftest import write_digit_pngs
 from loops.adopt import adopt_foreign
-from loops.round import uncertainty_of
 from loops.serve import make_backend, prelabel
 from pseudolabel.config import load_config
+from pseudolabel.tasks import PoolPredictions, task_for
 from pseudolabel.data.ingest import read_quarantine_csv
 from pseudolabel.data.ledger import Ledger
 from pseudolabel.models.torchvision_cls import TorchvisionClassifier
@@ -110,7 +110,7 @@ def _calls(env: dict[str, Any]) -> list[dict[str, Any]]:
 def _candidates(env: dict[str, Any], items: list[Item]) -> list[Candidate]:
     """What a round pushes for ``items``: the model's prediction and uncertainty."""
     preds = list(env["model"].predict(items))
-    u = uncertainty_of(env["cfg"], np.stack([p.probs for p in preds]))
+    u = task_for(env["cfg"]).uncertainty(PoolPredictions.of(preds), {it.id: it for it in items})
     return [Candidate(item=it, score=float(s), prediction=p, strategy="entropy") for it, p, s in zip(items, preds, u)]
 
 

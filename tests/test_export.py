@@ -9,7 +9,8 @@ import pytest
 
 from loops.demo import demo_config, export_digits
 from loops.export import export_campaign
-from loops.round import ingest, ledger_for
+from loops.ingest import ingest
+from loops.round import ledger_for
 from pseudolabel.config import load_config
 from pseudolabel.data.formats import read_yolo
 from pseudolabel.data.formats import read_labels

@@ -21,7 +21,8 @@ import pytest
 from PIL import Image
 
 from loops.demo import demo_config, export_digits
-from loops.round import ingest, ledger_for, run_round
+from loops.ingest import ingest
+from loops.round import ledger_for, run_round
 from pseudolabel.config import load_config
 from pseudolabel.data import ingest as ingest_mod
 from pseudolabel.data.formats import read_csv_labels
@@ -29,6 +30,13 @@ from pseudolabel.data.images import sha256_file
 from pseudolabel.data.ingest import (DEFAULT_MAX_PIXELS, PILLOW_MAX_PIXELS, read_quarantine_csv, recheck,
                                      scan_files, scan_folder)
 from pseudolabel.types import Annotation, Item
+
+
+def read_labelled(cfg, which: str):  # noqa: ANN001, ANN201
+    """A labelled set read as the round's ingest reads it (the task's reader, first read)."""
+    from pseudolabel.tasks import task_for
+
+    return task_for(cfg).read(which)
 
 
 def big_png(path: Path, width: int, height: int) -> Path:
@@ -275,7 +283,6 @@ def test_detection_ingest_reads_every_format_with_both_options(tmp_path: Path) -
     """The round's ingest passes data.max_pixels and on_missing through read_labelled: a seed
     in Labelme JSON whose image is deleted after the first ingest is quarantined (the item is
     gone, its label kept) instead of stopping the round; on a first ingest it is an error."""
-    from loops.detection import read_labelled
     from pseudolabel.data.formats import labelme
     from pseudolabel.data.errors import DataError
     from pseudolabel.types import Box

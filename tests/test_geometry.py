@@ -12,6 +12,7 @@ from pseudolabel.data.geometry import (
     box_iou,
     box_polygon,
     boxes_xyxy,
+    clip_box,
     clip_xyxy,
     mask_iou,
     mask_to_polygon,
@@ -159,3 +160,12 @@ def test_polygon_rle_area_is_the_mask_pixel_count() -> None:
     assert int(mask_utils.area(rle)) == int(polygon_to_mask(poly, 8, 9).sum()) == 24
     with pytest.raises(ValueError, match="fewer than 3"):
         polygon_rle(poly[:2], 8, 9)
+
+
+def test_clip_box_keeps_label_score_and_flags() -> None:
+    b = Box(-3, 2, 12, 30, "cat", 0.7, polygon=((-3.0, 2.0), (12.0, 2.0), (5.0, 30.0)), difficult=True)
+    c = clip_box(b, width=10, height=20)
+    assert (c.x1, c.y1, c.x2, c.y2) == (0.0, 2, 10.0, 20.0)
+    assert c.polygon == ((0.0, 2.0), (10.0, 2.0), (5.0, 20.0))
+    assert (c.label, c.score, c.difficult) == ("cat", 0.7, True)
+    assert clip_box(Box(20, 0, 30, 5, "cat"), width=10, height=20).x1 == 10.0  # outside: zero width, caller decides

@@ -11,14 +11,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loops.detection import read_labelled
-from loops.round import holdout_truth, ingest, ledger_for
+from loops.ingest import holdout_truth, ingest
+from loops.round import ledger_for
 from pseudolabel.config import ConfigError, load_config
 from pseudolabel.data import formats
 from pseudolabel.data.formats import cvat, labelstudio
 from pseudolabel.data.errors import DataError, DataWarning
 from pseudolabel.data.ingest import scan_files
 from pseudolabel.types import Box
+
+
+def read_labelled(cfg, which: str):  # noqa: ANN001, ANN201
+    """A labelled set read as the round's ingest reads it (the task's reader, first read)."""
+    from pseudolabel.tasks import task_for
+
+    return task_for(cfg).read(which)
 
 
 def _png(path: Path, w: int, h: int, seed: int) -> Path:
@@ -87,7 +94,7 @@ def test_detection_ingest_from_cvat_and_coco_keeps_flags_for_evaluation(tmp_path
         assert [(b.label, b.crowd) for b in truth] == [("bus", False), ("car", True)]
     cfg.data.seed.train_difficult = True
     ds = read_labelled(cfg, "seed")
-    assert ds.boxes[items[0].id][1] == Box(20, 5, 30, 25, "car")  # trained on, as an ordinary box
+    assert ds.labels[items[0].id][1] == Box(20, 5, 30, 25, "car")  # trained on, as an ordinary box
 
 
 def test_notes_are_warned_and_an_empty_holdout_is_an_error(tmp_path: Path) -> None:
@@ -104,7 +111,7 @@ def test_notes_are_warned_and_an_empty_holdout_is_an_error(tmp_path: Path) -> No
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         seed = read_labelled(cfg, "seed")
-    assert next(iter(seed.boxes.values()))[0].label == "bus"  # id 0 is "bus" in classes.txt
+    assert next(iter(seed.labels.values()))[0].label == "bus"  # id 0 is "bus" in classes.txt
     msgs = [str(w.message) for w in caught if issubclass(w.category, DataWarning)]
     assert any("1 box(es)" in m and "clipped" in m for m in msgs) and any("mapped by name" in m for m in msgs)
     with pytest.raises(DataError, match=r"data\.holdout \(labelstudio .*ls\.json\): no usable labelled image; "

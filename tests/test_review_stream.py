@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 import yaml
 
-from loops import detection
 from loops.demo import demo_config, export_digits
-from loops.round import ledger_for, round_dir, run_round, uncertainty_of
+from loops.round import ledger_for, round_dir, run_round
 from pseudolabel.config import load_config
-from pseudolabel.inference import load_box_predictions, load_predictions
+from pseudolabel.inference import load_predictions
+from pseudolabel.tasks import task_for
 from pseudolabel.review.client import LabelStudioClient
 from pseudolabel.review.server import LabelStudioServer
 from pseudolabel.review.simulated import SimulatedReviewer
@@ -46,14 +46,9 @@ def most_uncertain_queued(cfg: Any, rid: int) -> tuple[str, dict[str, float]]:
     with ledger_for(cfg) as ledger:
         queued = {t["item_id"] for t in ledger.review_tasks(state="queued")}
         items = {it.id: it for it in ledger.items("pool")}
-    pred_dir = round_dir(cfg, rid) / "predictions"
-    if cfg.task == "classify":
-        df, probs, _ = load_predictions(pred_dir)
-        u = dict(zip(df["item_id"], uncertainty_of(cfg, probs)))
-    else:
-        _, preds = load_box_predictions(pred_dir)
-        preds = [p for p in preds if p.item_id in queued]
-        u = dict(zip([p.item_id for p in preds], detection.image_scores(cfg, preds, items)))
+    task = task_for(cfg)
+    preds = task.read_predictions(round_dir(cfg, rid) / "predictions").subset(queued)
+    u = dict(zip(preds.item_ids, task.uncertainty(preds, items)))
     scores = {i: float(v) for i, v in u.items() if i in queued}
     assert len(scores) == len(queued), "every queued task must have a prediction of the current model"
     return max(scores, key=scores.__getitem__), scores

@@ -9,11 +9,22 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from loops import detection
-from loops.round import _confident
+from loops.round import pseudo_cap
 from pseudolabel.config import load_config
 from pseudolabel.data.ledger import Ledger
+from pseudolabel.strategies.detection import select_images
+from pseudolabel.tasks import PoolPredictions, PseudoContext, task_for
 from pseudolabel.types import Annotation, Box, Item, Prediction
+
+
+def _confident(cfg, led: Ledger, df: pd.DataFrame, probs: np.ndarray, rid: int, version: str):  # noqa: ANN001, ANN202
+    """The round's pseudo-label step on these probabilities (the task's policy, the round's context)."""
+    preds = PoolPredictions(df.assign(label=None, confidence=probs.max(1), model_version=version),
+                            [Prediction(i, version, probs=p) for i, p in zip(df["item_id"], probs)],
+                            np.zeros((len(df), 0), np.float32), probs)
+    ctx = PseudoContext(items={it.id: it for it in led.items("pool")}, labelled=led.human_labelled_ids(),
+                        round_id=rid, model_version=version, cap=pseudo_cap(cfg, led), ledger=led)
+    return task_for(cfg).confident(preds, ctx)
 
 
 def _cfg(tmp_path: Path, task: str = "classify", **pseudo):  # noqa: ANN003, ANN202
@@ -90,7 +101,8 @@ def test_detection_pseudo_boxes_per_class_thresholds(tmp_path: Path) -> None:
         _pred(items[3].id, (0.99, "a")),                 # human-labelled: never pseudo-labelled
         _pred(items[4].id),                              # no boxes: no pseudo-label (empty says nothing)
     ]
-    out = detection.confident(cfg, preds, by_id, {items[3].id}, 1, "v")
+    ctx = PseudoContext(items=by_id, labelled={items[3].id}, round_id=1, model_version="v", cap=None)
+    out = task_for(cfg).confident(PoolPredictions.of(preds), ctx)
     assert [a.item.id for a in out] == [items[0].id]
     assert [(b.label, b.score) for b in out[0].boxes] == [("a", 0.95)]
     assert out[0].source == "pseudo"
@@ -102,7 +114,9 @@ def test_detection_select_returns_k_unique(tmp_path: Path, strategy: str) -> Non
     rng = np.random.default_rng(0)
     scores = rng.random(50)
     emb = rng.normal(size=(50, 8)).astype(np.float32)
-    sel = detection.select(cfg, k=7, scores=scores, embeddings=emb, labelled_embeddings=None, seed=0)
+    s = cfg.selection
+    sel = select_images(scores, 7, strategy=s.strategy, embeddings=emb, labelled_embeddings=None,
+                        hybrid_factor=s.hybrid_factor, n_classes=len(cfg.classes), seed=0, options=s.strategy_options())
     assert len(set(sel.indices.tolist())) == 7
     if strategy == "entropy":
         assert set(sel.indices.tolist()) == set(np.argsort(-scores)[:7].tolist())

@@ -7,10 +7,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from loops.round import pool_stop_reason, round_dir, stop_reason
+from loops.round import round_dir
+from loops.stop import pool_stop_reason, stop_reason
 from pseudolabel.config import load_config
 from pseudolabel.data.ledger import Ledger
-from pseudolabel.types import Annotation, Item
+from pseudolabel.tasks import PoolPredictions, task_for
+from pseudolabel.types import Annotation, Item, Prediction
 
 
 def _cfg(tmp_path: Path, **stop):  # noqa: ANN003, ANN202
@@ -53,25 +55,31 @@ def test_acceptance_rate_uses_the_last_rounds_answers(tmp_path: Path) -> None:
     assert stop_reason(stricter, led, 2, {"accuracy": 0.85}, 100) is None
 
 
-def test_stable_predictions_and_low_pool_uncertainty(tmp_path: Path) -> None:
-    from pseudolabel.inference import load_predictions  # noqa: F401  (same shard format)
+def _pool(ids: list[str], labels: np.ndarray, probs: np.ndarray) -> PoolPredictions:
+    """The current round's pool predictions (labels as given, probabilities per row)."""
+    frame = pd.DataFrame({"item_id": ids, "label": labels, "confidence": probs.max(1), "model_version": "v2"})
+    return PoolPredictions(frame, [Prediction(i, "v2", probs=p) for i, p in zip(ids, probs)],
+                           np.zeros((len(ids), 0), np.float32), probs)
 
+
+def test_stable_predictions_and_low_pool_uncertainty(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path, stable_kappa=0.95)
-    prev = round_dir(cfg, 1) / "predictions"
-    prev.mkdir(parents=True)
+    prev_dir = round_dir(cfg, 1) / "predictions"
+    prev_dir.mkdir(parents=True)
     ids = [f"{i:064x}" for i in range(40)]
     labels = np.array(["a", "b"] * 20)
     pd.DataFrame({"item_id": ids, "model_version": "v1", "label": labels, "confidence": 0.9,
-                  "probs": [[0.9, 0.1]] * 40}).to_parquet(prev / "predictions-00000.parquet")
-    np.save(prev / "embeddings-00000.npy", np.zeros((40, 4), np.float32))
+                  "probs": [[0.9, 0.1]] * 40}).to_parquet(prev_dir / "predictions-00000.parquet")
+    np.save(prev_dir / "embeddings-00000.npy", np.zeros((40, 4), np.float32))
+    prev = task_for(cfg).read_predictions(prev_dir)               # the same shard format a round writes
     probs = np.tile([[0.9, 0.1]], (40, 1))
-    same = pd.DataFrame({"item_id": ids, "label": labels})
-    assert (pool_stop_reason(cfg, 2, same, probs) or "").startswith("predictions_stable")
+    same = _pool(ids, labels, probs)
+    assert (pool_stop_reason(cfg, same, prev, {}) or "").startswith("predictions_stable")
     flipped = labels.copy()
     flipped[:6] = np.where(flipped[:6] == "a", "b", "a")     # 6 of 40 changed: kappa 0.7
-    assert pool_stop_reason(cfg, 2, pd.DataFrame({"item_id": ids, "label": flipped}), probs) is None
+    assert pool_stop_reason(cfg, _pool(ids, flipped, probs), prev, {}) is None
 
     low = _cfg(tmp_path, pool_uncertainty=0.2)
     confident = np.tile([[0.995, 0.005]], (40, 1))
-    assert (pool_stop_reason(low, 2, same, confident) or "").startswith("pool_uncertainty_low")
-    assert pool_stop_reason(low, 2, same, np.full((40, 2), 0.5)) is None
+    assert (pool_stop_reason(low, _pool(ids, labels, confident), prev, {}) or "").startswith("pool_uncertainty_low")
+    assert pool_stop_reason(low, _pool(ids, labels, np.full((40, 2), 0.5)), prev, {}) is None

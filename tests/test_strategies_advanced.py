@@ -11,7 +11,7 @@ from PIL import Image
 
 from pseudolabel.strategies import STRATEGIES, STRATEGY_NAMES, select
 from pseudolabel.strategies.badge import badge, gradient_embeddings
-from pseudolabel.strategies.bayesian import _bald_strategy, bald, mc_dropout_probs, select_bald
+from pseudolabel.strategies.bayesian import _bald_strategy, bald, select_bald
 from pseudolabel.strategies.typiclust import typicality, typiclust
 
 LOG2 = float(np.log(2.0))
@@ -114,7 +114,7 @@ def tiny_items(tmp_path_factory: pytest.TempPathFactory):
     return anns
 
 
-def test_mc_dropout_probs_samples_differ_and_model_is_restored(tiny_items):
+def test_mc_dropout_samples_differ_and_model_is_restored(tiny_items):
     from pseudolabel.models.torchvision_cls import TorchvisionClassifier
 
     model = TorchvisionClassifier(
@@ -122,26 +122,26 @@ def test_mc_dropout_probs_samples_differ_and_model_is_restored(tiny_items):
     ).fit(tiny_items)
     items = [a.item for a in tiny_items]
     before, _ = model.predict_proba_embed(items)
-    mc = mc_dropout_probs(model, items, T=6, batch_size=5, seed=3)
+    mc = model.mc_dropout_probs(items, T=6, batch_size=5, seed=3)
     assert mc.shape == (6, 12, 2) and mc.dtype == np.float32
     np.testing.assert_allclose(mc.sum(axis=2), 1.0, atol=1e-5)
     assert np.ptp(mc, axis=0).max() > 1e-4  # dropout really was on: passes differ
-    np.testing.assert_array_equal(mc, mc_dropout_probs(model, items, T=6, batch_size=5, seed=3))
+    np.testing.assert_array_equal(mc, model.mc_dropout_probs(items, T=6, batch_size=5, seed=3))
     assert not model.net_.training and not any(m.training for m in model.net_.modules())
     after, _ = model.predict_proba_embed(items)
     np.testing.assert_array_equal(before, after)  # eval-mode predictions unaffected
     assert bald(mc).shape == (12,)
 
 
-def test_mc_dropout_probs_refuses_models_without_dropout(tiny_items):
+def test_mc_dropout_refuses_models_without_dropout(tiny_items):
     from pseudolabel.models.torchvision_cls import TorchvisionClassifier
 
     model = TorchvisionClassifier(["light", "dark"], epochs=1, image_size=16, device="cpu", dropout=0.0)
     with pytest.raises(ValueError, match="fitted"):
-        mc_dropout_probs(model, [a.item for a in tiny_items])
+        model.mc_dropout_probs([a.item for a in tiny_items])
     model.fit(tiny_items[:4])
     with pytest.raises(ValueError, match="no dropout"):
-        mc_dropout_probs(model, [a.item for a in tiny_items])
+        model.mc_dropout_probs([a.item for a in tiny_items])
 
 
 # --- BADGE ----------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,7 @@ __all__ = [
     "box_iou",
     "box_polygon",
     "boxes_xyxy",
+    "clip_box",
     "clip_xyxy",
     "mask_iou",
     "mask_to_polygon",
@@ -119,6 +121,19 @@ def clip_xyxy(x1: float, y1: float, x2: float, y2: float, *, width: float, heigh
     """Pixel corners clipped to a ``width`` x ``height`` image (``0..width``, ``0..height``)."""
     return (min(max(x1, 0.0), float(width)), min(max(y1, 0.0), float(height)),
             min(max(x2, 0.0), float(width)), min(max(y2, 0.0), float(height)))
+
+
+def clip_box(box: Box, *, width: float, height: float) -> Box:
+    """``box`` with its corners and polygon points clipped to a ``width`` x ``height`` image
+    (label, score and flags kept). The result may have zero area: the caller decides."""
+    def cx(x: float) -> float:
+        return min(max(x, 0.0), float(width))
+
+    def cy(y: float) -> float:
+        return min(max(y, 0.0), float(height))
+
+    return replace(box, x1=cx(box.x1), y1=cy(box.y1), x2=cx(box.x2), y2=cy(box.y2),
+                   polygon=None if box.polygon is None else tuple((cx(x), cy(y)) for x, y in box.polygon))
 
 
 def box_polygon(box: Box) -> list[Point]:

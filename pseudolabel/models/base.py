@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 from typing_extensions import Self
 
@@ -25,31 +26,40 @@ class NotFittedError(ValueError, AttributeError):
 
 @runtime_checkable
 class Model(Protocol):
-    """What the loops need from a model, whatever the framework behind it.
+    """What the loops need from a model, whatever the framework behind it — and no more: the
+    round, retrain, the benchmark and the ML backend use exactly this, plus the optional
+    capabilities a model declares (:data:`CAPABILITIES`, checked with :func:`require`).
 
     - ``task``: ``"classify"``, ``"detect"`` or ``"segment"``;
     - ``classes``: class names, in the order of the ``probs`` columns of its predictions;
     - ``model_version``: a short string naming the trained weights (stored with every
-      prediction; a changed version means old predictions are stale).
+      prediction; a changed version means old predictions are stale);
+    - ``capabilities``: the names of the optional capabilities it has.
     """
 
     task: TaskType
     classes: list[str]
+    capabilities: frozenset[str]
 
     @property
     def model_version(self) -> str: ...
 
     def fit(self, train: Sequence[Annotation], *, val: Sequence[Annotation] | None = None) -> Self:
-        """Train from scratch (or from configured local weights) on ``train``; returns ``self``."""
+        """Train from scratch (or from configured weights) on ``train``; returns ``self``.
+        With the ``unlabelled`` capability, ``fit(train, unlabelled=items)`` also learns from
+        unlabelled images."""
         ...
 
     def predict(self, images: Iterable[Item], *, batch_size: int | None = None) -> Iterator[Prediction]:
         """Yield one :class:`Prediction` per item, in input order, streaming; ``batch_size``
-        ``None`` lets the model choose (fitted to the device)."""
+        ``None`` lets the model choose (fitted to the device). Classifiers fill ``probs``
+        ``(C,)`` and ``embedding`` ``(D,)``; detectors ``boxes``, ``box_probs`` ``(B, C)`` and
+        ``embedding``."""
         ...
 
     def save(self, path: Path) -> None:
-        """Write a checkpoint that :meth:`load` rebuilds the model from."""
+        """Write a checkpoint that :meth:`load` rebuilds the model from (its ``format`` key
+        names the adapter: see :mod:`pseudolabel.models.registry`)."""
         ...
 
     @classmethod
@@ -167,3 +177,43 @@ class EpochProgress:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.stop()
+
+
+# -- capabilities ----------------------------------------------------------------------------
+CAPABILITIES: dict[str, str] = {
+    "mc_dropout": "stochastic forward passes with dropout on (mc_dropout_probs)",
+    "hflip_tta": "predictions on horizontally mirrored images (predict(..., hflip=True))",
+    "unlabelled": "training on unlabelled images too (fit(..., unlabelled=...))",
+}
+"""What a model may do beyond :class:`Model`, by name. An adapter lists what it does in its
+``capabilities`` attribute; the loops check with :func:`require` instead of reaching in."""
+
+
+def capabilities(model: Any) -> frozenset[str]:
+    """The optional capabilities ``model`` declares (see :data:`CAPABILITIES`)."""
+    return frozenset(getattr(model, "capabilities", ()))
+
+
+def require(model: Any, capability: str, what: str) -> None:
+    """Raise ``ValueError`` naming ``what`` needs ``capability`` when ``model`` lacks it."""
+    if capability not in CAPABILITIES:
+        raise ValueError(f"unknown capability {capability!r}; known: {', '.join(CAPABILITIES)}")
+    if capability not in capabilities(model):
+        arch = getattr(model, "arch", None) or getattr(model, "task", None) or ""
+        raise ValueError(f"{what} needs a model that supports {CAPABILITIES[capability]}; "
+                         f"{type(model).__name__}{f' ({arch})' if arch else ''} does not")
+
+
+def predict_arrays(model: Any, items: Iterable[Item], *, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """All classification predictions of ``items`` at once: probabilities ``(N, C)`` and
+    embeddings ``(N, D)`` (float32, rows in input order), through :meth:`Model.predict`."""
+    preds = list(model.predict(items, batch_size=batch_size))
+    n_classes = len(model.classes)
+    if not preds:
+        return np.zeros((0, n_classes), dtype=np.float32), np.zeros((0, 0), dtype=np.float32)
+    if any(p.probs is None for p in preds):
+        raise ValueError(f"{type(model).__name__} gave predictions without class probabilities: not a classifier")
+    emb = [p.embedding for p in preds]
+    emb_arr = np.stack([np.asarray(e, dtype=np.float32) for e in emb]) if all(e is not None for e in emb) \
+        else np.zeros((len(preds), 0), dtype=np.float32)
+    return np.stack([np.asarray(p.probs, dtype=np.float32) for p in preds]), emb_arr

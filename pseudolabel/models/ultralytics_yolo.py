@@ -210,6 +210,8 @@ class YoloModel(AdapterBase):
 
     # ---- parameters -------------------------------------------------------------------
 
+    capabilities: frozenset[str] = frozenset({"hflip_tta"})
+
     def _check_params(self) -> None:
         classes = self.classes
         if isinstance(classes, str) or not isinstance(classes, Sequence) or len(classes) < 1:
@@ -575,7 +577,7 @@ class YoloModel(AdapterBase):
         emb = emb_t.cpu().numpy().astype(np.float32)
         probs = probs_t.float().cpu().numpy()
         return [
-            Prediction(item_id=item.id, model_version=self.model_version, probs=probs[n].astype(np.float64), embedding=emb[n])
+            Prediction(item_id=item.id, model_version=self.model_version, probs=probs[n].astype(np.float32), embedding=emb[n])
             for n, item in enumerate(items)
         ]
 

@@ -205,8 +205,11 @@ class LabelStudioClient:
             from label_studio_sdk import LabelStudio
 
             # No SDK retries: it retries POSTs on a dropped connection, which duplicates
-            # imports. Retries happen in transport.call, after reconciling.
-            self._sdk_ = LabelStudio(base_url=self.url, api_key=self.token, timeout=self.retry.timeout, max_retries=0)
+            # imports. Retries happen in transport.call, after reconciling. The SDK checks a
+            # personal access token when it is built (expired, no expiry: HTTP 401), so that
+            # goes through call too: one line naming the token's variable, no headers.
+            self._sdk_ = self._call("connect", lambda: LabelStudio(
+                base_url=self.url, api_key=self.token, timeout=self.retry.timeout, max_retries=0))
         return self._sdk_
 
     def _call(self, what: str, fn: Callable[[], Any], *, idempotent: bool = True) -> Any:

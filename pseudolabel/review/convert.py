@@ -222,13 +222,20 @@ def label_from_choices(result: Sequence[Mapping[str, Any]], *, from_name: str = 
     """The class chosen in a Label Studio ``result`` list; ``None`` when nothing was chosen.
 
     Regions of other types or other control names are ignored. Several chosen values raise
-    ``ValueError`` (our configs are single-choice).
+    ``ValueError`` (our configs are single-choice), and so does a ``value`` that is not an
+    object or ``choices`` that is not a list of strings (an answer saved through the API can
+    hold ``"choices": "12"``, which must not read as the classes "1" and "2").
     """
     chosen: list[str] = []
     for region in result:
         if region.get("type") != "choices" or region.get("from_name") != from_name:
             continue
-        chosen.extend(region.get("value", {}).get("choices", []))
+        value = region.get("value", {})
+        picked = value.get("choices", []) if isinstance(value, Mapping) else None
+        if not isinstance(picked, list) or not all(isinstance(c, str) for c in picked):
+            shown = value.get("choices") if isinstance(value, Mapping) else value
+            raise ValueError(f"choices {shown!r} is not a list of class names")
+        chosen.extend(picked)
     if not chosen:
         return None
     if len(chosen) > 1:

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from pseudolabel.data.geometry import clip_box
 from pseudolabel.review import convert
 from pseudolabel.types import Annotation, Box, Item, TaskType
 
@@ -68,6 +69,22 @@ def as_int(value: Any, what: str) -> int:
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         return int(value)
     raise ValueError(f"{what} {value!r} is not an integer")
+
+
+def _inside(box: Box, width: int, height: int, warnings: list[str] | None) -> Box:
+    """``box`` clipped to the ``width`` x ``height`` pixel image (a warning when that moved a
+    corner by more than half a pixel); ``ValueError`` when nothing of it lies in the image."""
+    clipped = clip_box(box, width=width, height=height)
+    corners = (box.x1, box.y1, box.x2, box.y2)
+    if not (clipped.x1 < clipped.x2 and clipped.y1 < clipped.y2):
+        raise ValueError(f"box {box.label!r} ({', '.join(f'{v:.1f}' for v in corners)} px) lies outside "
+                         f"the {width}x{height} image")
+    if max(abs(a - b) for a, b in zip(corners, (clipped.x1, clipped.y1, clipped.x2, clipped.y2))) > 0.5:
+        if warnings is not None:
+            warnings.append(f"box {box.label!r} reaches outside the {width}x{height} image: clipped to "
+                            f"[{clipped.x1:.1f}, {clipped.y1:.1f}, {clipped.x2:.1f}, {clipped.y2:.1f}] px")
+        return clipped
+    return box
 
 
 @dataclass(frozen=True)
@@ -147,6 +164,8 @@ class Decoder:
         for b in boxes:
             if not (b.x1 < b.x2 and b.y1 < b.y2):
                 raise ValueError(f"box {b.label!r} has no area ({b.x1:.1f}, {b.y1:.1f}, {b.x2:.1f}, {b.y2:.1f} px)")
+        if item.width > 0 and item.height > 0:
+            boxes = tuple(_inside(b, item.width, item.height, warnings) for b in boxes)
         return None, boxes
 
     @staticmethod

@@ -120,6 +120,9 @@ def describe(exc: BaseException, *, url: str, what: str, timeout: float | None =
         return f"Label Studio at {url} dropped the connection during {what} ({type(exc).__name__})"
     if status is not None:
         body = _detail(getattr(exc, "body", None))
+        if 200 <= status < 300:  # a success status whose body the SDK could not read
+            return (f"the server at {url} answered {what} with {body or 'an empty body'}, not Label Studio's API: "
+                    "is label_studio.url the Label Studio server?")
         if status in (401, 403):
             return f"Label Studio at {url} refused the token for {what} (HTTP {status}: {body})"
         return f"Label Studio at {url} answered {what} with HTTP {status}: {body}"
@@ -170,7 +173,7 @@ def call(
             if status in (401, 403):
                 raise LabelStudioAuthError(f"{line}; {auth_hint(token_env)}") from exc
             if not is_transient(exc):
-                if status is None and not isinstance(exc, httpx.HTTPError):
+                if (status is None and not isinstance(exc, httpx.HTTPError)) or (status is not None and 200 <= status < 300):
                     raise LabelStudioProtocolError(line) from exc
                 raise LabelStudioError(line) from exc
             if not idempotent and maybe_applied(exc):

@@ -9,14 +9,17 @@ Three layers (modAL / baal style):
    :data:`STRATEGIES` (extend with :func:`register`).
 
 Further registered strategies: ``badge`` (:mod:`.badge`, gradient embeddings + k-means++),
-``typiclust`` (:mod:`.typiclust`, cold start) and ``bald`` (:mod:`.bayesian`, needs
-MC-dropout samples: use :func:`select_bald`).
+``bald`` (:mod:`.bayesian`, needs MC-dropout samples: use :func:`select_bald`), and for low
+budgets on good (pretrained / self-supervised) embeddings ``typiclust`` (:mod:`.typiclust`),
+``centroid`` (:mod:`.coldstart`, with :func:`cold_start` for the very first labels),
+``probcover`` (:mod:`.probcover`) and ``schedule`` (:mod:`.schedule`: typicality while labels
+per class are few, then uncertainty).
 
 Importing this package only defines names and fills the strategy registry.
 """
 
 from .badge import badge, gradient_embeddings
-from .bayesian import bald, mc_dropout_probs, select_bald
+from .bayesian import bald, select_bald
 from .diversity import kcenter_greedy
 from .registry import STRATEGIES, STRATEGY_NAMES, get_strategy, register, uses_labelled_embeddings
 from .selection import Selection, SelectionRequest, balanced_top_k, select, top_k
@@ -30,8 +33,12 @@ from .uncertainty import (
     validate_probs,
 )
 from .typiclust import typiclust
+from .coldstart import COLD_START_METHODS, centroid, cold_start
+from .probcover import probcover, purity_delta
+from .schedule import schedule_phase, scheduled_strategy
 
 __all__ = [
+    "COLD_START_METHODS",
     "SCORE_FUNCTIONS",
     "STRATEGIES",
     "STRATEGY_NAMES",
@@ -41,16 +48,21 @@ __all__ = [
     "bald",
     "badge",
     "balanced_top_k",
+    "centroid",
+    "cold_start",
     "entropy",
     "get_strategy",
     "gradient_embeddings",
     "kcenter_greedy",
     "least_confidence",
     "margin",
-    "mc_dropout_probs",
+    "probcover",
+    "purity_delta",
     "random_scores",
     "register",
     "uses_labelled_embeddings",
+    "schedule_phase",
+    "scheduled_strategy",
     "select",
     "select_bald",
     "top_k",

@@ -133,7 +133,7 @@ def badge(
     return picks
 
 
-@register("badge")
+@register("badge", probs=True)
 def _badge_strategy(req: SelectionRequest) -> Selection:
     """k-means++ on gradient embeddings (needs probs and embeddings).
 

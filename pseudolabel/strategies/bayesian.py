@@ -9,28 +9,20 @@ High when the passes disagree with each other (epistemic uncertainty: more label
 help), low when every pass gives the same distribution, *even if that distribution is
 uncertain* (aleatoric uncertainty: the image is ambiguous, a label teaches little).
 
-Three layers, as in :mod:`~pseudolabel.strategies.uncertainty`:
+Pure functions on arrays, as in :mod:`~pseudolabel.strategies.uncertainty`:
 
-- :func:`bald`: pure, ``(T, N, C)`` MC probabilities -> ``(N,)`` scores, higher = more
-  uncertain;
-- :func:`mc_dropout_probs`: model-aware, runs a
-  :class:`~pseudolabel.models.torchvision_cls.TorchvisionClassifier` ``T`` times with its
-  dropout layers switched on (torch imported lazily, inside the function);
+- :func:`bald`: ``(T, N, C)`` MC probabilities -> ``(N,)`` scores, higher = more uncertain;
 - :func:`select_bald`: top-k selection returning a
-  :class:`~pseudolabel.strategies.selection.Selection`.
+  :class:`~pseudolabel.strategies.selection.Selection`;
+- ``"bald"`` in the registry: ``select("bald", ..., mc_probs=...)``.
 
-Registry: ``"bald"`` is registered, but :func:`~pseudolabel.strategies.selection.select`
-has no ``mc_probs`` argument yet, so ``select("bald", ...)`` raises a ``ValueError``
-pointing to :func:`select_bald` unless the request carries an ``mc_probs`` attribute (the
-strategy reads ``getattr(req, "mc_probs", None)``, so adding an optional
-``mc_probs: np.ndarray | None = None`` field to ``SelectionRequest`` and a keyword to
-``select`` is all it takes to route it through ``select``).
+The samples come from a model with the ``mc_dropout`` capability
+(:meth:`~pseudolabel.models.torchvision_cls.TorchvisionClassifier.mc_dropout_probs`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -38,10 +30,7 @@ from .registry import register
 from .selection import Selection, SelectionRequest, balanced_top_k, top_k
 from .uncertainty import ROW_SUM_ATOL, entropy_kernel
 
-if TYPE_CHECKING:
-    from pseudolabel.types import Item
-
-__all__ = ["bald", "mc_dropout_probs", "select_bald", "validate_mc_probs"]
+__all__ = ["bald", "select_bald", "validate_mc_probs"]
 
 
 def validate_mc_probs(mc_probs: object, *, name: str = "mc_probs") -> np.ndarray:
@@ -150,15 +139,15 @@ def _rank(
     return picks[np.lexsort((picks, -scores[picks]))].astype(np.int64)
 
 
-@register("bald")
+@register("bald", probs=True)
 def _bald_strategy(req: SelectionRequest) -> Selection:
     """Top-k by BALD; needs ``mc_probs`` (T, N, C) on the request (see module docstring)."""
     mc_probs: Any = getattr(req, "mc_probs", None)
     if mc_probs is None:
         raise ValueError(
-            "strategy 'bald' needs Monte-Carlo dropout samples mc_probs (T, N, C), which "
-            "select() does not take yet; call pseudolabel.strategies.bayesian.select_bald("
-            "mc_probs, k=...) with mc_dropout_probs(model, items, T=...) instead"
+            "strategy 'bald' needs Monte-Carlo dropout samples mc_probs (T, N, C): pass "
+            "select(..., mc_probs=model.mc_dropout_probs(items, T=...)) (a model with the "
+            "mc_dropout capability), or call select_bald(mc_probs, k=...)"
         )
     mc = validate_mc_probs(mc_probs)
     if mc.shape[1] != req.n:
@@ -167,96 +156,3 @@ def _bald_strategy(req: SelectionRequest) -> Selection:
     lp = req.labels_pred
     picks = _rank(scores, mc, req.k, req.class_balance, lp)
     return Selection(picks, scores[picks])
-
-
-def mc_dropout_probs(
-    model: Any,
-    items: Sequence[Item],
-    *,
-    T: int = 10,
-    batch_size: int | None = 64,
-    seed: int | None = 0,
-) -> np.ndarray:
-    """Run a fitted classifier ``T`` times with dropout on: (T, N, C) float32 probabilities.
-
-    ``model`` is a fitted :class:`~pseudolabel.models.torchvision_cls.TorchvisionClassifier`
-    (its torch module is the public learned attribute ``net_``). Images are decoded once per
-    batch exactly as the classifier does (RGB, bilinear resize to ``image_size`` pixels
-    square, /255, normalised by ``mean``/``std``). Batch-norm layers stay in eval mode; only
-    ``Dropout`` layers are switched to training mode, and every module's mode is restored
-    afterwards, so later ``predict`` calls are unaffected.
-
-    Args:
-        model: fitted classifier with ``net_``, ``device_``, ``image_size``, ``mean``, ``std``.
-        items: N pool items, in the order of the output's second axis.
-        T: number of stochastic passes, >= 1 (Gal et al. use 10-100).
-        batch_size: images per forward pass, >= 1 (``None``: 64).
-        seed: torch seed for the dropout masks (global torch RNG state is restored after);
-            ``None`` leaves the RNG alone.
-
-    Returns:
-        (T, N, C) float32 softmax probabilities, columns in ``model.classes_`` order.
-
-    Raises:
-        ValueError: model not fitted, its network has no dropout layer (every pass would be
-        identical, e.g. ``resnet18``), bad ``T`` / ``batch_size``, or an item that is not an
-        :class:`~pseudolabel.types.Item`.
-    """
-    import torch
-    from torch import nn
-
-    from pseudolabel.data.images import load_chw_batch
-    from pseudolabel.types import Item
-
-    batch_size = 64 if batch_size is None else batch_size
-    for name, value in (("T", T), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1; got {value!r}")
-    net = getattr(model, "net_", None)
-    if not isinstance(net, nn.Module):
-        raise ValueError(
-            f"mc_dropout_probs needs a fitted classifier with a torch module in .net_; "
-            f"got {type(model).__name__} without one (call fit or load first)"
-        )
-    dropouts = [m for m in net.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
-    if not dropouts or all(float(getattr(m, "p", 0.0)) == 0.0 for m in dropouts):
-        raise ValueError(
-            f"{type(net).__name__} has no dropout layer with p > 0, so all T passes would be "
-            "identical; use arch='small_cnn' (dropout before the head) for BALD"
-        )
-    items = list(items)
-    for i, it in enumerate(items):
-        if not isinstance(it, Item):
-            raise ValueError(f"items[{i}] is a {type(it).__name__}, expected an Item")
-    n_classes = len(model.classes_)
-    if not items:
-        return np.zeros((int(T), 0, n_classes), dtype=np.float32)
-
-    device = getattr(model, "device_", None) or next(net.parameters()).device
-    size = int(model.image_size)
-    mean = torch.tensor(model.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(model.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-
-    def decode(batch: Sequence[Item]) -> torch.Tensor:
-        x = load_chw_batch([it.path for it in batch], size).to(device).float() / 255.0  # (B, 3, S, S)
-        return (x - mean) / std
-
-    out = np.empty((int(T), len(items), n_classes), dtype=np.float32)
-    modes = {m: m.training for m in net.modules()}
-    fork_devices = [device] if torch.device(device).type == "cuda" else []
-    try:
-        net.eval()
-        for m in dropouts:
-            m.train()
-        with torch.random.fork_rng(devices=fork_devices, enabled=seed is not None), torch.no_grad():
-            if seed is not None:
-                torch.manual_seed(int(seed))
-            for lo in range(0, len(items), int(batch_size)):
-                x = decode(items[lo : lo + int(batch_size)])
-                for t in range(int(T)):
-                    probs = torch.softmax(net(x).float(), dim=1)
-                    out[t, lo : lo + x.shape[0]] = probs.cpu().numpy()
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
-    return out

@@ -12,22 +12,24 @@ Pure functions on arrays (IoU from :mod:`pseudolabel.data.geometry`). Convention
 Composition (modAL-style): :func:`box_uncertainty` gives ``(B,)`` per-box scores,
 :func:`aggregate` reduces them to one image score, :func:`localisation_stability` adds a
 test-time-augmentation term, :func:`image_uncertainty` wires them for one
-:class:`~pseudolabel.types.Prediction`.
+:class:`~pseudolabel.types.Prediction`. :func:`select_images` picks the batch from the
+``(N,)`` image scores and an ``(N, D)`` image-embedding array from any source (the
+detector's own pooled features, or a pretrained / self-supervised backbone's).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import numpy as np
 
 from pseudolabel.data.geometry import as_xyxy, box_iou, boxes_xyxy
+from pseudolabel.strategies.registry import needs_probs, without_probs
+from pseudolabel.strategies.selection import Selection
 from pseudolabel.strategies.uncertainty import KERNELS
 from pseudolabel.types import Prediction
 
-# Image-selection strategies a detection / segmentation round accepts (the others need class
-# probabilities per image).
-DETECTION_STRATEGIES: tuple[str, ...] = ("random", "least_confidence", "margin", "entropy", "kcenter", "hybrid")
 
 Aggregation = Literal["max", "mean", "sum", "topk_mean"]
 AGGREGATIONS: tuple[str, ...] = ("max", "mean", "sum", "topk_mean")
@@ -36,7 +38,7 @@ BOX_SCORES: tuple[str, ...] = tuple(sorted(KERNELS))
 __all__ = [
     "AGGREGATIONS",
     "BOX_SCORES",
-    "DETECTION_STRATEGIES",
+    "detection_strategies",
     "aggregate",
     "box_uncertainty",
     "boxes_array",
@@ -44,6 +46,7 @@ __all__ = [
     "image_uncertainty",
     "localisation_stability",
     "normalise_box_probs",
+    "select_images",
 ]
 
 
@@ -214,3 +217,65 @@ def image_uncertainty(
         raise ValueError(f"stability_weight must be in [0, 1], got {stability_weight!r}")
     instability = localisation_stability(boxes_array(prediction), boxes_array(tta_prediction), width)
     return float((1.0 - stability_weight) * base + stability_weight * instability)
+
+
+def select_images(
+    scores: np.ndarray,
+    k: int,
+    *,
+    strategy: str,
+    embeddings: np.ndarray | None = None,
+    labelled_embeddings: np.ndarray | None = None,
+    hybrid_factor: int = 5,
+    n_classes: int | None = None,
+    seed: int = 0,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Selection:
+    """Pick ``k`` images for review with any registered strategy that runs without class
+    probabilities (:func:`detection_strategies`), through the one
+    :func:`~pseudolabel.strategies.select`.
+
+    Args:
+        scores: (N,) image uncertainty (higher = more uncertain), e.g. from
+            :func:`image_uncertainty`: what the uncertainty strategies rank by.
+        k: batch size; ``min(k, N)`` are returned.
+        strategy: e.g. ``random``; ``least_confidence`` / ``margin`` / ``entropy`` (top-k by
+            ``scores``, which the caller computed with that box score); ``kcenter``;
+            ``hybrid`` (the top ``hybrid_factor * k`` by ``scores``, then k-center among them);
+            ``typiclust`` / ``centroid`` / ``probcover`` (typicality / coverage on
+            ``embeddings``); ``schedule``; or one registered later.
+        embeddings: (N, D) image embeddings from any source: the detector's own, or a
+            pretrained / self-supervised backbone's (better in the first rounds).
+        labelled_embeddings: (M, D) embeddings of the images labelled already, same source.
+        n_classes: the class count (``probcover`` clusters into that many groups unless
+            ``options["probcover"]["delta"]`` is set; ``schedule`` counts labels per class).
+        seed: seed of ``random`` and of the clustering / first k-center pick.
+        options: strategy options by name, as for :func:`~pseudolabel.strategies.select`.
+
+    Returns:
+        :class:`~pseudolabel.strategies.Selection`: (min(k, N),) indices in pick order and
+        their scores.
+
+    Raises:
+        ValueError: a strategy that needs class probabilities (listing the ones that do
+        not), missing or mismatched embeddings.
+    """
+    from pseudolabel.strategies.selection import select
+
+    if needs_probs(strategy):
+        raise ValueError(f"strategy {strategy!r} is not one of the strategies for boxes (it needs class "
+                         f"probabilities per image): {', '.join(detection_strategies())}")
+    sc = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if min(int(k), sc.shape[0]) <= 0:
+        return Selection(np.zeros(0, dtype=np.int64), np.zeros(0), strategy)
+    emb = embeddings if embeddings is not None and np.asarray(embeddings).size else None
+    return select(strategy, k=int(k), scores=sc, embeddings=emb, labelled_embeddings=labelled_embeddings,
+                  hybrid_factor=hybrid_factor, seed=seed, options=options, n_classes=n_classes)
+
+
+def detection_strategies() -> tuple[str, ...]:
+    """The strategies a detection / segmentation round accepts: every registered strategy
+    that runs without class probabilities (so one registered later is usable for boxes)."""
+    import pseudolabel.strategies  # noqa: F401  (fills the registry)
+
+    return without_probs()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "kcenter_greedy", "validate_embeddings"]
+__all__ = ["DEFAULT_CHUNK_SIZE", "kcenter_greedy", "l2_normalise", "validate_embeddings"]
 
 DEFAULT_CHUNK_SIZE = 4096
 """Pool rows per distance block."""
@@ -53,6 +53,18 @@ def validate_embeddings(embeddings: object, *, name: str = "embeddings", chunk_s
                 f"at column {col}; embeddings must be finite"
             )
     return arr
+
+
+def l2_normalise(x: np.ndarray, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> np.ndarray:
+    """(N, D) float32 -> a new (N, D) float32 array with unit-length rows (all-zero rows stay
+    zero), block by block. Distances between normalised rows lie in [0, 2]."""
+    out = np.empty_like(x, dtype=np.float32)
+    for lo in range(0, x.shape[0], chunk_size):
+        block = np.asarray(x[lo : lo + chunk_size], dtype=np.float32)
+        norm = np.sqrt(np.einsum("ij,ij->i", block, block))[:, None]
+        np.divide(block, norm, out=out[lo : lo + chunk_size], where=norm > 0)
+        out[lo : lo + chunk_size][(norm == 0)[:, 0]] = 0.0
+    return out
 
 
 def _sq_norms(x: np.ndarray, chunk_size: int) -> np.ndarray:

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 else:
     Strategy = Callable
 
-__all__ = ["STRATEGIES", "STRATEGY_NAMES", "Strategy", "get_strategy", "register", "uses_labelled_embeddings"]
+__all__ = ["STRATEGIES", "STRATEGY_NAMES", "Strategy", "get_strategy", "needs_probs", "register",
+           "uses_labelled_embeddings", "without_probs"]
 
 STRATEGY_NAMES: tuple[str, ...] = (
     "random",
@@ -38,13 +39,16 @@ STRATEGIES: dict[str, Strategy] = {}
 
 
 _USES_LABELLED: set[str] = set()
+_NEEDS_PROBS: set[str] = set()
 
 
-def register(name: str, *, labelled_embeddings: bool = False) -> Callable[[Strategy], Strategy]:
+def register(name: str, *, labelled_embeddings: bool = False, probs: bool = False) -> Callable[[Strategy], Strategy]:
     """Decorator adding a strategy function to :data:`STRATEGIES` under ``name``.
 
     ``labelled_embeddings=True`` says the strategy reads ``labelled_embeddings`` (the
     already-labelled set), so callers compute them only for such strategies.
+    ``probs=True`` says it needs class probabilities (or MC samples of them); the others also
+    run on precomputed ``scores`` (detection's image scores), so every task can use them.
 
     Raises:
         ValueError: ``name`` is empty, not a string, or already registered.
@@ -58,6 +62,8 @@ def register(name: str, *, labelled_embeddings: bool = False) -> Callable[[Strat
         STRATEGIES[name] = fn
         if labelled_embeddings:
             _USES_LABELLED.add(name)
+        if probs:
+            _NEEDS_PROBS.add(name)
         return fn
 
     return decorator
@@ -81,3 +87,14 @@ def uses_labelled_embeddings(name: str) -> bool:
     """Whether the strategy registered as ``name`` reads the labelled set's embeddings."""
     get_strategy(name)
     return name in _USES_LABELLED
+
+
+def needs_probs(name: str) -> bool:
+    """Whether the strategy registered as ``name`` needs class probabilities."""
+    get_strategy(name)
+    return name in _NEEDS_PROBS
+
+
+def without_probs() -> tuple[str, ...]:
+    """The registered strategies that run without class probabilities (any task)."""
+    return tuple(n for n in STRATEGIES if n not in _NEEDS_PROBS)

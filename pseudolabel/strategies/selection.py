@@ -36,7 +36,10 @@ interleaved round by round.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 
@@ -55,7 +58,8 @@ class Selection:
         indices: (k,) int64 pool row indices, unique, most uncertain / first picked first.
         scores: (k,) float64 uncertainty score of each pick (higher = more uncertain); what
             the score is depends on the strategy (see the module docstring).
-        strategy: the strategy name that produced it.
+        strategy: the strategy name that produced it (``"schedule:margin"`` when a strategy
+            delegated to another).
     """
 
     indices: np.ndarray
@@ -87,6 +91,10 @@ class SelectionRequest:
     uncertainty: str
     seed: int | None
     mc_probs: np.ndarray | None = None   # (T, n, C) MC-dropout samples, for ``bald``
+    scores: np.ndarray | None = None     # (n,) precomputed uncertainty (detection: image scores)
+    n_classes: int | None = None         # C: from probs, or given (detection)
+    # Strategy-specific options by strategy name, e.g. {"probcover": {"delta": 0.3}}.
+    options: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
 
     def need_probs(self) -> np.ndarray:
         if self.probs is None:
@@ -108,7 +116,20 @@ class SelectionRequest:
             "class_balance=True needs labels_pred (N,) or probs (N, C) to know each item's class"
         )
 
+    def uncertainty_scores(self, name: str | None = None) -> np.ndarray:
+        """(n,) uncertainty, higher = more uncertain: the precomputed ``scores`` when given
+        (detection's image scores), else score ``name`` (default ``uncertainty``) of ``probs``."""
+        if self.scores is not None:
+            return self.scores
+        if self.probs is None:
+            raise ValueError(f"strategy {self.strategy!r} needs probs (N, C) or scores (N,) to rank by uncertainty")
+        return KERNELS[name or self.uncertainty](self.probs)
+
     def entropy_or_zero(self, indices: np.ndarray) -> np.ndarray:
+        """What a strategy that does not rank by uncertainty reports for its picks: the given
+        ``scores``, else the entropy of ``probs``, else 0."""
+        if self.scores is not None:
+            return self.scores[indices]
         if self.probs is None:
             return np.zeros(indices.shape[0], dtype=np.float64)
         return entropy_kernel(self.probs[indices])
@@ -127,6 +148,9 @@ def select(
     uncertainty: str = "entropy",
     seed: int | None = 0,
     mc_probs: np.ndarray | None = None,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    scores: np.ndarray | None = None,
+    n_classes: int | None = None,
 ) -> Selection:
     """Pick ``k`` pool items to review with the named strategy.
 
@@ -146,6 +170,16 @@ def select(
             ``least_confidence``.
         seed: seed for ``random`` and the first ``kcenter`` pick; same seed, same result.
         mc_probs: (T, N, C) Monte-Carlo dropout samples, needed by ``bald``.
+        scores: (N,) uncertainty computed elsewhere (higher = more uncertain), used instead of
+            a score of ``probs`` by every strategy that ranks by uncertainty: detection passes
+            its image scores, so any registered strategy that does not need class
+            probabilities works for detection too.
+        n_classes: the number of classes when there are no ``probs`` (``schedule`` counts
+            labels per class, ``probcover`` clusters into that many groups).
+        options: strategy-specific options by strategy name, e.g.
+            ``{"probcover": {"delta": 0.3, "purity": 0.95}, "schedule": {"low": "typiclust",
+            "high": "margin", "switch_per_class": 5}}`` (see each strategy's module); other
+            strategies ignore them.
 
     Returns:
         :class:`Selection` with (min(k, N),) ``indices`` and ``scores``.
@@ -164,7 +198,16 @@ def select(
     if isinstance(hybrid_factor, bool) or not isinstance(hybrid_factor, (int, np.integer)) or hybrid_factor < 1:
         raise ValueError(f"hybrid_factor must be an int >= 1; got {hybrid_factor!r}")
 
+    if options is not None and (not isinstance(options, Mapping)
+                                or not all(isinstance(v, Mapping) for v in options.values())):
+        raise ValueError(f"options must map strategy names to option mappings, e.g. "
+                         f"{{'probcover': {{'delta': 0.3}}}}; got {options!r}")
     p = validate_probs(probs) if probs is not None else None
+    sc = None
+    if scores is not None:
+        sc = np.asarray(scores, dtype=np.float64)
+        if sc.ndim != 1 or not np.all(np.isfinite(sc)):
+            raise ValueError(f"scores must be a 1-D array (N,) of finite uncertainty values; got shape {sc.shape}")
     emb = validate_embeddings(embeddings) if embeddings is not None else None
     lab = (
         validate_embeddings(labelled_embeddings, name="labelled_embeddings")
@@ -182,17 +225,19 @@ def select(
         lp = lp_raw.astype(np.int64)
 
     sizes = {
-        name: arr.shape[0] for name, arr in (("probs", p), ("embeddings", emb), ("labels_pred", lp)) if arr is not None
+        name: arr.shape[0] for name, arr in (("probs", p), ("embeddings", emb), ("labels_pred", lp), ("scores", sc))
+        if arr is not None
     }
     if not sizes:
-        raise ValueError("select needs probs (N, C) or embeddings (N, D) to know the pool")
+        raise ValueError("select needs probs (N, C), scores (N,) or embeddings (N, D) to know the pool")
     if len(set(sizes.values())) > 1:
         detail = ", ".join(f"{name} has {size}" for name, size in sizes.items())
         raise ValueError(f"pool arrays disagree on the number of items N: {detail}")
     n = next(iter(sizes.values()))
     if emb is not None and lab is not None and lab.shape[0] > 0 and lab.shape[1] != emb.shape[1]:
         raise ValueError(
-            f"labelled_embeddings have D={lab.shape[1]} but embeddings have D={emb.shape[1]}"
+            f"labelled_embeddings have D={lab.shape[1]} but embeddings have D={emb.shape[1]}; both must come "
+            "from the same backbone"
         )
 
     if n == 0:
@@ -211,12 +256,17 @@ def select(
         uncertainty=uncertainty,
         seed=seed,
         mc_probs=mc_probs,
+        scores=sc,
+        n_classes=int(p.shape[1]) if p is not None else (None if n_classes is None else int(n_classes)),
+        options=MappingProxyType({str(name): dict(v) for name, v in (options or {}).items()}),
     )
     sel = fn(req)
+    # A strategy that delegates (``schedule``) names the one it ran: "schedule:typiclust".
+    name = strategy if not sel.strategy or sel.strategy == strategy else f"{strategy}:{sel.strategy}"
     return Selection(
         _frozen(np.asarray(sel.indices, dtype=np.int64)),
         _frozen(np.asarray(sel.scores, dtype=np.float64)),
-        strategy,
+        name,
     )
 
 
@@ -296,21 +346,18 @@ def _make_uncertainty_strategy(name: str) -> None:
     kernel = KERNELS[name]
 
     def strategy(req: SelectionRequest) -> Selection:
-        return _score_ranked(req, kernel(req.need_probs()), None)
+        return _score_ranked(req, req.scores if req.scores is not None else kernel(req.need_probs()), None)
 
     strategy.__name__ = f"_{name}_strategy"
-    strategy.__doc__ = f"Top-k by {name} (needs probs); scores = {name}."
+    strategy.__doc__ = f"Top-k by {name} of probs (or by the given scores); scores = the ranking score."
     register(name)(strategy)
 
 
 @register("random")
 def _random_strategy(req: SelectionRequest) -> Selection:
-    """A seeded uniformly random k; scores = entropy of the picks if probs, else 0."""
+    """A seeded uniformly random k; scores = the given scores, else entropy of probs, else 0."""
     order_scores = random_scores(req.n, rng=req.seed)
-    reported = (
-        entropy_kernel(req.probs) if req.probs is not None else np.zeros(req.n, dtype=np.float64)
-    )
-    return _score_ranked(req, order_scores, reported)
+    return _score_ranked(req, order_scores, req.entropy_or_zero(np.arange(req.n)))
 
 
 for _name in ("least_confidence", "margin", "entropy"):
@@ -361,7 +408,7 @@ def _hybrid_pick(req: SelectionRequest, pool: np.ndarray, u: np.ndarray, q: int)
 @register("hybrid", labelled_embeddings=True)
 def _hybrid_strategy(req: SelectionRequest) -> Selection:
     """Top hybrid_factor*k by uncertainty, then k-center; scores = the uncertainty score."""
-    u = KERNELS[req.uncertainty](req.need_probs())
+    u = req.uncertainty_scores()
     req.need_embeddings()
     if not req.class_balance:
         picks = _hybrid_pick(req, np.arange(req.n), u, req.k)

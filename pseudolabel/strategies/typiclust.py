@@ -23,7 +23,7 @@ from .diversity import validate_embeddings
 from .registry import register
 from .selection import Selection, SelectionRequest
 
-__all__ = ["MINIBATCH_ABOVE", "TYPICALITY_NEIGHBOURS", "typicality", "typiclust"]
+__all__ = ["MINIBATCH_ABOVE", "TYPICALITY_NEIGHBOURS", "pick_by_cluster", "typicality", "typiclust"]
 
 TYPICALITY_NEIGHBOURS = 20
 """K nearest neighbours for typicality (the paper's value)."""
@@ -106,16 +106,47 @@ def typiclust(
     cluster = km.fit_predict(allx)
     pool_cluster, lab_cluster = cluster[:n], cluster[n:]
 
-    sizes = np.bincount(cluster, minlength=n_clusters)
-    covered = np.bincount(lab_cluster, minlength=n_clusters).astype(np.int64)
     # Per cluster: its pool rows ordered most typical first (ties to the lower index).
+    rank = np.zeros(n, dtype=np.float64)
+    by_cluster = np.argsort(pool_cluster, kind="stable")
+    _, starts = np.unique(pool_cluster[by_cluster], return_index=True)
+    for rows in np.split(by_cluster, starts[1:]):
+        if rows.shape[0]:
+            rank[rows] = -typicality(x[rows], n_neighbors=int(n_neighbors))
+    return pick_by_cluster(pool_cluster, lab_cluster, n_clusters, rank, k)
+
+
+def pick_by_cluster(
+    pool_cluster: np.ndarray, labelled_cluster: np.ndarray, n_clusters: int, rank: np.ndarray, k: int
+) -> np.ndarray:
+    """Cluster-coverage picking shared by TypiClust and the centroid cold start.
+
+    Repeatedly take the cluster with the fewest labelled-or-picked members (ties: the larger
+    cluster, then the lower cluster id) and pick its best unpicked pool row, best = lowest
+    ``rank`` (ties to the lower row index).
+
+    Args:
+        pool_cluster: (N,) int cluster id of each pool row, in ``[0, n_clusters)``.
+        labelled_cluster: (M,) int cluster id of each already-labelled item (may be empty).
+        n_clusters: number of clusters.
+        rank: (N,) float, lower = picked first within its cluster (TypiClust: minus the
+            typicality; centroid: the distance to the cluster centre).
+        k: number of picks, ``1 <= k <= N``.
+
+    Returns:
+        (k,) int64 pool indices, unique, in pick order.
+    """
+    n = pool_cluster.shape[0]
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, N={n}]; got {k!r}")
+    sizes = np.bincount(np.concatenate([pool_cluster, labelled_cluster]).astype(np.int64), minlength=n_clusters)
+    covered = np.bincount(labelled_cluster.astype(np.int64), minlength=n_clusters).astype(np.int64)
     order: dict[int, np.ndarray] = {}
     by_cluster = np.argsort(pool_cluster, kind="stable")
     ids, starts = np.unique(pool_cluster[by_cluster], return_index=True)
     for c, rows in zip(ids.tolist(), np.split(by_cluster, starts[1:])):
         if rows.shape[0]:
-            t = typicality(x[rows], n_neighbors=int(n_neighbors))
-            order[c] = rows[np.lexsort((rows, -t))]
+            order[c] = rows[np.lexsort((rows, rank[rows]))]
     next_pos = dict.fromkeys(order, 0)
 
     picks = np.empty(k, dtype=np.int64)

@@ -240,6 +240,7 @@ class FrozenBackboneClassifier(AdapterBase):
     """
 
     task: TaskType = "classify"
+    capabilities: frozenset[str] = frozenset()   # the head trains on cached embeddings only
 
     def __init__(
         self,

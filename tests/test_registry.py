@@ -1,0 +1,96 @@
+"""The model seam: every adapter is built from the config and loaded from its own checkpoint
+through one registry, follows the protocol the loops use, and does what it declares.
+
+Real small models on real images (scikit-learn digits as PNG files; Fashion-MNIST scenes for
+YOLO detection); YOLO classification also runs a whole offline round."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from loops.demo import demo_config, export_digits
+from pseudolabel.config import load_config
+from pseudolabel.models import Model, registry
+from pseudolabel.models.base import CAPABILITIES, capabilities, predict_arrays, require
+from pseudolabel.tasks import task_for
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    root = tmp_path_factory.mktemp("registry")
+    data = export_digits(root / "data", seed_per_class=3, holdout=60, seed=0)
+    for p in sorted((root / "data" / "pool").glob("*.png"))[80:]:
+        p.unlink()
+    return root, data
+
+
+def _cfg(root: Path, data: Any, name: str, **over: Any) -> Any:
+    raw = demo_config(root / name, data.root, strategy="entropy", project=name,
+                      **{"model.epochs": 2, "model.min_steps": 0, "model.device": "cpu", **over})
+    (root / f"{name}.yaml").write_text(yaml.safe_dump(raw))
+    return load_config(root / f"{name}.yaml", environ={})
+
+
+ARCHS = {
+    "small_cnn": {},
+    "resnet18": {"model.arch": "resnet18", "model.image_size": 16},
+    "frozen": {"model.arch": "frozen"},
+    "yolo_cls": {"model.arch": "yolo", "model.image_size": 32, "model.batch_size": 16},
+}
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_build_fit_save_and_load_by_the_checkpoint_itself(arch: str, digits: Any, tmp_path: Path) -> None:
+    root, data = digits
+    cfg = _cfg(root, data, f"reg-{arch}", **ARCHS[arch])
+    seed = task_for(cfg).read("seed")
+    train = [task_for(cfg).seed_annotation(it, seed.labels[it.id]) for it in seed.items]
+    model = registry.build(cfg, n_train=len(train))
+    assert model.task == "classify" and capabilities(model) <= set(CAPABILITIES)
+    assert model.fit(train) is model
+    assert isinstance(model, Model)                              # (model_version exists once fitted)
+    items = seed.items[:7]
+    probs, emb = predict_arrays(model, items, batch_size=3)
+    assert probs.shape == (7, 10) and emb.shape[0] == 7 and emb.shape[1] > 0
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
+    model.save(tmp_path / "model.pt")
+    loaded = registry.load(tmp_path / "model.pt", cfg=cfg)       # no arch given: the checkpoint says
+    assert type(loaded) is type(model) and loaded.model_version == model.model_version
+    np.testing.assert_allclose(predict_arrays(loaded, items)[0], probs, atol=1e-5)
+    # What a model declares, it does; what it does not, the loops refuse by name.
+    if "mc_dropout" in capabilities(model):
+        assert model.mc_dropout_probs(items, T=3).shape == (3, 7, 10)
+    else:
+        with pytest.raises(ValueError, match="stochastic forward passes"):
+            require(model, "mc_dropout", "strategy 'bald'")
+    if "unlabelled" in capabilities(model):
+        assert model.fit(train, unlabelled=seed.items) is model
+    if "hflip_tta" in capabilities(model):
+        assert len(list(model.predict(items, batch_size=4, hflip=True))) == 7
+
+
+def test_a_foreign_file_is_refused_naming_it(tmp_path: Path) -> None:
+    bad = tmp_path / "weights.bin"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="weights.bin: not a pseudolabel model checkpoint"):
+        registry.load(bad)
+    with pytest.raises(ValueError, match="does not exist"):
+        registry.load(tmp_path / "missing.pt")
+
+
+def test_yolo_classification_through_the_round(digits: Any) -> None:
+    from loops.round import run_round
+
+    root, data = digits
+    cfg = _cfg(root, data, "yolo-cls-round", **ARCHS["yolo_cls"])
+    res = run_round(cfg, None, progress=False)
+    assert res.round_id == 1 and res.metrics["accuracy"] is not None
+    assert (cfg.workdir / "rounds" / "0001" / "selection.csv").read_text().count("\n") == 1 + 20
+    assert type(registry.load(cfg.workdir / "rounds" / "0001" / "model.pt", cfg=cfg)).__name__ == "YoloModel"
