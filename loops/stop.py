@@ -91,7 +91,10 @@ def training_signature(cfg: Config, ledger: Ledger) -> str:
     rows = sorted((iid, row.source, row.label or "", boxes_to_json(row.boxes) or "")
                   for iid, row in ledger.current_labels().items()
                   if row.source != "pseudo" and iid not in holdout)
-    settings = {k: cfg.snapshot()[k] for k in ("task", "classes", "model", "pseudo", "consistency")}
+    snap = cfg.snapshot()
+    settings = {k: snap[k] for k in ("task", "classes", "model", "pseudo", "consistency")}
+    if cfg.model.backbone == "ssl":   # the backbone is trained from these (enabled only says where)
+        settings["pretrain"] = {k: v for k, v in snap["pretrain"].items() if k != "enabled"}
     h = hashlib.sha256(json.dumps([rows, settings], sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
 

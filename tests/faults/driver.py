@@ -75,7 +75,9 @@ def main(argv: list[str]) -> int:
     elif p == "train":
         TorchvisionClassifier.save = before(TorchvisionClassifier.save)  # type: ignore[method-assign]
     elif p == "evaluate":
-        loops.round.classification_metrics = before(loops.round.classification_metrics)  # type: ignore[assignment]
+        import pseudolabel.tasks.classify as classify
+
+        classify.classification_metrics = before(classify.classification_metrics)  # type: ignore[assignment]
     elif p == "pseudo_label":
         shards: list[Any] = []
         real_write = pseudolabel.inference.write_shard
