@@ -12,6 +12,9 @@ item's current label). A task whose reviewers disagree (a tie, or agreement belo
 ``min_agreement``) is sent back once for adjudication; the adjudicator's answer then decides
 (reviewer ``consensus:adjudicated``). Decisions and agreements are kept in the ledger
 (``Ledger.consensus(project)``), adjudication requests too (``Ledger.adjudications(project)``).
+
+Why this module is over 400 lines: the sync is one transaction-like sweep (pull, decode,
+consensus, adjudication, repair of flags) whose steps share the ledger and the client.
 """
 
 from __future__ import annotations

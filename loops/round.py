@@ -9,6 +9,10 @@ atomically under ``<workdir>/rounds/NNNN/``. Everything that differs between cla
 detection and segmentation is the task's (:mod:`pseudolabel.tasks`); models are built and
 loaded through :mod:`pseudolabel.models.registry`. A push is exactly-once against Label Studio
 (see :mod:`pseudolabel.review.client`).
+
+Why this module is over 400 lines: the round's stages (train, evaluate, stop check,
+pseudo-label, select, push) are each a small function, kept in one module so the round reads top
+to bottom in order.
 """
 
 from __future__ import annotations

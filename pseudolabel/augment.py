@@ -23,6 +23,10 @@ ops: torchvision's blend formulas with a factor per image), so a strong view of 
 costs a few dozen tensor calls, not B Python iterations; the ops follow torchvision's
 definitions (``adjust_contrast``, ``adjust_sharpness``, ``posterize`` ...) without its
 one-image-at-a-time parameters.
+
+Why this module is over 400 lines: every augmentation op of RandAugment as a batched,
+generator-driven tensor function, with its analytical inverse for the weak view; the ops share
+helpers.
 """
 
 from __future__ import annotations

@@ -177,7 +177,7 @@ def demo(
 ) -> None:
     """Run a whole campaign on real images with a local Label Studio and a simulated reviewer:
     digits for --task classify, scenes of Fashion-MNIST items for --task detect / segment."""
-    from loops.demo import run_demo
+    from pseudolabel.sim.demo import run_demo
     from pseudolabel.strategies import STRATEGIES
     from pseudolabel.strategies.detection import detection_strategies
 
@@ -512,7 +512,7 @@ _PASSTHROUGH = {"context_settings": {"allow_extra_args": True, "ignore_unknown_o
 def benchmark(ctx: typer.Context) -> None:
     """Simulated labelling campaigns: strategies side by side with random, same seeds
     (`pseudolabel benchmark --help` for the options)."""
-    from loops.benchmark import main as bench_main
+    from pseudolabel.sim.benchmark import main as bench_main
 
     raise typer.Exit(bench_main(list(ctx.args)))
 
@@ -592,7 +592,7 @@ def bench_infer(
     model alone (the ceiling), on Fashion-MNIST scenes written as JPEG files."""
     import torch
 
-    from loops.bench_infer import run_bench_infer
+    from pseudolabel.sim.bench_infer import run_bench_infer
 
     if threads is not None:
         torch.set_num_threads(threads)
@@ -617,7 +617,7 @@ def bench_memory(
 ) -> None:
     """Pseudo-labelling memory at pool scale: peak RSS, RSS along the run and its slope per 10k
     items, for each pool size in a fresh process (real JPEG files, untrained yolo11n, CPU)."""
-    from loops.bench_memory import run_bench_memory
+    from pseudolabel.sim.bench_memory import run_bench_memory
 
     run_bench_memory(out, sizes=tuple(sizes or (10_000, 100_000)), image_size=image_size,
                      scene_size=scene_size, batch_size=batch_size, shard_size=shard_size, threads=threads,
@@ -637,7 +637,7 @@ def bench_select(
     """Selection timings (top-k uncertainty, k-center, hybrid) at 10^4..10^6 items."""
     import torch
 
-    from loops.bench_select import format_table, run_bench_select
+    from pseudolabel.sim.bench_select import format_table, run_bench_select
 
     torch.set_num_threads(threads)
     rows = run_bench_select(list(sizes or (10_000, 100_000, 1_000_000)), dim, k, device)

@@ -5,6 +5,9 @@ Precedence (later wins): defaults < YAML file < environment (``PSEUDOLABEL__SECT
 
 Unknown keys anywhere are errors naming the key and the accepted keys. Secrets (the Label
 Studio token) never live in the file: the file names the environment variable to read.
+
+Why this module is over 400 lines: one pydantic schema: each section is short, but the
+cross-section checks (task vs. keys, formats vs. options) need every section in one place.
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ For reviews as :class:`~pseudolabel.types.Annotation` objects, :func:`decide` (o
 that agrees best with the others (matched F1 at IoU 0.5), not by fusing boxes.
 
 Pure functions: no I/O. Labels are class-name strings.
+
+Why this module is over 400 lines: majority vote and Dawid-Skene with their adjudication rules
+operate on the same vote tables.
 """
 
 from __future__ import annotations

@@ -31,6 +31,10 @@ Network: Ray probes cloud metadata addresses (169.254.169.254, metadata.google.i
 with ``RAY_USAGE_STATS_ENABLED=0``), reports usage statistics, and a local node finds its own
 address with a UDP connect to 8.8.8.8. :func:`ray_safe_env` / :func:`init_ray` switch all of
 that off *before* Ray is imported (see docs/ray.md).
+
+Why this module is over 400 lines: the Ray path is one unit (actor pool, shard writer hand-off,
+resume, the cluster's error reporting); it must stay importable without Ray and separate from
+the single-machine engine.
 """
 
 from __future__ import annotations

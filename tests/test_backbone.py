@@ -19,7 +19,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from pseudolabel.config import ConfigError, load_config
-from pseudolabel.data.fashion import export_fashion, fashion_dir
+from pseudolabel.sim.fashion import export_fashion, fashion_dir
 from pseudolabel.data.images import sha256_file
 from pseudolabel.models.backbone import FrozenBackboneClassifier
 from pseudolabel.models.backbone.cache import EmbeddingCache
@@ -296,7 +296,7 @@ def test_offline_rounds_with_a_frozen_backbone(tmp_path: Path) -> None:
     """Two real offline rounds on digits (20 seed labels, a 300-image pool, a 150-image
     holdout): round 1 embeds the pool once; round 2 trains from the cache; a round killed
     after training resumes from the saved FrozenBackboneClassifier."""
-    from loops.demo import demo_config, export_digits
+    from pseudolabel.sim.demo import demo_config, export_digits
     from crash import Killed, killed_after
     from loops.round import run_round
     from pseudolabel.data.ledger import Ledger

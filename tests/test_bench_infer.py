@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pseudolabel.cli import app
-from pseudolabel.data.fashion import fashion_dir
+from pseudolabel.sim.fashion import fashion_dir
 
 
 def test_bench_infer_cli_reports_every_method(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from loops.bench_memory import make_pool, read_items, rss_at, rss_slope, summarise, with_comment
+from pseudolabel.sim.bench_memory import make_pool, read_items, rss_at, rss_slope, summarise, with_comment
 from pseudolabel.cli import app
 from pseudolabel.data.images import load_rgb, sha256_file
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from loops.benchmark import (
+from pseudolabel.sim.benchmark import (
     ROUND_COLUMNS,
     SUMMARY_COLUMNS,
     labels_to_reach,
@@ -95,7 +95,7 @@ def test_retrain_publishes_only_when_better(tmp_path: Path) -> None:
     import torch
     import yaml
 
-    from loops.demo import demo_config, export_digits
+    from pseudolabel.sim.demo import demo_config, export_digits
     from loops.retrain import published_info, retrain
     from pseudolabel.config import load_config
     from pseudolabel.data.ledger import Ledger

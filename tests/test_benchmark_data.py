@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from loops.bench_data import BenchDataError, detect_layout, pixel_embeddings, prepare
+from pseudolabel.sim.bench_data import BenchDataError, detect_layout, pixel_embeddings, prepare
 from pseudolabel.data.images import sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +48,7 @@ def digits_tree(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[st
 
 
 def _need_fashion() -> None:
-    from pseudolabel.data.fashion import fashion_dir
+    from pseudolabel.sim.fashion import fashion_dir
 
     if (fashion_dir() / "t10k-images-idx3-ubyte.gz").is_file():
         return
@@ -62,7 +62,7 @@ def _need_fashion() -> None:
 def yolo_set(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:  # type: ignore[type-arg]
     """A YOLO set DIR/images + DIR/labels + DIR/data.yaml of 60 composited scenes (64 px)."""
     _need_fashion()
-    from pseudolabel.data.composites import export_scenes
+    from pseudolabel.sim.composites import export_scenes
 
     base = tmp_path_factory.mktemp("scenes")
     scenes = export_scenes(base, n_seed=60, n_pool=0, n_holdout=0, size=64, seed=3, max_objects=2)
@@ -233,7 +233,7 @@ def test_cli_benchmark_rejects_a_bad_folder_in_one_line(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_benchmark_on_a_yolo_set_reports_map(yolo_set: tuple[Path, dict], tmp_path: Path) -> None:  # type: ignore[type-arg]
-    from loops.benchmark import run_benchmark
+    from pseudolabel.sim.benchmark import run_benchmark
 
     src, _ = yolo_set
     res = run_benchmark(data=src, strategies=["entropy", "random"], seeds=[0], rounds=1, batch_size=5,
@@ -258,7 +258,7 @@ def test_benchmark_on_a_yolo_set_reports_map(yolo_set: tuple[Path, dict], tmp_pa
 def test_benchmark_data_through_label_studio(digits_tree: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
     """Without --oracle the campaigns queue real tasks in a local Label Studio and the
     simulated reviewer answers them through its API."""
-    from loops.benchmark import run_benchmark
+    from pseudolabel.sim.benchmark import run_benchmark
     from pseudolabel.review.server import LabelStudioNotFound, find_label_studio
 
     try:

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from loops.demo import demo_config, export_digits
+from pseudolabel.sim.demo import demo_config, export_digits
 from pseudolabel.cli import app
 
 runner = CliRunner()

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pseudolabel.data import composites as C
+from pseudolabel.sim import composites as C
 from pseudolabel.data.formats import read_yolo
 from pseudolabel.data.formats.yolo import read_yolo_names
 from pseudolabel.data.geometry import polygon_to_mask
-from pseudolabel.data.fashion import DatasetMissing, fashion_dir, load_fashion
+from pseudolabel.sim.fashion import DatasetMissing, fashion_dir, load_fashion
 from pseudolabel.data.images import sha256_file
 
 CLASSES = C.DEFAULT_CLASSES

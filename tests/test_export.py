@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from loops.demo import demo_config, export_digits
+from pseudolabel.sim.demo import demo_config, export_digits
 from loops.export import export_campaign
 from loops.ingest import ingest
 from loops.round import ledger_for

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pseudolabel.data.fashion import (
+from pseudolabel.sim.fashion import (
     FASHION_CLASSES,
     DatasetMissing,
     export_fashion,

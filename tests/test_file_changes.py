@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loops.demo import demo_config, export_digits
+from pseudolabel.sim.demo import demo_config, export_digits
 from loops.ingest import ingest
 from loops.round import ledger_for, run_round
 from pseudolabel.config import load_config

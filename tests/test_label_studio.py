@@ -18,7 +18,7 @@ import pytest
 from pseudolabel.review.client import LabelStudioClient
 from pseudolabel.review.convert import local_files_url
 from pseudolabel.review.server import LabelStudioServer
-from pseudolabel.review.simulated import SimulatedReviewer
+from pseudolabel.sim.simulated import SimulatedReviewer
 from pseudolabel.types import Candidate, Item, Prediction
 
 pytestmark = pytest.mark.integration

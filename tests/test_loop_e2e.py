@@ -10,12 +10,12 @@ import pytest
 import yaml
 
 from loops.campaign import run_campaign
-from loops.demo import demo_config, export_digits
+from pseudolabel.sim.demo import demo_config, export_digits
 from crash import Killed, killed_after
 from loops.round import ledger_for, run_round
 from pseudolabel.config import load_config
 from pseudolabel.review.client import LabelStudioClient
-from pseudolabel.review.simulated import SimulatedReviewer
+from pseudolabel.sim.simulated import SimulatedReviewer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

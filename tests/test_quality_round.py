@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from loops.demo import demo_config, export_digits
+from pseudolabel.sim.demo import demo_config, export_digits
 from loops.round import ledger_for, run_round
 from pseudolabel.config import load_config
 from pseudolabel.review.client import LabelStudioClient

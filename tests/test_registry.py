@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from loops.demo import demo_config, export_digits
+from pseudolabel.sim.demo import demo_config, export_digits
 from pseudolabel.config import load_config
 from pseudolabel.models import Model, registry
 from pseudolabel.models.base import CAPABILITIES, capabilities, predict_arrays, require

@@ -21,7 +21,7 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from loops.demo import demo_config, export_digits
+from pseudolabel.sim.demo import demo_config, export_digits
 from loops.round import ledger_for, run_round
 from pseudolabel.cli import app
 from pseudolabel.config import Config, load_config
@@ -356,7 +356,7 @@ def test_pages_open_in_chromium_with_every_section_and_image(campaign: Campaign,
 def test_report_counts_the_simulated_reviewers_answers(tmp_path: Path, label_studio) -> None:  # noqa: ANN001
     from loops.campaign import run_campaign
     from pseudolabel.review.client import LabelStudioClient
-    from pseudolabel.review.simulated import SimulatedReviewer
+    from pseudolabel.sim.simulated import SimulatedReviewer
 
     data = export_digits(Path(label_studio.images_root) / f"report-{tmp_path.name}", seed_per_class=2,
                          holdout=200, seed=0)

@@ -19,15 +19,15 @@ import numpy as np
 import pytest
 import yaml
 
-from loops.demo import demo_config, export_digits
+from pseudolabel.sim.demo import demo_config, export_digits
 from loops.round import ledger_for, round_dir, run_round
 from pseudolabel.config import load_config
 from pseudolabel.inference import load_predictions
 from pseudolabel.tasks import task_for
 from pseudolabel.review.client import LabelStudioClient
 from pseudolabel.review.server import LabelStudioServer
-from pseudolabel.review.simulated import SimulatedReviewer
-from pseudolabel.review.simulated_boxes import SimulatedBoxReviewer
+from pseudolabel.sim.simulated import SimulatedReviewer
+from pseudolabel.sim.simulated_boxes import SimulatedBoxReviewer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -130,7 +130,7 @@ def test_classification_strategy_rejected_for_detection(tmp_path: Path) -> None:
 
 
 def test_round_trains_with_consistency_on_the_pool(tmp_path: Path) -> None:
-    from loops.demo import demo_config, export_digits
+    from pseudolabel.sim.demo import demo_config, export_digits
     from loops.round import run_round
     from pseudolabel.models.torchvision_cls import TorchvisionClassifier
 

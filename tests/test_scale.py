@@ -8,7 +8,7 @@ from scipy.spatial.distance import cdist
 from scipy.stats import entropy
 
 from pseudolabel.strategies.diversity import kcenter_greedy
-from pseudolabel.strategies.scale import (
+from pseudolabel.sim.scale import (
     hybrid_device,
     kcenter_greedy_device,
     resolve_backend,

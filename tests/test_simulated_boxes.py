@@ -11,7 +11,7 @@ import pytest
 from pseudolabel.data.images import sha256_file
 from pseudolabel.review.client import LabelStudioClient
 from pseudolabel.review.server import LabelStudioServer
-from pseudolabel.review.simulated_boxes import EditPlan, SimulatedBoxReviewer, plan_edits
+from pseudolabel.sim.simulated_boxes import EditPlan, SimulatedBoxReviewer, plan_edits
 from pseudolabel.types import Annotation, Box, Candidate, Item, Prediction
 
 CLASSES = ["cat", "dog", "bird"]

@@ -15,7 +15,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from pseudolabel.data.fashion import export_fashion, fashion_dir
+from pseudolabel.sim.fashion import export_fashion, fashion_dir
 from pseudolabel.data.images import sha256_file
 from pseudolabel.models.backbone import FrozenBackboneClassifier
 from pseudolabel.models.backbone.nets import SSLNet
@@ -221,7 +221,7 @@ def test_round_with_ssl_backbone_pretrains_once(tmp_path: Path) -> None:
     finished pretraining is a clear error."""
     import yaml
 
-    from loops.demo import demo_config, export_digits
+    from pseudolabel.sim.demo import demo_config, export_digits
     from loops.round import run_round
     from pseudolabel.config import load_config
 

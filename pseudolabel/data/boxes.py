@@ -8,7 +8,7 @@ Where it is used, and the options each place takes:
 - the ``boxes`` column of detection prediction shards (:mod:`pseudolabel.inference`) and the
   Ray actors' answers (:mod:`pseudolabel.distributed`): ``boxes_to_json(boxes,
   probs=box_probs, empty=True, compact=True)``, read back with :func:`boxes_and_probs_from_json`;
-- the composite data sets' ``truth.json`` (:mod:`pseudolabel.data.composites`):
+- the composite data sets' ``truth.json`` (:mod:`pseudolabel.sim.composites`):
   :func:`box_to_dict` / :func:`box_from_dict` inside a larger document.
 
 One object per box, in this key order::

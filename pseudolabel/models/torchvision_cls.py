@@ -21,6 +21,10 @@ Initial weights come from ``weights``: a local file, or a named pretrained set
 local cache, downloaded only with ``allow_download``. Networks are built with ``weights=None``.
 Small images with a named ImageNet set: resnet18 keeps the set's ImageNet stem and images are
 resized up to 64 px (``input_size_``); a local file must fit the stem ``image_size`` chooses.
+
+Why this module is over 400 lines: one adapter class (fit with its consistency-training step,
+predict, MC dropout, TTA, save/load) whose methods share the network, the transforms and the
+checkpoint format; split, each part would need the others' privates.
 """
 
 from __future__ import annotations
@@ -563,7 +567,7 @@ class TorchvisionClassifier(AdapterBase):
         ``1 + unlabelled_ratio * strong_ratio * (1 + 0.35 + 0.5)`` (the strong images' training
         pass, the teacher pass, the augmentation), i.e. about 1.9 with the defaults
         (``unlabelled_ratio=1``, ``strong_ratio=0.5``: FixMatch with half as many unlabelled
-        images as labelled ones per step); ``python -m loops.bench_ssl`` measures it.
+        images as labelled ones per step); ``python -m pseudolabel.sim.bench_ssl`` measures it.
         ``unlabelled_ratio=7, strong_ratio=1`` is the FixMatch paper's setting, ~10x the cost.
 
         The number of steps is as without consistency (epochs over the labelled set, at least

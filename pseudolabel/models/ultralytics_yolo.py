@@ -35,6 +35,10 @@ Checkpoints written by :meth:`YoloModel.save` hold the state_dict, the network Y
 parameters: plain tensors and containers that ``torch.load(weights_only=True)`` reads.
 Ultralytics' own ``.pt`` files are pickles that can run code when loaded: pass them as
 ``weights`` only when they come from a trusted source.
+
+Why this module is over 400 lines: the only module importing ultralytics (the offline switches
+live in one place), one adapter for detect, segment and classify, which share training,
+prediction and checkpoint code.
 """
 
 from __future__ import annotations

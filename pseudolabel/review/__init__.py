@@ -1,5 +1,6 @@
-"""Review layer: Label Studio server launcher, client adapter, pure converters and a
-simulated reviewer. Importing this package imports neither Label Studio nor its SDK."""
+"""Review layer: Label Studio server launcher, client adapter, answer decoding, pure
+converters and the ML backend. Importing this package imports neither Label Studio nor its
+SDK. (The simulated reviewers of the demos and benchmarks are in :mod:`pseudolabel.sim`.)"""
 
 from pseudolabel.review.client import LabelStudioClient, LabelStudioError, PendingTask
 from pseudolabel.review.server import (
@@ -8,7 +9,6 @@ from pseudolabel.review.server import (
     LabelStudioStartError,
     find_label_studio,
 )
-from pseudolabel.review.simulated import ReviewStats, SimulatedReviewer
 
 __all__ = [
     "LabelStudioClient",
@@ -17,7 +17,5 @@ __all__ = [
     "LabelStudioServer",
     "LabelStudioStartError",
     "PendingTask",
-    "ReviewStats",
-    "SimulatedReviewer",
     "find_label_studio",
 ]

@@ -36,6 +36,9 @@ progress and unbounded concurrency):
 The model behind it is a :class:`Predictor` (``loops/serve.py`` serves a campaign's published
 model and reloads it when a round publishes a new one). The web framework is Starlette,
 served by uvicorn in a thread (:class:`BackendServer`).
+
+Why this module is over 400 lines: one HTTP protocol (health, setup, predict, webhook) with its
+request validation and the model cache, served by one small server class.
 """
 
 from __future__ import annotations

@@ -32,6 +32,9 @@ result is then ordered by score, most uncertain first. ``kcenter`` and ``hybrid`
 class on the round-robin quota (``hybrid``'s quota follows its uncertainty ranking,
 ``kcenter``'s gives a partial last round to the larger classes) and the result is
 interleaved round by round.
+
+Why this module is over 400 lines: the selection entry point, its request validation and the
+built-in score-ranked and hybrid strategies share the request type and the class-balance rule.
 """
 
 from __future__ import annotations

@@ -20,9 +20,9 @@ from typing import Any
 import yaml
 from typer.testing import CliRunner
 
-from loops.demo import DemoData, demo_config, export_digits
+from pseudolabel.sim.demo import DemoData, demo_config, export_digits
 from pseudolabel.review.client import LabelStudioClient
-from pseudolabel.review.simulated import SimulatedReviewer
+from pseudolabel.sim.simulated import SimulatedReviewer
 
 from . import invariants
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from loops.demo import DemoData
+from pseudolabel.sim.demo import DemoData
 
 from . import table
 from .campaign import Campaign, export_small_digits

@@ -19,6 +19,9 @@ Backbones (``backbone``):
 Input size rule: images are resized (bilinear, aspect ratio not kept) to ``image_size`` px,
 default 64 for ImageNet backbones and the pretraining size for ``ssl``; ImageNet stems need at
 least 64 px (they downsample 32x), so a smaller ``image_size`` (28-32 px data) is raised to 64.
+
+Why this module is over 400 lines: one adapter class over a frozen backbone: embedding with its
+cache, head training, optional last-stage fine-tuning and the checkpoint share one state.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Time selection at pool scale: top-k entropy, greedy k-center and the hybrid.
 
-    python -m loops.bench_select                       # 1e4, 1e5, 1e6 x 128, k=100
-    python -m loops.bench_select --sizes 10000 --device torch-cpu
+    python -m pseudolabel.sim.bench_select                       # 1e4, 1e5, 1e6 x 128, k=100
+    python -m pseudolabel.sim.bench_select --sizes 10000 --device torch-cpu
 
 Synthetic inputs (the timings do not depend on what the numbers mean): probabilities are
 Dirichlet(0.3) over 10 classes, embeddings standard normal float32 (N, dim). ``peak_rss_mb``
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from pseudolabel.strategies.scale import hybrid_device, kcenter_greedy_device, resolve_backend, top_k_uncertain
+from pseudolabel.sim.scale import hybrid_device, kcenter_greedy_device, resolve_backend, top_k_uncertain
 
 
 def _peak_rss_mb() -> float:

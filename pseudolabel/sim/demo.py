@@ -29,7 +29,7 @@ from pseudolabel.config import Config, load_config, set_dotted
 from pseudolabel.data.images import sha256_file
 from pseudolabel.review.client import LabelStudioClient
 from pseudolabel.review.server import LabelStudioServer
-from pseudolabel.review.simulated import SimulatedReviewer
+from pseudolabel.sim.simulated import SimulatedReviewer
 
 DIGIT_CLASSES = [str(d) for d in range(10)]
 
@@ -166,7 +166,7 @@ def run_demo(
     data_root = workdir / "data"
     t0 = time.perf_counter()
     if task != "classify":
-        from pseudolabel.data.composites import export_scenes
+        from pseudolabel.sim.composites import export_scenes
 
         n_seed, n_pool, n_holdout = scenes_split
         scenes = export_scenes(data_root, n_seed=n_seed, n_pool=n_pool, n_holdout=n_holdout, size=128, seed=seed,
@@ -231,7 +231,7 @@ def _answerer(cfg: Config, client: LabelStudioClient, data: DemoData, *, error_r
                     "errors_injected": st.errors_injected}
 
         return answer
-    from pseudolabel.review.simulated_boxes import SimulatedBoxReviewer
+    from pseudolabel.sim.simulated_boxes import SimulatedBoxReviewer
 
     box_reviewer = SimulatedBoxReviewer(client, data.truth, cfg.classes,  # type: ignore[arg-type]
                                         sizes=(int(size or 0), int(size or 0)))

@@ -171,7 +171,7 @@ class SimulatedBoxReviewer:
     - ``client``: the project's :class:`LabelStudioClient` (``task_type`` ``"detect"`` or
       ``"segment"``; its token's user is the author Label Studio records);
     - ``truth``: item id -> true objects (pixel boxes; polygons for segmentation), e.g.
-      :attr:`pseudolabel.data.composites.CompositeDataset.truth`;
+      :attr:`pseudolabel.sim.composites.CompositeDataset.truth`;
     - ``classes``: the project's class names (every true label must be one);
     - ``sizes``: image ``(width, height)`` in pixels, one pair for all items or a mapping
       item id -> pair (needed to write Label Studio's percent coordinates);

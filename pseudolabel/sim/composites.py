@@ -19,7 +19,7 @@ so every mask is one solid region and its polygon describes it exactly.
 :func:`export_scenes` writes a seed set and a holdout set in YOLO format, an unlabelled
 pool, and ``truth.json`` (every image's true objects, keyed by item id = sha256 of the PNG
 bytes) for the simulated reviewer. Nothing is downloaded: the items come from the IDX files
-of Debian's ``dataset-fashion-mnist`` package (see :mod:`pseudolabel.data.fashion`).
+of Debian's ``dataset-fashion-mnist`` package (see :mod:`pseudolabel.sim.fashion`).
 
 Why this module is over 400 lines: it is one generator (backgrounds, placement with its
 occlusion rules, ground truth, export) whose parts share the scene parameters; it serves the
@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from pseudolabel.data.boxes import box_from_dict, box_to_dict
-from pseudolabel.data.fashion import FASHION_CLASSES, DatasetMissing, fashion_dir, load_fashion
+from pseudolabel.sim.fashion import FASHION_CLASSES, DatasetMissing, fashion_dir, load_fashion
 from pseudolabel.data.formats import DetTask, write_yolo
 from pseudolabel.data.geometry import box_iou, mask_to_polygon
 from pseudolabel.data.images import sha256_bytes
@@ -50,7 +50,7 @@ ITEM_SIDE = 28
 MASK_THRESHOLD = 24
 """Item intensity (0..255, after scaling) above which a pixel belongs to the object."""
 DEFAULT_CLASSES: tuple[str, ...] = ("T-shirt_top", "Trouser", "Sneaker", "Bag")
-"""Four classes that differ in shape. Names are :data:`~pseudolabel.data.fashion.FASHION_CLASSES`
+"""Four classes that differ in shape. Names are :data:`~pseudolabel.sim.fashion.FASHION_CLASSES`
 spellings (``"T-shirt_top"``, not ``"T-shirt/top"``: a ``/`` would end up in folder names)."""
 BACKGROUNDS: tuple[str, ...] = ("noise", "gradient")
 TRUTH_FILE = "truth.json"
@@ -98,7 +98,7 @@ class CompositeDataset:
 
 def resolve_classes(classes: Sequence[str | int]) -> tuple[tuple[str, ...], tuple[int, ...]]:
     """``(names, fashion_indices)`` for ``classes`` given as Fashion-MNIST class names
-    (:data:`~pseudolabel.data.fashion.FASHION_CLASSES` spellings) or indices 0..9."""
+    (:data:`~pseudolabel.sim.fashion.FASHION_CLASSES` spellings) or indices 0..9."""
     if isinstance(classes, (str, int)):
         raise ValueError(f"classes must be a sequence of class names or indices, not {classes!r}")
     idx: list[int] = []
@@ -399,9 +399,9 @@ def export_scenes(
     ``classes``: Fashion-MNIST class names or indices (see :func:`resolve_classes`).
     Items come from disjoint Fashion-MNIST images: seed and pool from the train split, the
     holdout from the test split. ``source``: folder of the IDX files (default
-    :func:`~pseudolabel.data.fashion.fashion_dir`). Deterministic for a given ``seed``
+    :func:`~pseudolabel.sim.fashion.fashion_dir`). Deterministic for a given ``seed``
     (seed and holdout scenes do not depend on ``n_pool``).
-    Raises :class:`~pseudolabel.data.fashion.DatasetMissing` when the IDX files are absent.
+    Raises :class:`~pseudolabel.sim.fashion.DatasetMissing` when the IDX files are absent.
     """
     if task not in ("detect", "segment"):
         raise ValueError(f"task {task!r} is not one of 'detect', 'segment'")

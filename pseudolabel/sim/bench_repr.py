@@ -5,7 +5,7 @@ linear head on a backbone self-supervised on the pool; plus the costs (embedding
 
 Real images written as PNG files (scikit-learn's digits at 32 px, Fashion-MNIST at 28 px), the
 same random label draws for every method, accuracy on a held-out test set, mean over draws.
-Sized for a CPU: ``python -m loops.bench_repr --out runs/bench-repr`` (1 thread, ~10-15 min).
+Sized for a CPU: ``python -m pseudolabel.sim.bench_repr --out runs/bench-repr`` (1 thread, ~10-15 min).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def _digits(root: Path, n_test: int) -> tuple[list[Item], list[str], list[Item],
 
 
 def _fashion(root: Path, n_pool: int, n_test: int) -> tuple[list[Item], list[str], list[Item], list[str], list[str]]:
-    from pseudolabel.data.fashion import FASHION_CLASSES, export_fashion
+    from pseudolabel.sim.fashion import FASHION_CLASSES, export_fashion
 
     data = export_fashion(root, n_pool=n_pool, n_holdout=n_test, seed_per_class=1, seed=0)
 
@@ -157,7 +157,7 @@ def table(result: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m loops.bench_repr", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m pseudolabel.sim.bench_repr", description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("runs/bench-repr"))
     p.add_argument("--dataset", action="append", choices=("digits", "fashion"))
     p.add_argument("--labels", type=int, nargs="+", default=[20, 100, 200])

@@ -2,7 +2,7 @@
 
 It implements the same push / pull contract as the Label Studio client (``push``, ``pull``,
 ``listing``; flags and model versions are no-ops: there is no reviewer UI) but keeps tasks in memory and answers them from the ground truth. The default path of the demo and the
-tests is the real Label Studio server with :class:`~pseudolabel.review.simulated.SimulatedReviewer`;
+tests is the real Label Studio server with :class:`~pseudolabel.sim.simulated.SimulatedReviewer`;
 this one exists so that benchmarks over many seeds and strategies stay cheap.
 :class:`BoxOracleReviewer` does the same for boxes and polygons.
 """
@@ -20,7 +20,7 @@ from pseudolabel.review.client import PullResult, TaskInfo
 from pseudolabel.types import Annotation, Box, Candidate, utcnow
 
 if TYPE_CHECKING:
-    from pseudolabel.review.simulated_boxes import BoxReviewStats
+    from pseudolabel.sim.simulated_boxes import BoxReviewStats
 
 
 @dataclass
@@ -131,11 +131,11 @@ class OracleReviewer(_InMemoryQueue):
 
 
 class BoxOracleReviewer(_InMemoryQueue):
-    """The in-process stand-in for :class:`~pseudolabel.review.simulated_boxes.SimulatedBoxReviewer`
+    """The in-process stand-in for :class:`~pseudolabel.sim.simulated_boxes.SimulatedBoxReviewer`
     (detection / segmentation): same ``submit`` / ``collect`` contract as the Label Studio
     client, answers from ``truth`` (item id -> true pixel boxes) with the edits a person
-    would make to the pre-drawn boxes (:func:`~pseudolabel.review.simulated_boxes.plan_edits`),
-    counted in :class:`~pseudolabel.review.simulated_boxes.BoxReviewStats`.
+    would make to the pre-drawn boxes (:func:`~pseudolabel.sim.simulated_boxes.plan_edits`),
+    counted in :class:`~pseudolabel.sim.simulated_boxes.BoxReviewStats`.
 
     ``sizes``: item id -> image ``(width, height)`` in pixels (segmentation compares masks).
     """
@@ -154,7 +154,7 @@ class BoxOracleReviewer(_InMemoryQueue):
         self._init_queue()
 
     def answer_pending(self) -> "BoxReviewStats":
-        from pseudolabel.review.simulated_boxes import BoxReviewStats, plan_edits
+        from pseudolabel.sim.simulated_boxes import BoxReviewStats, plan_edits
 
         st = BoxReviewStats()
         for item_id, task_id, cand in self._pending():

@@ -36,7 +36,7 @@ class DatasetMissing(FileNotFoundError):
 
 @dataclass(frozen=True)
 class ExportedDataset:
-    """An exported image set (same fields as ``loops.demo.DemoData``).
+    """An exported image set (same fields as ``pseudolabel.sim.demo.DemoData``).
 
     ``root``: folder holding ``seed/<class>/``, ``holdout/<class>/`` and ``pool/``;
     ``truth``: item id (sha256 of the PNG bytes) -> true class name, for every exported image.

@@ -12,7 +12,7 @@ other work on a shared machine does not inflate them the way it inflates wall ti
 Data: scikit-learn's digits written as ``image_size``-pixel PNGs (real images, no download).
 Run with one torch thread on a shared machine::
 
-    python -m loops.bench_ssl --threads 1 --out runs/bench_ssl.json
+    python -m pseudolabel.sim.bench_ssl --threads 1 --out runs/bench_ssl.json
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def measure_pseudo(*, workdir: Path, n_human: int = 40, n_pseudo: int = 1079, ra
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m loops.bench_ssl", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m pseudolabel.sim.bench_ssl", description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--unlabelled-ratio", type=int, default=None, help="default: the classifier's")

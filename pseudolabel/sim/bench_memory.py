@@ -7,7 +7,7 @@ What runs is the real single-machine path, :func:`pseudolabel.inference.pseudo_l
 untrained yolo11n detector built from YAML (nothing is downloaded), on real, distinct JPEG
 files:
 
-- the pool: ``base`` Fashion-MNIST scenes (:func:`loops.bench_infer.make_scenes`) copied into
+- the pool: ``base`` Fashion-MNIST scenes (:func:`pseudolabel.sim.bench_infer.make_scenes`) copied into
   ``max(sizes)`` files, each with its own JPEG comment (COM) segment, so every file has its own
   bytes and thus its own content-hash id while the pixels stay those of a real scene. The pool
   and its manifest (id, path) are written once and reused: a size ``n`` run takes the first
@@ -31,6 +31,9 @@ libraries, the model, the item list) count twice; PSS (proportional set size, fr
 sums to the memory actually used (it also splits the library pages that other Python processes
 on the machine map: it moves with what else runs). pseudo_label makes one ``predict`` call per shard, hence one
 decoding worker per shard, forked from the main process as it is then.
+
+Why this module is over 400 lines: one benchmark: building a distinct-file pool, running the
+engine in a child process per size, sampling its memory and reporting.
 """
 
 from __future__ import annotations
@@ -83,7 +86,7 @@ def make_pool(root: Path, n: int, *, scene_size: int = 96, base: int = 500) -> P
     file ``k`` = scene ``k % base`` with the comment ``pool-k``. Returns the manifest path
     (lines ``sha256<TAB>path relative to root``, in file order). A pool already there with
     the same ``scene_size`` and ``base`` and at least ``n`` files is reused as it is."""
-    from loops.bench_infer import make_scenes
+    from pseudolabel.sim.bench_infer import make_scenes
 
     for name, value in (("n", n), ("scene_size", scene_size), ("base", base)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -329,12 +332,12 @@ def measure_size(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run_child(spec: dict[str, Any], spec_path: Path, result_path: Path) -> dict[str, Any]:
-    """``measure_size(spec)`` in a fresh interpreter (``python -m loops.bench_memory``)."""
+    """``measure_size(spec)`` in a fresh interpreter (``python -m pseudolabel.sim.bench_memory``)."""
     spec_path.write_text(json.dumps(spec))
     result_path.unlink(missing_ok=True)
     threads = str(spec["threads"])
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-    proc = subprocess.run([sys.executable, "-m", "loops.bench_memory", str(spec_path), str(result_path)], env=env)
+    proc = subprocess.run([sys.executable, "-m", "pseudolabel.sim.bench_memory", str(spec_path), str(result_path)], env=env)
     if proc.returncode != 0 or not result_path.is_file():
         raise RuntimeError(f"the n={spec['n']} run failed (exit status {proc.returncode}); its spec is {spec_path}")
     return dict(json.loads(result_path.read_text()))

@@ -48,7 +48,7 @@ from pseudolabel.types import Item
 def make_scenes(root: Path, n: int, *, scene_size: int = 640, seed: int = 0, jpeg: bool = True) -> list[Item]:
     """``n`` RGB scenes of ``scene_size`` pixels: 2-6 Fashion-MNIST items, each scaled 2-6x,
     pasted on a noisy grey background; written as JPEG (quality 90) or PNG."""
-    from pseudolabel.data.fashion import load_fashion
+    from pseudolabel.sim.fashion import load_fashion
 
     images, _labels = load_fashion("test")
     rng = np.random.default_rng(seed)

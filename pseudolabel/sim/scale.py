@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from .diversity import DEFAULT_CHUNK_SIZE, kcenter_greedy, validate_embeddings
-from .selection import top_k
-from .uncertainty import KERNELS, validate_probs
+from pseudolabel.strategies.diversity import DEFAULT_CHUNK_SIZE, kcenter_greedy, validate_embeddings
+from pseudolabel.strategies.selection import top_k
+from pseudolabel.strategies.uncertainty import KERNELS, validate_probs
 
 __all__ = ["hybrid_device", "kcenter_greedy_device", "resolve_backend", "top_k_uncertain"]
 

@@ -3,7 +3,7 @@
 For one dataset (``digits``: scikit-learn's bundled scans; ``fashion``: a Fashion-MNIST
 subset; or **your own labelled data** with ``data=DIR``: an ImageFolder tree for
 classification, a YOLO or COCO set for detection, split into seed / holdout / pool by
-:mod:`loops.bench_data`) the data is exported once (same seed set, holdout and pool for
+:mod:`pseudolabel.sim.bench_data`) the data is exported once (same seed set, holdout and pool for
 every campaign); then,
 for every random seed x strategy x pseudo-label setting, :func:`loops.campaign.run_campaign`
 runs with the same model, the same batch per round and the same label budget, the stop
@@ -12,9 +12,9 @@ model's initialisation and the selection's randomness. ``random`` should always 
 run: it is the baseline every other strategy is compared with.
 
 The reviewer is, by default, the real path: a local Label Studio server (loopback, data under
-``<out>/label-studio``) answered by :class:`~pseudolabel.review.simulated.SimulatedReviewer`
+``<out>/label-studio``) answered by :class:`~pseudolabel.sim.simulated.SimulatedReviewer`
 through the API, exactly like the demo. ``oracle=True`` swaps in the in-process
-:class:`~pseudolabel.review.oracle.OracleReviewer` (same answers, no server) for big sweeps.
+:class:`~pseudolabel.sim.oracle.OracleReviewer` (same answers, no server) for big sweeps.
 
 Outputs in ``out_dir``: ``rounds.csv`` (every round of every campaign), ``learning_curve.png``
 (labels vs holdout accuracy, mean +- std over seeds), ``summary.csv`` / ``summary.md``
@@ -27,6 +27,9 @@ The metric is the task's headline holdout metric: accuracy for classification, m
 detection (the ``metric`` column of ``summary.csv`` says which; the ``*_accuracy`` columns
 then hold mAP50). ``reference=False`` skips the full-data model (for detection it costs a YOLO
 training on the whole pool); "labels to 90 % / 95 %" then stay empty.
+
+Why this module is over 400 lines: one command: data preparation, the campaigns, the summary,
+the tables and the plots of one benchmark run share its result frame.
 """
 
 from __future__ import annotations
@@ -184,7 +187,7 @@ def _export(dataset: str, data_root: Path, *, data_seed: int, n_pool: int | None
             seed_per_class: int) -> tuple[Any, list[str], int]:
     """Export ``dataset`` under ``data_root``; returns (data with .root/.truth, classes, image size)."""
     if dataset == "digits":
-        from loops.demo import DIGIT_CLASSES, export_digits
+        from pseudolabel.sim.demo import DIGIT_CLASSES, export_digits
 
         data = export_digits(data_root, seed_per_class=seed_per_class, holdout=n_holdout, seed=data_seed)
         if n_pool is not None:
@@ -196,7 +199,7 @@ def _export(dataset: str, data_root: Path, *, data_seed: int, n_pool: int | None
                 extra.unlink()
         return data, DIGIT_CLASSES, 32
     if dataset == "fashion":
-        from pseudolabel.data.fashion import FASHION_CLASSES, export_fashion
+        from pseudolabel.sim.fashion import FASHION_CLASSES, export_fashion
 
         return export_fashion(data_root, n_pool=3000 if n_pool is None else n_pool, n_holdout=n_holdout,
                               seed_per_class=seed_per_class, seed=data_seed), FASHION_CLASSES, 28
@@ -240,7 +243,7 @@ class _Prepared:
     image_size: int
     n_seed: int
     sizes: dict[str, tuple[int, int]]
-    bench: Any = None            # loops.bench_data.BenchData for --data
+    bench: Any = None            # pseudolabel.sim.bench_data.BenchData for --data
 
 
 # ------------------------------------------------------------------------------------------
@@ -275,7 +278,7 @@ def run_benchmark(
     """Run every (seed, strategy, pseudo) campaign and write the reports.
 
     - ``dataset`` (``digits`` / ``fashion``) or ``data`` (a folder of your labelled images,
-      see :mod:`loops.bench_data`; it wins over ``dataset``);
+      see :mod:`pseudolabel.sim.bench_data`; it wins over ``dataset``);
     - ``rounds``: review rounds per campaign; each queues ``batch_size`` items, so the label
       budget is ``seed set + rounds * batch_size`` and a campaign trains ``rounds + 1`` models;
     - ``epochs`` / ``min_steps``: the model's training length (same for every campaign and
@@ -318,7 +321,7 @@ def run_benchmark(
 def _prepare(*, dataset: str | None, data: Path | None, data_root: Path, data_seed: int, n_pool: int | None,
              n_holdout: int | None, seed_per_class: int, seed_size: int | None, seed_strategy: str) -> _Prepared:
     if data is not None:
-        from loops.bench_data import prepare
+        from pseudolabel.sim.bench_data import prepare
 
         bd = prepare(data, data_root, seed_per_class=seed_per_class, n_seed=seed_size, n_holdout=n_holdout,
                      n_pool=n_pool, data_seed=data_seed, seed_strategy=seed_strategy)
@@ -339,7 +342,7 @@ def _prepare(*, dataset: str | None, data: Path | None, data_root: Path, data_se
 def _campaign_config(prep: _Prepared, sub: Path, *, strategy: str, pseudo: bool, seed: int, project: str,
                      rounds: int, batch_size: int, epochs: int | None, min_steps: int | None,
                      overrides: Sequence[str]) -> Any:
-    from loops.demo import DETECT_DEFAULTS, demo_config
+    from pseudolabel.sim.demo import DETECT_DEFAULTS, demo_config
     from pseudolabel.config import load_config, set_dotted
 
     over: dict[str, Any] = {
@@ -464,7 +467,7 @@ def _run_benchmark(
                           f"({res.seconds:.1f} s)")
 
     if oracle:
-        from pseudolabel.review.oracle import BoxOracleReviewer, OracleReviewer
+        from pseudolabel.sim.oracle import BoxOracleReviewer, OracleReviewer
 
         def oracle_reviewer(cfg: Any, tag: str, seed: int) -> tuple[Any, Callable[[], Any]]:
             if prep.task == "classify":
@@ -478,8 +481,8 @@ def _run_benchmark(
     else:
         from pseudolabel.review.client import LabelStudioClient
         from pseudolabel.review.server import LabelStudioServer
-        from pseudolabel.review.simulated import SimulatedReviewer
-        from pseudolabel.review.simulated_boxes import SimulatedBoxReviewer
+        from pseudolabel.sim.simulated import SimulatedReviewer
+        from pseudolabel.sim.simulated_boxes import SimulatedBoxReviewer
 
         console.print("starting Label Studio on 127.0.0.1 (first start runs migrations, ~30 s)...")
         with LabelStudioServer(data_dir=out_dir / "label-studio", images_root=data_root) as server:
