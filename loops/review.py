@@ -234,7 +234,8 @@ def sync_reviews(
             f"{len(rec.missing)} tasks missing in Label Studio")
     ledger.set_meta(key, started.isoformat())
     outcomes = [a.review_outcome for a in mine]
-    n_cons, n_adj, agreements = 0, 0, []
+    n_cons, n_adj = 0, 0
+    agreements: list[float] = []
     if overlap > 1:
         touched = {a.item.id for a in anns if a.item.id in known}
         n_cons, n_adj, agreements = _apply_consensus(

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import pandas as pd
 
@@ -177,7 +177,7 @@ def _run_round(cfg: Config, reviewer: Reviewer | None, ledger: Ledger, *, progre
         idle = why_idle(cfg, ledger, force=force)
         if idle is not None:
             log(f"  {idle}")
-            last = ledger.rounds()[-1] if ledger.rounds() else {"id": 0, "metrics": {}}
+            last: dict[str, Any] = ledger.rounds()[-1] if ledger.rounds() else {"id": 0, "metrics": {}}
             return RoundResult(int(last["id"]), False, labels_used(ledger), 0, last["metrics"] or {}, 0, sync,
                                time.perf_counter() - t0, idle=idle)
     rid, resumed = ledger.open_round(config=cfg.snapshot())
@@ -416,7 +416,8 @@ def _select(r: _Round, selectable: Sequence[Item]) -> dict[str, Any]:
         for rank, (i, sc) in enumerate(zip(sel.indices.tolist(), sel.scores.tolist())):
             rows.append({"rank": rank, "item_id": preds.frame.at[i, "item_id"], "score": float(sc),
                          "uncertainty": float(u[i]), "predicted": preds.frame.at[i, "label"],
-                         "confidence": float(preds.frame.at[i, "confidence"]), "row": int(i),
+                         # pandas-stubs type a cell as any scalar; this column holds floats
+                         "confidence": float(cast(float, preds.frame.at[i, "confidence"])), "row": int(i),
                          "strategy": sel.strategy or cfg.selection.strategy})
     out = pd.DataFrame(rows, columns=["rank", "item_id", "score", "uncertainty", "predicted", "confidence", "row",
                                       "strategy"])

@@ -13,10 +13,15 @@ import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar
 
 import typer
 from rich.console import Console
+from typing_extensions import TypeIs
+
+if TYPE_CHECKING:
+    from pseudolabel.selftrain import Mode
+    from pseudolabel.types import TaskType
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Semi-automatic image labelling with active learning, reviewed in Label Studio.")
@@ -27,6 +32,17 @@ ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="campaign YAML (
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a config key: section.key=value")]
 WaitLockOpt = Annotated[float, typer.Option("--wait-lock", help="seconds to wait when another command holds "
                                             "the workdir (default: exit at once, code 3)")]
+
+
+def _is_task(value: str) -> TypeIs[TaskType]:
+    """Whether ``value`` is a task name (classify, detect, segment)."""
+    return value in ("classify", "detect", "segment")
+
+
+def _is_mode(value: str) -> TypeIs[Mode]:
+    """Whether ``value`` is a pseudo-label threshold mode (global, flexmatch, freematch)."""
+    return value in ("global", "flexmatch", "freematch")
+
 
 _state: dict[str, Any] = {"debug": False, "cfg": None}
 F = TypeVar("F", bound=Callable[..., Any])
@@ -181,7 +197,7 @@ def demo(
     from pseudolabel.strategies import STRATEGIES
     from pseudolabel.strategies.detection import detection_strategies
 
-    if task not in ("classify", "detect", "segment"):
+    if not _is_task(task):
         raise _fail(f"--task {task!r}: choose classify, detect or segment", 2)
     names = [s.strip() for s in strategy.split(",") if s.strip()]
     choices = list(STRATEGIES) if task == "classify" else list(detection_strategies())
@@ -503,7 +519,7 @@ def report(
     console.print(f"open {paths[-1]}")
 
 
-_PASSTHROUGH = {"context_settings": {"allow_extra_args": True, "ignore_unknown_options": True,
+_PASSTHROUGH: dict[str, Any] = {"context_settings": {"allow_extra_args": True, "ignore_unknown_options": True,
                                      "help_option_names": []}, "add_help_option": False}
 
 
@@ -534,7 +550,7 @@ def retrain(
     from pseudolabel.data.ledger import Ledger
     from pseudolabel.types import utcnow
 
-    if mode not in ("global", "flexmatch", "freematch"):
+    if not _is_mode(mode):
         raise _fail(f"--mode {mode!r}: choose global, flexmatch or freematch", 2)
     cfg = _load(config, set_)
     with _lock(cfg, wait_lock), Ledger(cfg.workdir / "ledger.sqlite") as ledger:

@@ -189,7 +189,8 @@ def dawid_skene(
         # M-step.
         priors = (post.sum(axis=0) + smoothing) / (n_items + n_cls * smoothing)
         conf = np.full((n_ann, n_cls, n_cls), smoothing)
-        np.add.at(conf, (aa, slice(None), ll), post[ii])
+        # numpy's stub types ufunc.at's indices as an int array, but a tuple with slices is accepted
+        np.add.at(conf, (aa, slice(None), ll), post[ii])  # type: ignore[arg-type]
         conf /= conf.sum(axis=2, keepdims=True)
         # E-step in log space: log prior + sum over the item's labels of log P(label | class).
         log_post = np.tile(np.log(priors), (n_items, 1))
@@ -374,7 +375,7 @@ def decide_many(
             post = ds.posteriors[i]
             order = np.argsort(post)[::-1]
             top = float(post[order[0]])
-            tie = len(post) > 1 and np.isclose(top, float(post[order[1]]), rtol=0, atol=1e-9)
+            tie = len(post) > 1 and bool(np.isclose(top, float(post[order[1]]), rtol=0, atol=1e-9))
             label = None if tie else cls[int(order[0])]
             n = len(votes[i])
             share = mv[i].agreement if label is None else mv[i].votes.get(label, 0) / n

@@ -230,8 +230,10 @@ def _batch_output(
     """The actor's answer: one row per input row; ``preds`` belong to the ``"ok"`` rows, in order."""
     n = len(paths)
     by_row = dict(zip([k for k, s in enumerate(status) if s == "ok"], preds, strict=True))
-    c = len(preds[0].probs) if preds and all(p.probs is not None for p in preds) else 0  # type: ignore[arg-type]
-    d = int(np.size(preds[0].embedding)) if preds and all(p.embedding is not None for p in preds) else 0
+    probs0 = preds[0].probs if preds else None
+    emb0 = preds[0].embedding if preds else None
+    c = len(probs0) if probs0 is not None and all(p.probs is not None for p in preds) else 0
+    d = int(np.size(emb0)) if emb0 is not None and all(p.embedding is not None for p in preds) else 0
     probs = np.zeros((n, c), dtype=np.float32)
     emb = np.zeros((n, d), dtype=np.float32)
     for k, p in by_row.items():

@@ -84,9 +84,10 @@ def default_batch_size(device: torch.device | str, image_size: int, *,
 
 class _Sample(NamedTuple):
     """One decoded (or, for GPU decoding, read) file: ``data`` is ``(H, W, 3)`` uint8 when
-    ``encoded`` is False, else the JPEG file's bytes as a 1-D uint8 tensor."""
+    ``encoded`` is False, else the JPEG file's bytes as a 1-D uint8 tensor; ``position`` is the
+    item's index in the streamed input."""
 
-    index: int
+    position: int
     data: torch.Tensor
     encoded: bool
 
@@ -115,7 +116,7 @@ class _DecodeDataset(torch.utils.data.Dataset):
     def __init__(self, *, encoded_jpeg: bool) -> None:
         self.encoded_jpeg = encoded_jpeg
 
-    def __getitem__(self, key: tuple[int, str]) -> _Sample:  # type: ignore[override]
+    def __getitem__(self, key: tuple[int, str]) -> _Sample:
         index, path = key
         if self.encoded_jpeg and Path(path).suffix.lower() in _JPEG_SUFFIXES:
             raw = _plain_jpeg_bytes(Path(path))
@@ -192,8 +193,8 @@ def stream_images(
             yield i, str(item.path)
 
     loader = torch.utils.data.DataLoader(
-        _DecodeDataset(encoded_jpeg=bool(gpu_decode)),  # type: ignore[arg-type]
-        sampler=keys(),  # type: ignore[arg-type]
+        _DecodeDataset(encoded_jpeg=bool(gpu_decode)),
+        sampler=keys(),
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=_collate_list,
@@ -203,7 +204,7 @@ def stream_images(
         pin_memory=cuda,
     )
     for batch in loader:
-        batch_items = [pending.pop(s.index) for s in batch]
+        batch_items = [pending.pop(s.position) for s in batch]
         images: list[torch.Tensor | None] = [None] * len(batch)
         enc = [k for k, s in enumerate(batch) if s.encoded]
         if enc:

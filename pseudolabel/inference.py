@@ -97,6 +97,7 @@ def write_shard(out_dir: Path, index: int, preds: Sequence[Prediction], classes:
     image has no box) and ``probs`` is an empty list."""
     if not preds:
         raise ValueError("write_shard needs at least one prediction")
+    emb: np.ndarray  # (N, D) float32; D = 0 when a prediction has no embedding
     if any(p.embedding is None for p in preds):
         emb = np.zeros((len(preds), 0), dtype=np.float32)
     else:

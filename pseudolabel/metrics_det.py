@@ -208,7 +208,7 @@ def _cocoeval(coco_gt: Any, coco_dt: Any, iou_type: str) -> Any:
     tests/test_metrics_det.py pins this on hand-computed cases."""
     from pycocotools.cocoeval import COCOeval
 
-    class DifficultAwareCOCOeval(COCOeval):  # type: ignore[misc]
+    class DifficultAwareCOCOeval(COCOeval):
         def _prepare(self) -> None:
             super()._prepare()
             for gts in self._gts.values():
@@ -270,15 +270,19 @@ def segmentation_scores(
     names = _classes(classes)
     if include_background and BACKGROUND in names:
         raise ValueError(f"class name {BACKGROUND!r} is reserved for mask value 0")
-    if isinstance(gt_masks, Mapping) != isinstance(pred_masks, Mapping):
-        raise ValueError("gt_masks and pred_masks must both be mappings or both be sequences")
+    mixed = "gt_masks and pred_masks must both be mappings or both be sequences"
+    pairs: list[tuple[str | int, np.ndarray, np.ndarray]]
     if isinstance(gt_masks, Mapping):
-        pm = cast(Mapping[str, np.ndarray], pred_masks)
+        if not isinstance(pred_masks, Mapping):
+            raise ValueError(mixed)
+        pm = pred_masks
         if set(gt_masks) != set(pm):
             diff = sorted(set(gt_masks) ^ set(pm), key=str)
             raise ValueError(f"gt_masks and pred_masks have different keys, e.g. {diff[0]!r}")
         pairs = [(k, gt_masks[k], pm[k]) for k in gt_masks]
     else:
+        if isinstance(pred_masks, Mapping):
+            raise ValueError(mixed)
         if len(gt_masks) != len(pred_masks):
             raise ValueError(f"{len(gt_masks)} gt masks but {len(pred_masks)} predicted masks")
         pairs = [(i, g, p) for i, (g, p) in enumerate(zip(gt_masks, pred_masks))]

@@ -118,7 +118,7 @@ def out_of_sample_probs(
 
 
 def label_issues(
-    labels: Sequence[str],
+    labels: Sequence[str | None],
     probs: np.ndarray,
     *,
     classes: Sequence[str],
@@ -126,7 +126,7 @@ def label_issues(
 ) -> list[LabelIssue]:
     """Labels that confident learning flags as likely wrong, most suspicious first.
 
-    ``labels``: N class names; ``probs``: ``(N, C)`` out-of-sample probabilities with
+    ``labels``: N class names (``None``, no class, is an error); ``probs``: ``(N, C)`` out-of-sample probabilities with
     columns in ``classes`` order (from :func:`out_of_sample_probs`). Uses
     ``cleanlab.filter.find_label_issues(..., return_indices_ranked_by="self_confidence")``;
     the result is sorted by ``self_confidence`` ascending (lower = more suspicious) and cut to
@@ -155,7 +155,7 @@ def label_issues(
         raise ValueError("probs must be finite, non-negative, and every row must sum to 1")
     y = np.empty(len(labs), dtype=np.int64)
     for i, lab in enumerate(labs):
-        if lab not in index:
+        if lab is None or lab not in index:
             raise ValueError(f"labels[{i}] = {lab!r} is not one of classes {list(cls)!r}")
         y[i] = index[lab]
     if len(labs) == 0 or max_issues == 0:
@@ -163,7 +163,7 @@ def label_issues(
     ranked = find_label_issues(y, p, return_indices_ranked_by="self_confidence")
     out = [
         LabelIssue(
-            index=int(i), given=labs[int(i)], suggested=cls[int(np.argmax(p[int(i)]))],
+            index=int(i), given=cls[int(y[int(i)])], suggested=cls[int(np.argmax(p[int(i)]))],
             self_confidence=float(p[int(i), y[int(i)]]),
         )
         for i in ranked

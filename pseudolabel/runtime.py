@@ -90,8 +90,10 @@ class OnnxForward:
             # takes ~20x longer on YOLO (11 s vs 0.6 s) for the same graph; torch is pinned (2.14).
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            # torch annotates `f` as a path, but the TorchScript exporter writes to a file object too
             torch.onnx.export(
-                net, (example.detach().cpu().float().contiguous(),), buf, input_names=["images"],
+                net, (example.detach().cpu().float().contiguous(),), buf,  # type: ignore[arg-type]
+                input_names=["images"],
                 output_names=self.output_names, opset_version=_OPSET, dynamo=False,
                 dynamic_axes={name: {0: "batch"} for name in ["images", *self.output_names]},
             )

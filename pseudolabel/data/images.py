@@ -99,8 +99,8 @@ def _decode(src: Path | BinaryIO, name: str | Path) -> Image.Image:
     try:
         with Image.open(src) as img:
             img.load()  # force a full decode: truncated files fail here, not later
-            img = ImageOps.exif_transpose(img) or img
-            return _to_rgb(img)
+            upright = ImageOps.exif_transpose(img) or img
+            return _to_rgb(upright)
     except ImageError:
         raise
     except Image.DecompressionBombError as e:

@@ -266,7 +266,8 @@ class Ledger:
         return [self._label_row(r) for r in rows]
 
     def all_labels(self, *, source: Source | None = None) -> list[LabelRow]:
-        q, args = "SELECT * FROM labels", ()
+        q = "SELECT * FROM labels"
+        args: tuple[str, ...] = ()
         if source is not None:
             q, args = q + " WHERE source = ?", (source,)
         return [self._label_row(r) for r in self._db.execute(q + " ORDER BY id", args)]

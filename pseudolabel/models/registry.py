@@ -82,6 +82,8 @@ def build(cfg: Config, *, n_train: int = 0, progress: bool = False, previous: Pa
         return _frozen(cfg, progress=progress, pool=pool)
     from pseudolabel.models.torchvision_cls import TorchvisionClassifier
 
+    if m.arch is None:  # Config's validator sets it from the task; only an unvalidated Config lacks it
+        raise ValueError("model.arch is not set: build the model from a validated Config")
     c = cfg.consistency
     return TorchvisionClassifier(
         classes=cfg.classes, arch=m.arch, image_size=m.image_size, epochs=m.epochs,

@@ -115,7 +115,7 @@ def _build_resnet18(num_classes: int, image_size: int) -> torchvision.models.Res
     net = torchvision.models.resnet18(weights=None, num_classes=num_classes)
     if image_size < _SMALL_IMAGE:
         net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-        net.maxpool = nn.Identity()  # type: ignore[assignment]
+        net.maxpool = nn.Identity()
     return net
 
 
@@ -207,8 +207,8 @@ class _BoundedPseudoBatches:
 
     def __iter__(self) -> Iterator[list[int]]:
         chosen = self.pseudo[torch.randperm(len(self.pseudo), generator=self.generator)[: self.cap]]
-        rows = torch.cat([self.keep, chosen])
-        rows = rows[torch.randperm(len(rows), generator=self.generator)].tolist()
+        pool = torch.cat([self.keep, chosen])
+        rows: list[int] = pool[torch.randperm(len(pool), generator=self.generator)].tolist()
         for i in range(len(self)):
             yield rows[i * self.batch : (i + 1) * self.batch]
 
@@ -307,7 +307,7 @@ class TorchvisionClassifier(AdapterBase):
         pseudo_ratio: float | None = None,
         allow_download: bool = False,
     ) -> None:
-        self.classes = list(classes) if not isinstance(classes, str) else classes  # type: ignore[assignment]
+        self.classes = list(classes) if not isinstance(classes, str) else classes
         self.arch = arch
         self.image_size = image_size
         self.epochs = epochs
@@ -613,7 +613,8 @@ class TorchvisionClassifier(AdapterBase):
                 self.input_size_ = max(int(self.image_size), _SMALL_IMAGE)
             net = self._build_net(len(classes))
             skipped = self._load_initial_weights(net, resolved.path) if resolved is not None else []
-            net.to(device=device, memory_format=MEMORY_FORMAT)
+            # torch's Module.to overloads omit memory_format, which Module.to accepts at run time
+            net.to(device=device, memory_format=MEMORY_FORMAT)  # type: ignore[call-overload]
             x_train = self._decode_all(paths)
             x_val = self._decode_all(val_paths)
             stream = None
@@ -886,8 +887,8 @@ class TorchvisionClassifier(AdapterBase):
                         logits, _ = _forward(net, x)
                         out[t, lo : lo + x.shape[0]] = torch.softmax(logits.float(), dim=1).cpu().numpy()
         finally:
-            for m, mode in modes.items():
-                m.training = mode
+            for module, mode in modes.items():
+                module.training = mode
         return out
 
     def save(self, path: Path | str) -> None:
@@ -944,7 +945,8 @@ class TorchvisionClassifier(AdapterBase):
         except RuntimeError as e:
             raise ValueError(f"{path}: weights do not fit the stored config ({e})") from e
         dev = resolve_device(device)
-        net.to(device=dev, memory_format=MEMORY_FORMAT).eval()
+        # torch's Module.to overloads omit memory_format, which Module.to accepts at run time
+        net.to(device=dev, memory_format=MEMORY_FORMAT).eval()  # type: ignore[call-overload]
         model.net_ = net
         model.classes_ = list(model.classes)
         model.device_ = dev

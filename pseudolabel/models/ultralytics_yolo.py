@@ -51,7 +51,7 @@ import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -195,7 +195,7 @@ class YoloModel(AdapterBase):
         train_args: Mapping[str, Any] | None = None,
         runtime: str = "auto",
     ) -> None:
-        self.classes = list(classes) if not isinstance(classes, str) else classes  # type: ignore[assignment]
+        self.classes = list(classes) if not isinstance(classes, str) else classes
         self.task = task
         self.model_yaml = model_yaml
         self.weights = weights
@@ -450,8 +450,12 @@ class YoloModel(AdapterBase):
 
     def _embedding_layer(self, net: torch.nn.Module | None = None) -> torch.nn.Module:
         net = self.net_ if net is None else net
-        n_backbone = len(self.yaml_.get("backbone", [])) or len(net.model) - 1
-        return net.model[n_backbone - 1]
+        layers = net.model
+        if not isinstance(layers, torch.nn.Sequential):
+            raise TypeError(f"{type(net).__name__}.model is a {type(layers).__name__}; expected the "
+                            "nn.Sequential of layers an Ultralytics model holds")
+        n_backbone = len(self.yaml_.get("backbone", [])) or len(layers) - 1
+        return layers[n_backbone - 1]
 
     def _forward_embed(
         self, x: torch.Tensor, net: torch.nn.Module | None = None, *, half: bool = False
@@ -473,7 +477,8 @@ class YoloModel(AdapterBase):
             return cached[1]
         import copy
 
-        net = copy.deepcopy(self.net_).eval()
+        # an Ultralytics model: fuse() is its own method, not nn.Module's
+        net: Any = copy.deepcopy(self.net_).eval()
         net = net.fuse(verbose=False) if hasattr(net, "fuse") else net
         net = net.to(self.device_, memory_format=torch.channels_last).eval()
         self._inference_cache = (self.net_, net)
@@ -523,7 +528,9 @@ class YoloModel(AdapterBase):
         rows = []
         for n in range(len(items)):
             det, idx = kept[n], keep_idx[n]
-            xyxy = ops.scale_boxes(x.shape[2:], det[:, :4].clone(), infos[n].shape)
+            # scale_boxes returns the array type it is given (its annotation says Tensor | ndarray)
+            xyxy = cast(torch.Tensor, ops.scale_boxes((int(x.shape[2]), int(x.shape[3])), det[:, :4].clone(),
+                                                      infos[n].shape))
             rows.append(torch.cat([xyxy, det[:, 4:6], head[n, 4 : 4 + nc, idx.long().reshape(-1)].T], dim=1))
         counts = [len(r) for r in rows]
         table = torch.cat(rows).cpu().numpy() if rows else np.zeros((0, 6 + nc), np.float32)

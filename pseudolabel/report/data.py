@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from pseudolabel.config import Config
 from pseudolabel.data.ingest import read_quarantine_csv
-from pseudolabel.data.ledger import LabelRow, Ledger
+from pseudolabel.data.ledger import LabelRow, Ledger, Termination
 from pseudolabel.types import Box, utcnow
 from pseudolabel.utils import atomic_write
 
@@ -212,7 +212,7 @@ class RoundReport:
     selected: list[SelectedItem]
     selected_total: int
     quarantine: list[QuarantineRow]
-    termination: dict[str, Any] | None
+    termination: Termination | None
     generated_at: str = field(default_factory=lambda: utcnow().isoformat(timespec="seconds"))
 
 
@@ -495,14 +495,16 @@ def gather_round(cfg: Config, ledger: Ledger, round_id: int, *, max_points: int 
     if sel_df is not None:
         items = {it.id: it for it in ledger.items()}
         shown = cfg.report.max_thumbnails if max_thumbnails is None else max_thumbnails
-        for r in sel_df.sort_values("rank").head(shown).itertuples(index=False):
-            iid = str(r.item_id)
+        top = sel_df.sort_values("rank").head(shown)
+        for rank, item_id, predicted, confidence, score in zip(
+                top["rank"], top["item_id"], top["predicted"], top["confidence"], top["score"]):
+            iid = str(item_id)
             ans = answers.get(iid)
             pred_boxes = box_preds[iid].boxes if iid in box_preds else ()
             selected.append(SelectedItem(
-                rank=int(r.rank), item_id=iid, path=items[iid].path if iid in items else Path("?"),
-                predicted=None if pd.isna(r.predicted) else str(r.predicted), confidence=float(r.confidence),
-                score=float(r.score), boxes=tuple(pred_boxes),
+                rank=int(rank), item_id=iid, path=items[iid].path if iid in items else Path("?"),
+                predicted=None if pd.isna(predicted) else str(predicted), confidence=float(confidence),
+                score=float(score), boxes=tuple(pred_boxes),
                 answer=None if ans is None else answer_text(ans), outcome=None if ans is None else ans.review_outcome))
 
     reviewers = Counter(r.reviewer or "?" for r in review_answers(rows)

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from html import escape
 from typing import Any
 
+from pseudolabel.data.ledger import Termination
 from pseudolabel.report.data import SECTIONS, RoundReport, RoundSummary, SelectedItem
 
 CSS = """
@@ -336,7 +337,7 @@ def _quarantine(r: RoundReport) -> str:
 
 
 def index_page(project: str, task: str, metric: str, target: float, history: Sequence[RoundSummary],
-               pages: set[int], *, curve: bytes | None, termination: dict[str, Any] | None,
+               pages: set[int], *, curve: bytes | None, termination: Termination | None,
                generated_at: str, labels_by_source: dict[str, int]) -> str:
     """The index: headline figures, the learning curve and one row per round (linked when its
     page is in the folder)."""

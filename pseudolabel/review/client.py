@@ -39,6 +39,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -259,7 +260,7 @@ class LabelStudioClient:
 
         def fetch() -> list[Any]:
             return list(self._sdk().tasks.list(project=pid, query=json.dumps(query),
-                                               fields=fields, page_size=self.page_size))  # type: ignore[arg-type]
+                                               fields=fields, page_size=self.page_size))
 
         return list(self._call(what, fetch))
 
@@ -346,7 +347,7 @@ class LabelStudioClient:
         if self.instructions:
             settings = {"expert_instruction": self.instructions, "show_instruction": True}
         if found:
-            pid = int(found[0].id)  # type: ignore[arg-type]
+            pid = int(found[0].id)
             project = self._call("get project", lambda: sdk.projects.get(pid))
             existing = convert.classes_from_label_config(project.label_config or "")
             if tuple(existing) != classes:
@@ -432,11 +433,11 @@ class LabelStudioClient:
         views = self._call("list views", lambda: list(sdk.views.list(project=pid)))
         mine = [v for v in views if (get(get(v, "data") or {}, "title") or "") == REVIEW_VIEW]
         if not mine:
-            self._call("create review view", lambda: sdk.views.create(project=pid, data=data),  # type: ignore[arg-type]
+            self._call("create review view", lambda: sdk.views.create(project=pid, data=data),
                        idempotent=False)
         elif {k: get(get(mine[0], "data") or {}, k) for k in data} != data:
             vid = str(get(mine[0], "id"))
-            self._call("update review view", lambda: sdk.views.update(vid, project=pid, data=data))  # type: ignore[arg-type]
+            self._call("update review view", lambda: sdk.views.update(vid, project=pid, data=data))
 
     def set_model_version(self, model_version: str) -> None:
         """Make ``model_version`` the project's prediction version.
@@ -495,7 +496,7 @@ class LabelStudioClient:
                 continue
             bid = as_int(get(b, "id"), "ML backend id")
             if (get(b, "description") or "").startswith(ML_BACKEND_DESCRIPTION):
-                self._call(f"remove stale ML backend {bid}", lambda bid=bid: sdk.ml.delete(bid))
+                self._call(f"remove stale ML backend {bid}", partial(sdk.ml.delete, bid))
                 if self.log:
                     self.log(f"removed ML backend {bid} ({get(b, 'url')}): registered by an earlier `pseudolabel serve`")
             elif self.log:
@@ -523,8 +524,8 @@ class LabelStudioClient:
             for w in self._call("list webhooks", lambda: list(sdk.webhooks.list(project=str(pid)))):
                 if (get(w, "url") or "").rstrip("/") == hook:
                     wid = as_int(get(w, "id"), "webhook id")
-                    self._call("set webhook token", lambda wid=wid: sdk.webhooks.update(
-                        wid, url=hook, headers={"Authorization": f"Token {token}"}))
+                    self._call("set webhook token", partial(
+                        sdk.webhooks.update, wid, url=hook, headers={"Authorization": f"Token {token}"}))
         return bid
 
     def tasks_to_prelabel(self, model_version: str) -> list[dict[str, Any]]:
@@ -546,8 +547,10 @@ class LabelStudioClient:
         preds = [dict(p) for p in predictions]
         if preds:
             pid = self.project_id
+            # the SDK annotates `request` with its pydantic models but sends plain dicts as they are
             self._call(f"add {len(preds)} predictions",
-                       lambda: self._sdk().projects.import_predictions(pid, request=preds), idempotent=False)
+                       lambda: self._sdk().projects.import_predictions(pid, request=preds),  # type: ignore[arg-type]
+                       idempotent=False)
         return len(preds)
 
     def disconnect_ml_backend(self, backend_id: int) -> None:
@@ -585,7 +588,7 @@ class LabelStudioClient:
                 fields |= {"auth_method": "BASIC_AUTH", "basic_auth_user": get(b, "basic_auth_user"),
                            "basic_auth_pass": ""}
             try:
-                self._call("rename ML backend", lambda bid=bid, f=fields: self._sdk().ml.update(bid, **f))
+                self._call("rename ML backend", lambda: self._sdk().ml.update(bid, **fields))
             except LabelStudioError as exc:
                 if self.log:
                     self.log(f"ML backend {bid} ({get(b, 'url')}) could not follow model version {model_version}: "
@@ -713,8 +716,9 @@ class LabelStudioClient:
         while remaining:
             batch = [tasks[i] for i in remaining]
             try:
+                # the SDK annotates `request` with its pydantic models but sends plain dicts as they are
                 resp = self._call(f"import {len(batch)} tasks", lambda: sdk.projects.import_tasks(
-                    pid, request=batch, return_task_ids=True), idempotent=False)
+                    pid, request=batch, return_task_ids=True), idempotent=False)  # type: ignore[arg-type]
             except AmbiguousWrite as exc:
                 if self.log:
                     self.log(f"{exc}; looking the items up before importing again")
@@ -761,7 +765,7 @@ class LabelStudioClient:
                     continue
                 info = self.task_info(tid)
                 if info.total_annotations == 0 and info.cancelled_annotations == 0:
-                    self._call(f"delete duplicate task {tid}", lambda t=tid: self._sdk().tasks.delete(str(t)))
+                    self._call(f"delete duplicate task {tid}", lambda: self._sdk().tasks.delete(str(tid)))
                     if self.log:
                         self.log(f"deleted task {tid}: a duplicate of task {mapping.get(iid)} made by a retried import")
 
@@ -816,10 +820,12 @@ class LabelStudioClient:
         if preds:
             # Not idempotent on the wire, but a repeat is harmless: the lookup above skips
             # tasks that already have this version.
-            self._call(f"add {len(preds)} predictions", lambda: sdk.projects.import_predictions(pid, request=preds),
+            # the SDK annotates `request` with its pydantic models but sends plain dicts as they are
+            self._call(f"add {len(preds)} predictions",
+                       lambda: sdk.projects.import_predictions(pid, request=preds),  # type: ignore[arg-type]
                        idempotent=False)
         for tid, data in updates:
-            self._call(f"update task {tid}", lambda t=tid, d=data: sdk.tasks.update(str(t), data=d))
+            self._call(f"update task {tid}", partial(sdk.tasks.update, str(tid), data=data))
         return len(preds)
 
     def submit_relabel(
@@ -845,8 +851,9 @@ class LabelStudioClient:
         for c in again:
             tid = existing[c.item.id]
             for p in preds[c.item.id]:
-                self._call("add prediction", lambda t=tid, p=p: sdk.predictions.create(
-                    task=t, result=p["result"], score=p["score"], model_version=p["model_version"]), idempotent=False)
+                self._call("add prediction", partial(
+                    sdk.predictions.create, task=tid, result=p["result"], score=p["score"],
+                    model_version=p["model_version"]), idempotent=False)
             self.requeue_task(tid, kind="relabel", note=self._note(c), round=int(round_id),
                               strategy=c.strategy, uncertainty=float(c.score))
             mapping[c.item.id] = tid
@@ -1145,7 +1152,7 @@ class LabelStudioClient:
         elif result is None and self.task_type == "classify":
             if label not in self._classes():
                 raise ValueError(f"label {label!r} is not among {list(self._classes())!r}")
-            result = convert.choices_result(label)  # type: ignore[arg-type]
+            result = convert.choices_result(label)
         elif result is None:
             if width is None or height is None:
                 raise ValueError("width and height (pixels) are needed to annotate boxes")

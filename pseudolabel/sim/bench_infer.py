@@ -60,7 +60,7 @@ def make_scenes(root: Path, n: int, *, scene_size: int = 640, seed: int = 0, jpe
             obj = images[int(rng.integers(len(images)))]
             side = int(28 * rng.uniform(2, 6))
             side = min(side, scene_size)
-            patch = np.asarray(Image.fromarray(obj).resize((side, side), Image.BILINEAR))
+            patch = np.asarray(Image.fromarray(obj).resize((side, side), Image.Resampling.BILINEAR))
             y, x = (int(rng.integers(0, scene_size - side + 1)) for _ in range(2))
             region = canvas[y : y + side, x : x + side]
             np.maximum(region, patch, out=region)

@@ -119,7 +119,7 @@ def make_pool(root: Path, n: int, *, scene_size: int = 96, base: int = 500) -> P
 def read_items(manifest: Path, n: int, *, size: int) -> list[Item]:
     """The first ``n`` items of a pool manifest (``size`` x ``size`` pixels each)."""
     root = Path(manifest).parent
-    items = []
+    items: list[Item] = []
     with open(manifest) as f:
         for line in f:
             if len(items) == n:

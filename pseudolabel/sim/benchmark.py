@@ -46,6 +46,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 import yaml
+from numpy.typing import ArrayLike
 from rich.console import Console
 from rich.table import Table
 
@@ -74,7 +75,7 @@ class BenchmarkResult:
 # curve arithmetic (pure)
 
 
-def labels_to_reach(labels: Sequence[float], accuracy: Sequence[float], target: float) -> float | None:
+def labels_to_reach(labels: ArrayLike, accuracy: ArrayLike, target: float) -> float | None:
     """The fewest labels at which the curve reaches ``target`` accuracy, or None if it never does.
 
     ``labels`` (K,) increasing label counts, ``accuracy`` (K,) holdout accuracy at each. The
@@ -86,7 +87,7 @@ def labels_to_reach(labels: Sequence[float], accuracy: Sequence[float], target: 
     return float(x[hit[0]]) if len(hit) else None
 
 
-def normalised_auc(labels: Sequence[float], accuracy: Sequence[float]) -> float:
+def normalised_auc(labels: ArrayLike, accuracy: ArrayLike) -> float:
     """Area under the learning curve (trapezoids) divided by its label range: the mean
     accuracy over the range, in [0, 1]; higher = better label efficiency. A single point
     gives its accuracy."""
@@ -97,7 +98,7 @@ def normalised_auc(labels: Sequence[float], accuracy: Sequence[float]) -> float:
     return area / float(x[-1] - x[0])
 
 
-def _curve(labels: Sequence[float], accuracy: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+def _curve(labels: ArrayLike, accuracy: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     x, y = np.asarray(labels, dtype=float), np.asarray(accuracy, dtype=float)
     if x.ndim != 1 or x.shape != y.shape or not len(x):
         raise ValueError(f"labels and accuracy must be 1-D of the same non-zero length, got {x.shape} and {y.shape}")

@@ -30,6 +30,7 @@ from pseudolabel.data.images import sha256_file
 from pseudolabel.review.client import LabelStudioClient
 from pseudolabel.review.server import LabelStudioServer
 from pseudolabel.sim.simulated import SimulatedReviewer
+from pseudolabel.types import TaskType
 
 DIGIT_CLASSES = [str(d) for d in range(10)]
 
@@ -142,7 +143,7 @@ def detect_demo_config(workdir: Path, data: Any, *, task: str, strategy: str, pr
 def run_demo(
     workdir: Path,
     *,
-    task: str = "classify",
+    task: TaskType = "classify",
     scenes_split: tuple[int, int, int] = (40, 400, 100),
     strategies: Sequence[str] = ("hybrid",),
     error_rate: float = 0.0,

@@ -185,6 +185,7 @@ def image_uncertainty(
     coordinates) the result is ``(1 - w) * base + w * localisation_stability`` with
     ``w = stability_weight``; ``width`` (pixels) is required then.
     """
+    probs: np.ndarray  # (B, C) float64
     if prediction.box_probs is None:
         probs = np.zeros((len(prediction.boxes), 0))
     else:
@@ -196,12 +197,13 @@ def image_uncertainty(
         )
     if not 0.0 <= min_box_score <= 1.0:
         raise ValueError(f"min_box_score must be in [0, 1], got {min_box_score!r}")
-    conf = np.array(
+    conf: np.ndarray = np.array(
         [b.score if b.score is not None else (probs[i].max() if probs.shape[1] else 1.0)
          for i, b in enumerate(prediction.boxes)],
         dtype=np.float64,
     ).reshape(-1)
     keep = conf >= min_box_score
+    per_box: np.ndarray  # (B',) float64, one score per kept box
     if not keep.any():
         per_box = np.zeros(0)
     else:

@@ -73,7 +73,7 @@ class PoolPredictions:
     def of(cls, predictions: Sequence[Prediction], *, classes: Sequence[str] | None = None) -> PoolPredictions:
         """Predictions made in memory (not read from shards), row-aligned the same way
         (``classes`` name the top class of a classification; without them, its index)."""
-        rows = []
+        rows: list[tuple[str, str | None, float, str]] = []
         for p in predictions:
             if p.probs is not None:
                 j = int(np.argmax(p.probs))

@@ -10,7 +10,7 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -26,7 +26,7 @@ from pseudolabel.strategies import uses_labelled_embeddings
 from pseudolabel.strategies.detection import image_uncertainty, select_images
 from pseudolabel.strategies.selection import Selection
 from pseudolabel.tasks.base import Label, LabelledSet, PoolPredictions, PseudoContext, Task
-from pseudolabel.types import Annotation, Box, Item, Prediction
+from pseudolabel.types import Annotation, Box, Item, Prediction, TaskType
 
 _AGG = {"max": "max", "mean": "mean", "sum": "sum", "topk": "topk_mean"}
 
@@ -34,9 +34,9 @@ _AGG = {"max": "max", "mean": "mean", "sum": "sum", "topk": "topk_mean"}
 class Detect(Task):
     """Detection: the boxes of an image (pixels, xyxy; ``()`` = no objects)."""
 
-    name = "detect"
+    name: ClassVar[TaskType] = "detect"
     result_type = "RectangleLabels"
-    metric_names = ("map50", "map50_95")
+    metric_names: ClassVar[tuple[str, ...]] = ("map50", "map50_95")
     per_class_key = "per_class_ap50"
     per_class_name = "AP50"
 
@@ -68,10 +68,10 @@ class Detect(Task):
         return LabelledSet(list(ds.items), boxes, list(ds.quarantined), list(ds.duplicates))
 
     def seed_annotation(self, item: Item, label: Label) -> Annotation:
-        return Annotation(item=item, boxes=tuple(label), source="seed", round=0, empty_ok=True)  # type: ignore[arg-type]
+        return Annotation(item=item, boxes=_boxes(label), source="seed", round=0, empty_ok=True)
 
     def truth_to_ledger(self, label: Label) -> Any:
-        return boxes_to_json(tuple(label), empty=True)  # type: ignore[arg-type]
+        return boxes_to_json(_boxes(label), empty=True)
 
     def truth_from_ledger(self, value: Any) -> Label:
         return boxes_from_json(value)
@@ -90,9 +90,9 @@ class Detect(Task):
 
     def _box_metrics(self, holdout: Sequence[Item], truth: Mapping[str, Label],
                      preds: Mapping[str, tuple[Box, ...]]) -> dict[str, Any]:
-        gt = {it.id: tuple(truth.get(it.id, ())) for it in holdout}
+        gt = {it.id: _boxes(truth.get(it.id, ())) for it in holdout}
         sizes = {it.id: (it.width, it.height) for it in holdout}
-        box = detection_map(gt, preds, classes=self.cfg.classes, image_sizes=sizes, iou_type="bbox")  # type: ignore[arg-type]
+        box = detection_map(gt, preds, classes=self.cfg.classes, image_sizes=sizes, iou_type="bbox")
         return {"map50": box["map50"], "map50_95": box["map50_95"], "map75": box["map75"],
                 "per_class_ap50": box["per_class_ap50"], "n_images": box["n_images"], "n_gt": box["n_gt"],
                 "n_pred": box["n_pred"]}
@@ -226,20 +226,27 @@ class Segment(Detect):
         classes = self.cfg.classes
         preds = self._predicted_boxes(model, holdout)
         out = self._box_metrics(holdout, truth, preds)
-        gt = {it.id: tuple(truth.get(it.id, ())) for it in holdout}
+        gt = {it.id: _boxes(truth.get(it.id, ())) for it in holdout}
         sizes = {it.id: (it.width, it.height) for it in holdout}
         with_poly = {k: tuple(b for b in v if b.polygon is not None) for k, v in preds.items()}
         # Crowd regions stay in the truth without a polygon: mask evaluation ignores their box.
-        gt_poly = {k: tuple(b for b in v if b.polygon is not None or b.crowd) for k, v in gt.items()}  # type: ignore[union-attr]
+        gt_poly = {k: tuple(b for b in v if b.polygon is not None or b.crowd) for k, v in gt.items()}
         seg = detection_map(gt_poly, with_poly, classes=classes, image_sizes=sizes, iou_type="segm")
         out |= {"mask_map50": seg["map50"], "mask_map50_95": seg["map50_95"]}
-        gm = {it.id: semantic_mask(gt[it.id], height=it.height, width=it.width, classes=classes)  # type: ignore[arg-type]
+        gm = {it.id: semantic_mask(gt[it.id], height=it.height, width=it.width, classes=classes)
               for it in holdout}
         pm = {it.id: semantic_mask(with_poly.get(it.id, ()), height=it.height, width=it.width, classes=classes)
               for it in holdout}
         sem = segmentation_scores(gm, pm, classes=classes)
         out |= {"miou": sem["miou"], "pixel_accuracy": sem["pixel_accuracy"]}
         return _finite(out)
+
+
+def _boxes(label: Label) -> tuple[Box, ...]:
+    """A detection / segmentation label's boxes; a class name (a classification label) is an error."""
+    if isinstance(label, str):
+        raise TypeError(f"a detection label is a tuple of Box; got the class name {label!r}")
+    return tuple(label)
 
 
 def _finite(metrics: dict[str, Any]) -> dict[str, Any]:

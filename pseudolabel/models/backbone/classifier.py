@@ -186,6 +186,9 @@ class Head(nn.Module):
     """Standardise the embedding (train-set mean / std, fixed buffers), then a linear layer,
     or a one-hidden-layer MLP (``hidden`` units, ReLU, dropout): ``(B, D)`` -> logits ``(B, C)``."""
 
+    mean: torch.Tensor  # (D,) float32 buffer
+    scale: torch.Tensor  # (D,) float32 buffer
+
     def __init__(self, dim: int, n_classes: int, *, kind: str, hidden: int, dropout: float) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(dim))
@@ -268,7 +271,7 @@ class FrozenBackboneClassifier(AdapterBase):
         embed_batch_size: int = 64,
         progress: bool = False,
     ) -> None:
-        self.classes = list(classes) if not isinstance(classes, str) else classes  # type: ignore[assignment]
+        self.classes = list(classes) if not isinstance(classes, str) else classes
         self.backbone = backbone
         self.weights = weights
         self.image_size = image_size
