@@ -40,13 +40,17 @@ class Adopter(Protocol):
 
     project_title: str
 
-    def foreign_tasks(self) -> list[Any]: ...
+    def foreign_tasks(self) -> list[Any]:
+        """Answered tasks that carry no item id of ours (made by hand in Label Studio), oldest first."""
 
-    def image_path(self, data: Any) -> Path: ...
+    def image_path(self, data: Any) -> Path:
+        """The local file behind a task's image URL (task ``data``)."""
 
-    def foreign_annotations(self, task: Any, item: Any) -> Any: ...
+    def foreign_annotations(self, task: Any, item: Any) -> Any:
+        """Every annotation of ``task``, read as if it showed ``item`` (as ``pull`` reads ours)."""
 
-    def adopt_task(self, task_id: int, item: Any) -> None: ...
+    def adopt_task(self, task_id: int, item: Any) -> None:
+        """Make task ``task_id`` ours: it gets ``item``'s id and size, so ``pull`` reads it from now on."""
 
 
 @dataclass

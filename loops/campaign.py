@@ -20,6 +20,8 @@ from pseudolabel.config import Config
 
 @dataclass
 class CampaignResult:
+    """A finished campaign: one row per round (the round's summary), why it stopped, wall seconds."""
+
     rows: list[dict[str, Any]] = field(default_factory=list)
     termination: str | None = None
     seconds: float = 0.0

@@ -37,6 +37,8 @@ from pseudolabel.types import CLASSIFY_FORMATS, OBJECT_FORMATS, Item
 
 @dataclass
 class ExportResult:
+    """What an export wrote: the folder, the format, labels per source, holdout count, entry file."""
+
     out_dir: Path
     format: str
     counts: dict[str, int] = field(default_factory=dict)   # labels by source exported (train split)
@@ -45,6 +47,7 @@ class ExportResult:
 
 
 def formats_for(task: str) -> tuple[str, ...]:
+    """The export formats available for ``task`` (classify, or detect / segment)."""
     return CLASSIFY_FORMATS if task == "classify" else OBJECT_FORMATS
 
 

@@ -41,13 +41,18 @@ class Collector(Protocol):
 
     project_title: str
 
-    def pull(self, *, since: datetime | None = None) -> Any: ...
+    def pull(self, *, since: datetime | None = None) -> Any:
+        """Answers saved after ``since`` (all when None), oldest first, with the rejected ones."""
 
-    def listing(self) -> list[Any]: ...
+    def listing(self) -> list[Any]:
+        """Every task of the project that carries one of our item ids (no annotations)."""
 
 
 @dataclass(frozen=True)
 class SyncResult:
+    """One sync's counts: annotations pulled, label rows added, outcomes, consensus rows,
+    adjudications, and the tasks whose answer could not be used."""
+
     pulled: int        # annotations returned by Label Studio
     added: int         # new label rows in the ledger (reviewers' answers, not consensus rows)
     accepted: int
@@ -80,7 +85,10 @@ class Reconciled:
 
 
 class Adjudicator(Protocol):
-    def request_adjudication(self, task_id: int, *, reason: str) -> None: ...
+    """A review back end that can send a disputed task back for a deciding answer."""
+
+    def request_adjudication(self, task_id: int, *, reason: str) -> None:
+        """Send task ``task_id`` back for one more (deciding) answer, noting ``reason``."""
 
 
 def reconcile(ledger: Ledger, client: Collector) -> Reconciled:
@@ -381,6 +389,7 @@ def _apply_consensus(
 
 
 def summarise(results: Sequence[SyncResult]) -> dict[str, int]:
+    """The counts of several :class:`SyncResult` added up, by field."""
     keys = ("pulled", "added", "accepted", "corrected", "skipped", "consensus", "adjudications")
     return {k: sum(getattr(r, k) for r in results) for k in keys}
 

@@ -53,15 +53,21 @@ class Reviewer(Protocol):
     project_title: str
 
     def push(self, candidates: Sequence[Candidate], *, round_id: int, model_version: str,
-             refresh: Sequence[Candidate] = ()) -> dict[str, int]: ...
+             refresh: Sequence[Candidate] = ()) -> dict[str, int]:
+        """Queue ``candidates`` for review and give the still-queued ``refresh`` tasks the
+        current prediction; returns item id -> task id of ``candidates``."""
 
-    def pull(self, *, since: Any = None) -> Any: ...
+    def pull(self, *, since: Any = None) -> Any:
+        """Answers saved after ``since`` (all when None), oldest first, with the rejected ones."""
 
-    def listing(self) -> list[Any]: ...
+    def listing(self) -> list[Any]:
+        """Every task of the project that carries one of our item ids (no annotations)."""
 
-    def flag_task(self, task_id: int, note: str) -> None: ...
+    def flag_task(self, task_id: int, note: str) -> None:
+        """Show ``note`` above the image of task ``task_id`` (``""`` clears it)."""
 
-    def check_image(self, path: Path) -> None: ...
+    def check_image(self, path: Path) -> None:
+        """Raise unless the review back end serves the image at ``path``."""
 
 
 @dataclass

@@ -87,6 +87,8 @@ class PublishedModel:
             self.log(msg)
 
     def refresh(self) -> str:
+        """Load the newest published model if it changed; returns the version served now.
+        Raises :class:`NoModel` when there is none (or it could not be loaded)."""
         path = published_model_path(self.cfg)
         with self._lock:
             loaded, failed, have = self._signature, self._failed, self._model is not None
@@ -126,6 +128,7 @@ class PublishedModel:
         self._say(f"loaded model {model.model_version} from {path} ({time.monotonic() - t0:.2f} s)")
 
     def info(self) -> dict[str, Any]:
+        """The served model for ``/health``: path, version, task, classes, load time, last load error."""
         with self._lock:
             return {"path": None if self._signature is None else self._signature[0],
                     "version": None if self._model is None else str(self._model.model_version),

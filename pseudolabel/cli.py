@@ -667,6 +667,7 @@ app.add_typer(weights_app, name="weights")
 
 
 def main() -> None:
+    """The ``pseudolabel`` console script: run the Typer app on ``sys.argv``."""
     app()
 
 

@@ -103,6 +103,8 @@ class PoolSource(_Section):
 
 
 class DataConfig(_Section):
+    """Where the labelled seed, the unlabelled pool and the holdout are, and image limits."""
+
     seed: LabelSource
     pool: PoolSource
     holdout: LabelSource
@@ -348,6 +350,9 @@ class ReviewConfig(_Section):
 
 
 class StopConfig(_Section):
+    """When the campaign stops: the holdout metric and its target, the label budget, the
+    round limit and the optional rules (each, when it fires, is the termination reason)."""
+
     metric: Literal["accuracy", "macro_f1", "map50", "map50_95", "mask_map50", "mask_map50_95", "miou"] = Field(
         default="accuracy", description="classification: accuracy / macro_f1; detection: map50 / map50_95; "
         "segmentation: also mask_map50 / mask_map50_95 / miou")
@@ -409,6 +414,7 @@ class LabelStudioConfig(_Section):
         return v.rstrip("/")
 
     def token(self) -> str:
+        """The API token from the environment variable ``token_env``; :class:`ConfigError` if unset."""
         tok = os.environ.get(self.token_env, "")
         if not tok:
             raise ConfigError(

@@ -29,6 +29,7 @@ OBJECT_FORMATS: tuple[str, ...] = ("yolo", "coco", "voc", "labelme", "cvat", "la
 
 
 def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
     return datetime.now(timezone.utc)
 
 
@@ -136,6 +137,7 @@ class Prediction:
 
     @property
     def label_index(self) -> int | None:
+        """Index of the top class in ``probs``; None for a detection (no probs)."""
         return None if self.probs is None else int(np.argmax(self.probs))
 
 

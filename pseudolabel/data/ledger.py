@@ -141,6 +141,7 @@ class Ledger:
         return schema_version(self._db)
 
     def close(self) -> None:
+        """Close the database connection."""
         self._db.close()
 
     def __enter__(self) -> "Ledger":
@@ -262,10 +263,12 @@ class Ledger:
         return added
 
     def label_history(self, item_id: str) -> list[LabelRow]:
+        """Every label row of ``item_id``, oldest first."""
         rows = self._db.execute("SELECT * FROM labels WHERE item_id = ? ORDER BY id", (item_id,)).fetchall()
         return [self._label_row(r) for r in rows]
 
     def all_labels(self, *, source: Source | None = None) -> list[LabelRow]:
+        """Every label row (of ``source`` only, when given), oldest first."""
         q = "SELECT * FROM labels"
         args: tuple[str, ...] = ()
         if source is not None:
@@ -343,15 +346,18 @@ class Ledger:
         return None if r is None else int(r["id"])
 
     def stage_done(self, round_id: int, stage: str) -> bool:
+        """Whether round ``round_id`` completed ``stage``."""
         return self._db.execute(
             "SELECT 1 FROM stages WHERE round = ? AND stage = ?", (round_id, stage)
         ).fetchone() is not None
 
     def stage_info(self, round_id: int, stage: str) -> dict[str, Any] | None:
+        """The info dict ``stage`` of round ``round_id`` recorded, or None if it has not completed."""
         r = self._db.execute("SELECT info FROM stages WHERE round = ? AND stage = ?", (round_id, stage)).fetchone()
         return None if r is None else (json.loads(r["info"]) if r["info"] else {})
 
     def mark_stage(self, round_id: int, stage: str, info: Mapping[str, Any] | None = None) -> None:
+        """Record that round ``round_id`` completed ``stage``, with ``info`` (JSON-ready)."""
         with self._tx():
             self._db.execute(
                 "INSERT OR REPLACE INTO stages (round, stage, completed_at, info) VALUES (?,?,?,?)",
@@ -360,6 +366,7 @@ class Ledger:
 
     def update_round(self, round_id: int, *, model_version: str | None = None,
                      metrics: Mapping[str, Any] | None = None, info: Mapping[str, Any] | None = None) -> None:
+        """Set the round's model version, metrics and / or info (each when given)."""
         with self._tx():
             if model_version is not None:
                 self._db.execute("UPDATE rounds SET model_version = ? WHERE id = ?", (model_version, round_id))
@@ -370,6 +377,7 @@ class Ledger:
                 self._db.execute("UPDATE rounds SET info = ? WHERE id = ?", (json.dumps(old | dict(info)), round_id))
 
     def finish_round(self, round_id: int, *, status: str = "done") -> None:
+        """Close the round with ``status`` (``"done"``, or why it ended) and the finish time."""
         with self._tx():
             self._db.execute(
                 "UPDATE rounds SET status = ?, finished_at = ? WHERE id = ?",
@@ -377,12 +385,15 @@ class Ledger:
             )
 
     def round(self, round_id: int) -> dict[str, Any]:
+        """Round ``round_id`` as a dict (id, status, times, model version, metrics, info,
+        stages); KeyError if there is none."""
         r = self._db.execute("SELECT * FROM rounds WHERE id = ?", (round_id,)).fetchone()
         if r is None:
             raise KeyError(f"no round {round_id}")
         return self._round_dict(r)
 
     def rounds(self) -> list[dict[str, Any]]:
+        """Every round as a dict (as :meth:`round`), oldest first."""
         return [self._round_dict(r) for r in self._db.execute("SELECT * FROM rounds ORDER BY id")]
 
     def _round_dict(self, r: sqlite3.Row) -> dict[str, Any]:
@@ -419,12 +430,14 @@ class Ledger:
                              (int(task_id), project, item_id))
 
     def set_task_state(self, project: str, item_id: str, state: str) -> None:
+        """Set the review task of ``item_id`` in ``project`` to ``state`` (queued, answered, skipped)."""
         with self._tx():
             self._db.execute(
                 "UPDATE review_tasks SET state = ? WHERE project = ? AND item_id = ?", (state, project, item_id)
             )
 
     def review_tasks(self, project: str | None = None, *, state: str | None = None) -> list[dict[str, Any]]:
+        """Review task rows, of ``project`` and in ``state`` when given."""
         q, args = "SELECT * FROM review_tasks WHERE 1=1", []
         if project is not None:
             q += " AND project = ?"
@@ -435,10 +448,12 @@ class Ledger:
         return [dict(r) for r in self._db.execute(q + " ORDER BY round, score DESC", args)]
 
     def task_counts(self) -> dict[str, int]:
+        """Number of review tasks by state (queued, answered, skipped always present)."""
         rows = self._db.execute("SELECT state, COUNT(*) AS n FROM review_tasks GROUP BY state").fetchall()
         return {"queued": 0, "answered": 0, "skipped": 0} | {r["state"]: r["n"] for r in rows}
 
     def queued_item_ids(self) -> set[str]:
+        """Ids of the items that have a review task (in any state)."""
         return {r["item_id"] for r in self._db.execute("SELECT item_id FROM review_tasks")}
 
     # -- holdout truth -------------------------------------------------------------------------

@@ -42,7 +42,8 @@ class Model(Protocol):
     capabilities: frozenset[str]
 
     @property
-    def model_version(self) -> str: ...
+    def model_version(self) -> str:
+        """The version string predictions and checkpoints carry."""
 
     def fit(self, train: Sequence[Annotation], *, val: Sequence[Annotation] | None = None) -> Self:
         """Train from scratch (or from configured weights) on ``train``; returns ``self``.
@@ -175,6 +176,7 @@ class EpochProgress:
             self._console.print(f"  {self.desc}: epoch {epoch}/{self.total} {text}".rstrip(), highlight=False)
 
     def close(self) -> None:
+        """Stop the live progress bar (if one is shown)."""
         if self._bar is not None:
             self._bar.stop()
 

@@ -105,9 +105,11 @@ class SmallCNN(nn.Module):
         self.fc = nn.Linear(embed_dim, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Embeddings ``(B, D)`` float32 of images ``x`` ``(B, 3, H, W)`` float32 (normalised)."""
         return self.embed(self.features(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, C)`` float32 of images ``x`` ``(B, 3, H, W)`` float32 (normalised)."""
         return self.fc(self.dropout(self.forward_features(x)))
 
 

@@ -124,6 +124,7 @@ def sha256_of(path: Path | str) -> str:
 
 
 def is_url(value: str) -> bool:
+    """Whether ``value`` is an http(s) URL."""
     return value.startswith(("http://", "https://"))
 
 
@@ -237,6 +238,7 @@ class WeightsStore:
         self.root = Path(root) if root is not None else default_store()
 
     def blob(self, sha256: str) -> Path:
+        """Where the file with SHA-256 ``sha256`` (hex) is stored (it may not exist)."""
         return self.root / "sha256" / sha256
 
     def _ref(self, name: str) -> Path:

@@ -125,6 +125,7 @@ class ReviewCounts:
 
     @property
     def answered(self) -> int:
+        """Accepted plus corrected answers (skips excluded)."""
         return self.accepted + self.corrected
 
     @property
@@ -178,6 +179,8 @@ class SelectedItem:
 
 @dataclass(frozen=True)
 class QuarantineRow:
+    """One quarantined file for the report: path, reason, when, and whether it is new this round."""
+
     path: str
     reason: str
     time: str

@@ -65,10 +65,12 @@ TITLES = {
 
 
 def data_uri(data: bytes, mime: str = "image/png") -> str:
+    """``data`` (an image's bytes) as a base64 ``data:`` URI of type ``mime``."""
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
 def img(data: bytes, alt: str, *, mime: str = "image/png", cls: str = "fig") -> str:
+    """An ``<img>`` tag that embeds ``data`` (a data URI), with alt text ``alt`` and CSS class ``cls``."""
     return f'<img class="{cls}" src="{data_uri(data, mime)}" alt="{escape(alt)}">'
 
 

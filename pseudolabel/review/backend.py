@@ -85,11 +85,14 @@ class Predictor(Protocol):
     - :meth:`info` describes the served model for ``/health`` (JSON-serialisable).
     """
 
-    def refresh(self) -> str: ...
+    def refresh(self) -> str:
+        """Reload the model if a newer one was published; returns the version served now."""
 
-    def predict(self, items: Sequence[Item]) -> list[dict[str, Any]]: ...
+    def predict(self, items: Sequence[Item]) -> list[dict[str, Any]]:
+        """One Label Studio prediction (``{"model_version", "score", "result"}``) per item, in order."""
 
-    def info(self) -> dict[str, Any]: ...
+    def info(self) -> dict[str, Any]:
+        """The served model, for ``/health`` (JSON-serialisable)."""
 
 
 @dataclass
@@ -113,6 +116,7 @@ class Job:
         return self.done / spent if self.done and spent > 0 else None
 
     def line(self) -> str:
+        """One progress line: images done of total, rate, and time left while running."""
         rate = self.rate
         left = (self.total - self.done) / rate if rate else None
         return (f"predict job {self.id}: {self.done}/{self.total} images"
@@ -120,6 +124,7 @@ class Job:
                 + (f", ~{left:.0f} s left" if left is not None and self.finished is None else ""))
 
     def as_dict(self) -> dict[str, Any]:
+        """The job's fields and its rate (images per second), JSON-ready."""
         return {**asdict(self), "rate": self.rate}
 
 
@@ -282,6 +287,7 @@ class MLBackend:
         return 200, {"status": "ok", "action": action}
 
     def requests(self, _body: Mapping[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+        """``GET /requests``: the last calls it answered (path, status, seconds, tasks, time)."""
         with self._state_lock:
             return 200, {"requests": list(self._calls)}
 
@@ -370,11 +376,13 @@ class MLBackend:
     # ------------------------------------------------------------------ HTTP
 
     def record(self, path: str, status: int, seconds: float, tasks: int | None) -> None:
+        """Remember one served call for :meth:`requests` (``seconds``: wall time; ``tasks``: count)."""
         with self._state_lock:
             self._calls.append({"path": path, "status": status, "seconds": round(seconds, 4), "tasks": tasks,
                                 "at": time.time()})
 
     def authorized(self, header: str | None) -> bool:
+        """Whether the ``Authorization`` header ``header`` carries the token (always, without one)."""
         return not self.token or _authorized(header, self.token)
 
     def app(self) -> Any:
@@ -466,6 +474,8 @@ class BackendServer:
         return f"http://{host}:{self._port_}"
 
     def start(self, *, timeout: float = 30.0) -> BackendServer:
+        """Serve in a background thread; returns self once listening. OSError if it cannot
+        listen within ``timeout`` seconds."""
         import uvicorn
 
         from pseudolabel.review.server import free_port
@@ -503,6 +513,7 @@ class BackendServer:
             self._thread.join(0.5)
 
     def stop(self) -> None:
+        """Ask the server to exit and wait (up to 10 s) for its thread."""
         if self._server is not None:
             self._server.should_exit = True
         if self._thread is not None:

@@ -166,6 +166,7 @@ class LabelStudioServer:
 
     @property
     def log_path(self) -> Path:
+        """The server's log file (in ``data_dir``)."""
         return Path(self.data_dir) / _LOG_FILE
 
     @property
@@ -179,6 +180,7 @@ class LabelStudioServer:
 
     @property
     def running(self) -> bool:
+        """Whether the server process this object started is still alive."""
         return self._proc is not None and self._proc.poll() is None
 
     # ------------------------------------------------------------------ helpers

@@ -133,6 +133,7 @@ def describe(exc: BaseException, *, url: str, what: str, timeout: float | None =
 
 
 def auth_hint(token_env: str | None) -> str:
+    """What to check after an authentication error: the token's variable ``token_env`` and its kind."""
     where = f"the environment variable {token_env}" if token_env else "the token"
     return (f"check {where}: use a Personal Access Token (Label Studio → Account & Settings → Personal "
             "Access Token), or a legacy token with legacy tokens enabled for the organization "

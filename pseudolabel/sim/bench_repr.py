@@ -157,6 +157,7 @@ def table(result: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Command line of the representation benchmark (``--help`` lists the options); returns the exit code."""
     p = argparse.ArgumentParser(prog="python -m pseudolabel.sim.bench_repr", description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("runs/bench-repr"))
     p.add_argument("--dataset", action="append", choices=("digits", "fashion"))

@@ -70,6 +70,7 @@ def run_bench_select(
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """``rows`` (one dict per run) as a fixed-width text table."""
     cols = ["n", "dim", "k", "backend", "topk_entropy_s", "kcenter_s", "hybrid_s", "data_mb", "peak_rss_mb"]
     widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in cols]
     lines = ["  ".join(c.rjust(w) for c, w in zip(cols, widths))]

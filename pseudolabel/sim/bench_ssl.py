@@ -138,6 +138,7 @@ def measure_pseudo(*, workdir: Path, n_human: int = 40, n_pseudo: int = 1079, ra
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Command line of the self-supervised pretraining benchmark (``--help``); returns the exit code."""
     p = argparse.ArgumentParser(prog="python -m pseudolabel.sim.bench_ssl", description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=64)

@@ -37,6 +37,8 @@ DIGIT_CLASSES = [str(d) for d in range(10)]
 
 @dataclass(frozen=True)
 class DemoData:
+    """Demo images written to disk: their root and the true class of every item id."""
+
     root: Path                 # images root (Label Studio's local-files document root)
     truth: dict[str, str]      # item id -> true class, for every exported image
 
@@ -84,6 +86,8 @@ def export_digits(root: Path, *, seed_per_class: int = 2, holdout: int = 400, si
 
 
 def demo_config(workdir: Path, data_root: Path, *, strategy: str, project: str, **over: Any) -> dict[str, Any]:
+    """A classification campaign config (as a dict) over the digits under ``data_root``;
+    ``over`` updates its top-level keys."""
     cfg: dict[str, Any] = {
         "project": project,
         "task": "classify",
@@ -251,6 +255,7 @@ def _answerer(cfg: Config, client: LabelStudioClient, data: DemoData, *, error_r
 
 
 def summary_table(results: dict[str, CampaignResult]) -> Any:
+    """The final round of each strategy's campaign side by side, as a rich table."""
     from rich.table import Table
 
     det = any("map50" in r for res in results.values() for r in res.rows)

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class OracleStats:
+    """What the oracle reviewer did: tasks answered, accepted, corrected, errors injected."""
+
     answered: int = 0
     accepted: int = 0
     corrected: int = 0
@@ -154,6 +156,7 @@ class BoxOracleReviewer(_InMemoryQueue):
         self._init_queue()
 
     def answer_pending(self) -> "BoxReviewStats":
+        """Answer every queued task from the true boxes (keep, fix, delete, add); returns counts."""
         from pseudolabel.sim.simulated_boxes import BoxReviewStats, plan_edits
 
         st = BoxReviewStats()

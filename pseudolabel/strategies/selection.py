@@ -100,11 +100,13 @@ class SelectionRequest:
     options: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
 
     def need_probs(self) -> np.ndarray:
+        """``probs`` ``(N, C)`` float; ValueError naming the strategy when it is missing."""
         if self.probs is None:
             raise ValueError(f"strategy {self.strategy!r} needs probs, an (N, C) probability array")
         return self.probs
 
     def need_embeddings(self) -> np.ndarray:
+        """``embeddings`` ``(N, D)`` float; ValueError naming the strategy when missing."""
         if self.embeddings is None:
             raise ValueError(f"strategy {self.strategy!r} needs embeddings, an (N, D) array")
         return self.embeddings

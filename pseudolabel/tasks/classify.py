@@ -33,18 +33,22 @@ class Classify(Task):
 
     def read(self, which: Literal["seed", "holdout"], *, progress: bool = False,
              on_missing: OnMissing = "error") -> LabelledSet:
+        """The seed or holdout set: images and their class names, quarantined files, duplicates."""
         src = self.cfg.data.seed if which == "seed" else self.cfg.data.holdout
         s = read_labels(src.format, src.path, classes=self.cfg.classes, image_root=src.image_root,
                         max_pixels=self.cfg.data.max_pixels, on_missing=on_missing)
         return LabelledSet(list(s.items), dict(s.labels), list(s.quarantined), list(s.duplicates))
 
     def seed_annotation(self, item: Item, label: Label) -> Annotation:
+        """A seed label: ``label`` is the class name."""
         return Annotation(item=item, label=str(label), source="seed", round=0)
 
     def truth_to_ledger(self, label: Label) -> Any:
+        """The class name, as stored in the ledger."""
         return str(label)
 
     def truth_from_ledger(self, value: Any) -> Label:
+        """The class name stored in the ledger."""
         return str(value)
 
     def evaluate(self, model: Any, holdout: Sequence[Item], truth: Mapping[str, Label], out_dir: Path) -> dict[str, Any]:
@@ -60,6 +64,7 @@ class Classify(Task):
         return metrics
 
     def read_predictions(self, pred_dir: Path) -> PoolPredictions:
+        """Pool predictions from the shards in ``pred_dir``: probs ``(N, C)``, embeddings ``(N, D)``."""
         df, probs, emb = load_predictions(pred_dir)
         preds = [Prediction(item_id=str(iid), model_version=str(v), probs=probs[j], embedding=emb[j])
                  for j, (iid, v) in enumerate(zip(df["item_id"], df["model_version"]))]
@@ -71,6 +76,7 @@ class Classify(Task):
         return SCORE_FUNCTIONS[self.cfg.selection.uncertainty](p) if p is not None and len(p) else np.zeros(0)
 
     def pool_uncertainty(self, preds: PoolPredictions, items: Mapping[str, Item]) -> np.ndarray:
+        """Normalised entropy ``(N,)`` float in [0, 1] of each row's probabilities."""
         p = preds.probs
         return entropy(p, normalise=True) if p is not None and len(p) else np.zeros(0)
 
@@ -144,4 +150,5 @@ class Classify(Task):
         return pred, ""
 
     def trains_on(self, label: str | None, boxes: tuple[Box, ...]) -> bool:
+        """A classification answer trains only with a class (``label`` not None)."""
         return label is not None

@@ -68,15 +68,19 @@ class Detect(Task):
         return LabelledSet(list(ds.items), boxes, list(ds.quarantined), list(ds.duplicates))
 
     def seed_annotation(self, item: Item, label: Label) -> Annotation:
+        """A seed label: ``label`` is the image's boxes (``()`` = no objects)."""
         return Annotation(item=item, boxes=_boxes(label), source="seed", round=0, empty_ok=True)
 
     def truth_to_ledger(self, label: Label) -> Any:
+        """The boxes as the ledger's JSON (``"[]"`` = no objects)."""
         return boxes_to_json(_boxes(label), empty=True)
 
     def truth_from_ledger(self, value: Any) -> Label:
+        """The boxes stored in the ledger as JSON."""
         return boxes_from_json(value)
 
     def trains_on(self, label: str | None, boxes: tuple[Box, ...]) -> bool:
+        """Every detection answer trains: boxes, or an explicit "no objects"."""
         return True  # boxes, or an explicit "no objects"
 
     # -- evaluation --------------------------------------------------------------------------
@@ -99,6 +103,8 @@ class Detect(Task):
 
     # -- pool predictions --------------------------------------------------------------------
     def read_predictions(self, pred_dir: Path) -> PoolPredictions:
+        """Pool predictions (boxes) from the shards in ``pred_dir``; embeddings ``(N, D)``
+        float32 (D = 0 when an image has none), no probs."""
         df, preds = load_box_predictions(pred_dir)
         emb = np.stack([np.asarray(p.embedding, dtype=np.float32) for p in preds]) if preds \
             and all(p.embedding is not None for p in preds) else np.zeros((len(preds), 0), dtype=np.float32)
@@ -122,9 +128,11 @@ class Detect(Task):
         return out
 
     def uncertainty(self, preds: PoolPredictions, items: Mapping[str, Item]) -> np.ndarray:
+        """Image scores ``(N,)`` float of the pool rows (see :meth:`image_scores`)."""
         return self.image_scores(preds.predictions, items)
 
     def pool_uncertainty(self, preds: PoolPredictions, items: Mapping[str, Item]) -> np.ndarray:
+        """Image scores ``(N,)`` float of the pool rows (see :meth:`image_scores`)."""
         return self.image_scores(preds.predictions, items)
 
     def class_threshold(self, label: str) -> float:

@@ -91,9 +91,11 @@ class Reading:
     unknown: dict[str, str] = field(default_factory=dict)  # label -> first place it was seen
 
     def skip_object(self, path: Path, reason: str) -> None:
+        """Quarantine one object of the file at ``path`` (its image keeps its other objects)."""
         self.quarantined.append(Quarantined(Path(path), f"{reason}; object skipped, the image keeps its other objects"))
 
     def drop_image(self, path: Path, reason: str, *, image: Path | None = None) -> None:
+        """Quarantine a whole image (``image``, named in the file at ``path``) for ``reason``."""
         what = f"image {image} left out" if image is not None and Path(image) != Path(path) else "image left out"
         self.quarantined.append(Quarantined(Path(path), f"{reason}; {what}"))
 
@@ -122,6 +124,7 @@ class Reading:
         )
 
     def note_clipped(self, source: object) -> None:
+        """Add a note that boxes of ``source`` were clipped to the image (when any were)."""
         if self.clipped:
             self.notes.append(
                 f"{source}: {self.clipped} box(es) reached outside the image within the tolerance "
@@ -242,6 +245,7 @@ def one_polygon(parts: Sequence[Sequence[tuple[float, float]]], *, multipart: st
 
 
 def check_task(task: str) -> None:
+    """Raise :class:`DataError` unless ``task`` is ``"detect"`` or ``"segment"``."""
     if task not in ("detect", "segment"):
         raise DataError(f"task {task!r} is not one of 'detect', 'segment'")
 

@@ -200,6 +200,7 @@ class Head(nn.Module):
                                      nn.Linear(hidden, n_classes))
 
     def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, C)`` float32 of embeddings ``emb`` ``(B, D)`` float32."""
         return self.net((emb - self.mean) / self.scale)
 
 

@@ -104,6 +104,7 @@ class SplitBackbone(nn.Module):
 
     @property
     def embed_dim(self) -> int:
+        """Length D of the embedding: trunk plus tail features (after :meth:`measure`)."""
         return self.trunk_dim + self.tail_dim
 
     @torch.no_grad()
