@@ -603,9 +603,15 @@ def bench_infer(
     repeats: Annotated[int, typer.Option(help="timed rounds per method (best is reported)")] = 1,
     threads: Annotated[Optional[int], typer.Option(help="torch / ONNX Runtime CPU threads")] = None,
     runtime: Annotated[str, typer.Option(help="engine runtime: auto (ONNX Runtime on CPU) | torch | onnx")] = "auto",
+    model: Annotated[Optional[Path], typer.Option(
+        help="a YOLO detection checkpoint to measure (e.g. a round's model.pt or an earlier bench-infer's "
+             "model/model.pt); default: train yolo11n briefly on composited scenes first")] = None,
+    conf: Annotated[float, typer.Option(help="confidence threshold of every method (without --model)")] = 0.05,
+    train_epochs: Annotated[int, typer.Option(help="epochs of the brief training (without --model)")] = 30,
 ) -> None:
     """Pseudo-labelling throughput: our engine vs Ultralytics predict vs a per-image loop vs the
-    model alone (the ceiling), on Fashion-MNIST scenes written as JPEG files."""
+    model alone (the ceiling), on Fashion-MNIST scenes written as JPEG files, with a detector
+    that keeps boxes (boxes per image are reported)."""
     import torch
 
     from pseudolabel.sim.bench_infer import run_bench_infer
@@ -613,7 +619,8 @@ def bench_infer(
     if threads is not None:
         torch.set_num_threads(threads)
     run_bench_infer(out, n_images=n_images, image_size=image_size, scene_size=image_size, batch_size=batch_size,
-                    device=device, workers=workers, model_yaml=model_yaml, repeats=repeats, runtime=runtime)
+                    device=device, workers=workers, model_yaml=model_yaml, repeats=repeats, runtime=runtime,
+                    model=model, conf=conf, train_epochs=train_epochs)
 
 
 @app.command("bench-memory")
