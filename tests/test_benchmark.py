@@ -11,11 +11,14 @@ import pytest
 from pseudolabel.sim.benchmark import (
     ROUND_COLUMNS,
     SUMMARY_COLUMNS,
+    curve_markdown,
     labels_to_reach,
     main,
     normalised_auc,
     run_benchmark,
+    share_embeddings,
     summarise,
+    summary_markdown,
 )
 
 
@@ -56,6 +59,49 @@ def test_summary_compares_with_random() -> None:
     assert s.loc["entropy", "final_vs_random"] == pytest.approx(0.05)
     assert s.loc["random", "auc_vs_random"] == 0
 
+
+
+def test_share_of_random_labels_known_answer() -> None:
+    """random ends at 0.9 with 100 labels; margin's mean curve first reaches 0.9 at 60 labels
+    (60 % of random's labels), entropy never does; round_seconds is the mean over rounds and seeds."""
+    rows = []
+    curves = {"margin": ([0.5, 0.8, 0.9, 0.92, 0.95], [0.5, 0.8, 0.9, 0.9, 0.95]),   # seed 0, seed 1
+              "entropy": ([0.5, 0.6, 0.7, 0.8, 0.85], [0.5, 0.6, 0.7, 0.8, 0.89]),
+              "random": ([0.5, 0.6, 0.7, 0.8, 0.9], [0.5, 0.6, 0.7, 0.8, 0.9])}
+    for strategy, per_seed in curves.items():
+        for seed, accs in enumerate(per_seed):
+            for k, a in enumerate(accs):
+                rows.append({"dataset": "d", "strategy": strategy, "pseudo": False, "seed": seed, "round": k,
+                             "labels": 20 * (k + 1), "accuracy": a, "macro_f1": a, "corrections": 0,
+                             "seconds": 1.0 + seed + k, "pseudo_used": 0})
+    rounds = pd.DataFrame(rows)
+    s = summarise(rounds, reference_accuracy=None).set_index("strategy")
+    assert s.loc["margin", "labels_to_random_final"] == 60
+    assert s.loc["margin", "share_of_random_labels"] == pytest.approx(0.6)
+    assert s.loc["random", "share_of_random_labels"] == pytest.approx(1.0)
+    assert pd.isna(s.loc["entropy", "labels_to_random_final"]) and pd.isna(s.loc["entropy", "share_of_random_labels"])
+    assert s.loc["margin", "round_seconds"] == pytest.approx(3.5)   # mean of 1..5 (seed 0) and 2..6 (seed 1)
+    # without random in the run there is nothing to compare with
+    s2 = summarise(rounds[rounds["strategy"] != "random"], reference_accuracy=None)
+    assert s2["share_of_random_labels"].isna().all() and s2["labels_to_random_final"].isna().all()
+    lines = curve_markdown(rounds)
+    assert lines[0] == "| labels | 20 | 40 | 60 | 80 | 100 |"
+    assert "| margin | 0.5000 ± 0.000 | 0.8000 ± 0.000 | 0.9000 ± 0.000 | 0.9100 ± 0.010 | 0.9500 ± 0.000 |" in lines
+    md = summary_markdown(summarise(rounds, reference_accuracy=None),
+                          {"accuracy": None, "settings": {"seeds": "0,1", "pool": 300}}, rounds)
+    assert "| margin | no | 2 |" in md and "60%" in md and "Settings: seeds = 0,1, pool = 300" in md
+
+
+def test_shared_embedding_cache_is_a_link_and_refuses_a_foreign_folder(tmp_path: Path) -> None:
+    shared, work = tmp_path / "runs" / "_shared" / "embeddings", tmp_path / "runs" / "margin-s0"
+    work.mkdir(parents=True)
+    share_embeddings(work, shared)
+    share_embeddings(work, shared)      # a second call is a no-op
+    assert (work / "embeddings").is_symlink() and (work / "embeddings").resolve() == shared.resolve()
+    other = tmp_path / "runs" / "random-s0"
+    (other / "embeddings").mkdir(parents=True)
+    with pytest.raises(ValueError, match="not the benchmark's shared embedding cache"):
+        share_embeddings(other, shared)
 
 @pytest.mark.slow
 def test_mini_benchmark_on_digits_writes_reports(tmp_path: Path) -> None:
@@ -151,3 +197,36 @@ def test_a_campaign_that_stopped_early_stays_flat() -> None:
     assert s["final_labels"] == pytest.approx((20 + 30) / 2)
     # round 3: seed 0 keeps 1.0 at 20 labels, seed 1 has 0.9 at 30
     assert s["auc"] == pytest.approx(normalised_auc([10, 20, 25], [0.6, 0.9, 0.95]))
+
+
+@pytest.mark.slow
+def test_frozen_backbones_share_embeddings_and_pretrain_ssl_once(tmp_path: Path) -> None:
+    """model.arch frozen: every campaign and the reference use one embedding cache; with
+    model.backbone ssl the SimCLR backbone is trained once for the whole benchmark (not once
+    per campaign) and every campaign trains its head on that file."""
+    common = dict(dataset="digits", strategies=["margin", "random"], seeds=[0, 1], rounds=1, batch_size=10,
+                  pseudo_settings=[False], oracle=True, seed_per_class=1, n_holdout=100, n_pool=150,
+                  torch_threads=1)
+    out = tmp_path / "frozen"
+    res = run_benchmark(out_dir=out, overrides=["model.arch=frozen"], **common)  # type: ignore[arg-type]
+    runs = out / "runs"
+    campaigns = [d for d in runs.iterdir() if d.name not in ("_shared",)]
+    assert len(campaigns) == 2 * 2 + 1          # + the reference
+    for d in campaigns:
+        assert (d / "embeddings").is_symlink() and (d / "embeddings").resolve() == (runs / "_shared" / "embeddings")
+    assert not (runs / "_shared" / "_shared").exists()
+    assert (res.summary["round_seconds"] > 0).all()
+
+    out = tmp_path / "ssl"
+    res = run_benchmark(out_dir=out, overrides=["model.arch=frozen", "model.backbone=ssl", "pretrain.max_steps=3",
+                                                "pretrain.batch_size=16", "pretrain.image_size=16"],
+                        **common)  # type: ignore[arg-type]
+    ssl = res.reference["ssl_pretraining"]
+    assert ssl["steps"] == 3 and ssl["pool"] == 150 and Path(ssl["path"]).is_file()
+    assert Path(ssl["path"]).is_relative_to(out / "runs" / "_shared" / "pretrain")
+    for d in (out / "runs").iterdir():
+        if d.name == "_shared":
+            continue
+        assert not (d / "pretrain").exists(), f"{d.name} pretrained its own backbone"
+    assert "Self-supervised backbone: SimCLR on the 150 pool images, 3 steps" in (out / "summary.md").read_text()
+    assert res.rounds["accuracy"].between(0, 1).all() and len(res.rounds) == 2 * 2 * 2

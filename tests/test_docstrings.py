@@ -43,21 +43,11 @@ def undocumented(path: Path) -> list[str]:
     return out
 
 
-# Names still to document in a module another branch is rewriting (documented after that merge,
-# then removed from here); the test fails when one of them has gained its docstring.
-PENDING = {("pseudolabel/sim/benchmark.py", name) for name in ("summary_markdown", "summary_table", "build_parser",
-                                                              "main")}
-
-
 def test_every_public_name_has_a_docstring() -> None:
     files = sorted(p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py"))
     assert len(files) > 50, f"found only {len(files)} modules under {PACKAGES}: wrong root {ROOT}?"
     found = [name for f in files for name in undocumented(f)]
-    pending = [n for n in found if (n.split(":")[0], n.split(" ")[1]) in PENDING]
-    missing = [n for n in found if n not in pending]
-    assert not missing, f"{len(missing)} public names without a docstring:\n" + "\n".join(missing)
-    assert len(pending) == len(PENDING), (f"documented now, remove from PENDING: "
-                                          f"{sorted(PENDING - {(n.split(':')[0], n.split(' ')[1]) for n in pending})}")
+    assert not found, f"{len(found)} public names without a docstring:\n" + "\n".join(found)
 
 
 def test_the_check_finds_a_missing_docstring(tmp_path: Path) -> None:

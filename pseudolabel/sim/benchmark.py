@@ -20,8 +20,15 @@ Outputs in ``out_dir``: ``rounds.csv`` (every round of every campaign), ``learni
 (labels vs holdout accuracy, mean +- std over seeds), ``summary.csv`` / ``summary.md``
 (per strategy and pseudo setting: labels needed to reach 90 % / 95 % of the full-data
 accuracy, normalised area under the learning curve, final accuracy, and the differences to
-random), ``reference.json`` (the full-data accuracy: the same model trained on the whole pool
-with its true labels).
+random; the labels at which the mean curve first reaches random's final accuracy and their
+share of random's labels, the question "does it save labels?"; seconds per round; then the
+mean curve by label count and the run's settings), ``reference.json`` (the full-data accuracy:
+the same model trained on the whole pool with its true labels, and the settings).
+
+``model.arch: frozen`` campaigns share one embedding cache (``runs/_shared/embeddings``): the
+pool is embedded once per benchmark. With ``model.backbone: ssl`` the SimCLR backbone is
+pretrained once on the pool (``pretrain.*`` settings, seeded by ``data_seed``) and every
+campaign and the reference train their heads on it, as they would on an ImageNet backbone.
 
 The metric is the task's headline holdout metric: accuracy for classification, mAP50 for
 detection (the ``metric`` column of ``summary.csv`` says which; the ``*_accuracy`` columns
@@ -55,7 +62,8 @@ ROUND_COLUMNS = ["dataset", "strategy", "pseudo", "seed", "round", "labels", "ac
                  "corrections", "seconds", "pseudo_used", "map50", "map50_95", "edits_per_image"]
 SUMMARY_COLUMNS = ["dataset", "strategy", "pseudo", "seeds", "reference_accuracy", "labels_to_90", "labels_to_95",
                    "auc", "final_accuracy", "final_accuracy_std", "final_labels", "auc_vs_random",
-                   "final_vs_random", "labels_saved_95_vs_random", "metric"]
+                   "final_vs_random", "labels_saved_95_vs_random", "metric", "round_seconds",
+                   "labels_to_random_final", "share_of_random_labels"]
 
 
 @dataclass
@@ -177,6 +185,26 @@ def summarise(rounds: pd.DataFrame, reference_accuracy: float | None, *, metric:
     out["final_vs_random"] = [vs(r, "final_accuracy") for _, r in out.iterrows()]
     out["labels_saved_95_vs_random"] = [saved(r) for _, r in out.iterrows()]
     out["metric"] = metric
+    # wall seconds of a round (train, predict the pool and holdout, select, queue, answer), mean
+    # over every round of every seed
+    out["round_seconds"] = [float(df["seconds"].mean()) for _, df in
+                            rounds.groupby(["dataset", "strategy", "pseudo"], sort=False)]
+    # The label-saving question: the fewest labels at which the mean curve reaches random's
+    # final accuracy (same pseudo setting), and that count as a share of random's final labels.
+    curves = {(st, bool(ps)): mean_curve(df, metric=metric)
+              for (_, st, ps), df in rounds.groupby(["dataset", "strategy", "pseudo"], sort=False)}
+
+    def to_random_final(r: pd.Series) -> float | None:
+        base = rand.get(r["pseudo"])
+        if base is None:
+            return None
+        mc = curves[(r["strategy"], bool(r["pseudo"]))]
+        return labels_to_reach(mc["labels"], mc["accuracy"], float(base["final_accuracy"]))
+
+    out["labels_to_random_final"] = [to_random_final(r) for _, r in out.iterrows()]
+    out["share_of_random_labels"] = [
+        None if v is None else float(v / rand[r["pseudo"]]["final_labels"])
+        for v, (_, r) in zip(out["labels_to_random_final"], out.iterrows())]
     return out[SUMMARY_COLUMNS]
 
 
@@ -245,6 +273,30 @@ class _Prepared:
     n_seed: int
     sizes: dict[str, tuple[int, int]]
     bench: Any = None            # pseudolabel.sim.bench_data.BenchData for --data
+    n_pool: int = 0
+    n_holdout: int = 0
+
+
+def pretrain_ssl_once(cfg: Any, cache_dir: Path, *, seed: int, console: Console) -> dict[str, Any]:
+    """SimCLR on the benchmark's pool (``cfg.pretrain`` settings, ``seed``), once for every
+    campaign; returns ``path`` (the backbone file for ``model.backbone: ssl:<path>``),
+    ``steps``, ``seconds`` (training time), ``stopped``, ``loss``, ``pool`` (images), ``seed``."""
+    from pseudolabel.data.ingest import scan_folder
+    from pseudolabel.models.backbone.ssl import PretrainSettings, pretrain_backbone
+
+    p = cfg.pretrain
+    settings = PretrainSettings(image_size=p.image_size, width=p.width, max_steps=p.max_steps,
+                                max_minutes=p.max_minutes, batch_size=p.batch_size, lr=p.lr,
+                                temperature=p.temperature, checkpoint_every=p.checkpoint_every,
+                                max_images=p.max_images, seed=seed)
+    pool = scan_folder(cfg.data.pool.path, recursive=True).items
+    console.print(f"self-supervised pretraining (SimCLR) on the pool: {len(pool)} images, at most "
+                  f"{p.max_steps} steps / {p.max_minutes:g} min, shared by every campaign...")
+    res = pretrain_backbone(pool, settings=settings, cache_dir=cache_dir, allow_train=p.enabled,
+                            device=cfg.model.device, progress=False, log=console.print)
+    console.print(f"ssl backbone: {res.steps} steps in {res.seconds:.0f} s ({res.stopped}), loss {res.loss:.3f}")
+    return {"path": str(res.path), "steps": res.steps, "seconds": round(res.seconds, 1), "stopped": res.stopped,
+            "loss": None if np.isnan(res.loss) else round(float(res.loss), 4), "pool": len(pool), "seed": seed}
 
 
 # ------------------------------------------------------------------------------------------
@@ -327,7 +379,8 @@ def _prepare(*, dataset: str | None, data: Path | None, data_root: Path, data_se
         bd = prepare(data, data_root, seed_per_class=seed_per_class, n_seed=seed_size, n_holdout=n_holdout,
                      n_pool=n_pool, data_seed=data_seed, seed_strategy=seed_strategy)
         return _Prepared(name=Path(data).resolve().name, task=bd.task, root=data_root, truth=bd.truth,
-                         classes=bd.classes, image_size=bd.image_size, n_seed=len(bd.seed), sizes=bd.sizes, bench=bd)
+                         classes=bd.classes, image_size=bd.image_size, n_seed=len(bd.seed), sizes=bd.sizes, bench=bd,
+                         n_pool=len(bd.pool), n_holdout=len(bd.holdout))
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of: {', '.join(DATASETS)} (or pass data=DIR)")
     if seed_strategy != "random":
@@ -337,12 +390,19 @@ def _prepare(*, dataset: str | None, data: Path | None, data_root: Path, data_se
     exported, classes, image_size = _export(dataset, data_root, data_seed=data_seed, n_pool=n_pool, n_holdout=hold,
                                             seed_per_class=seed_per_class)
     return _Prepared(name=dataset, task="classify", root=data_root, truth=exported.truth, classes=list(classes),
-                     image_size=image_size, n_seed=seed_per_class * len(classes), sizes={})
+                     image_size=image_size, n_seed=seed_per_class * len(classes), sizes={},
+                     n_pool=_n_files(data_root / "pool"), n_holdout=_n_files(data_root / "holdout"))
+
+
+def _n_files(folder: Path) -> int:
+    return sum(1 for f in folder.rglob("*") if f.is_file())
 
 
 def _campaign_config(prep: _Prepared, sub: Path, *, strategy: str, pseudo: bool, seed: int, project: str,
                      rounds: int, batch_size: int, epochs: int | None, min_steps: int | None,
-                     overrides: Sequence[str]) -> Any:
+                     overrides: Sequence[str], shared: Path | None = None) -> Any:
+    """The config of one campaign in ``sub``; ``shared``: the benchmark's shared folder
+    (:data:`SHARED`), whose embedding cache a frozen-backbone campaign uses."""
     from pseudolabel.sim.demo import DETECT_DEFAULTS, demo_config
     from pseudolabel.config import load_config, set_dotted
 
@@ -375,7 +435,30 @@ def _campaign_config(prep: _Prepared, sub: Path, *, strategy: str, pseudo: bool,
             set_dotted(raw, dotted, value, origin=f"benchmark({dotted}=...)")
     sub.mkdir(parents=True, exist_ok=True)
     (sub / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    return load_config(sub / "config.yaml", overrides=overrides, environ={})
+    cfg = load_config(sub / "config.yaml", overrides=overrides, environ={})
+    if cfg.model.arch == "frozen" and shared is not None:
+        share_embeddings(sub, shared / "embeddings")
+    return cfg
+
+
+SHARED = "_shared"
+"""Folder under ``<out>/runs`` holding what every campaign of one benchmark shares: the
+embedding cache of a frozen backbone and the self-supervised pretraining."""
+
+
+def share_embeddings(workdir: Path, shared: Path) -> None:
+    """Point ``<workdir>/embeddings`` (where a frozen-backbone model caches its vectors) at
+    ``shared``, so the pool is embedded once per benchmark, not once per campaign. Safe: the
+    cache is keyed by backbone identity and input size, and vectors by item id (a content
+    hash); every campaign of a benchmark sees the same images."""
+    shared.mkdir(parents=True, exist_ok=True)
+    link = workdir / "embeddings"
+    if link.is_symlink() and link.resolve() == shared.resolve():
+        return
+    if link.exists() or link.is_symlink():
+        raise ValueError(f"{link} exists and is not the benchmark's shared embedding cache {shared}; "
+                         "the benchmark starts every campaign in a fresh folder")
+    link.symlink_to(shared.resolve(), target_is_directory=True)
 
 
 def _run_benchmark(
@@ -429,7 +512,15 @@ def _run_benchmark(
     def make_cfg(sub: Path, strategy: str, pseudo: bool, seed: int, project: str) -> Any:
         return _campaign_config(prep, sub, strategy=strategy, pseudo=pseudo, seed=seed, project=project,
                                 rounds=rounds, batch_size=batch_size, epochs=epochs, min_steps=min_steps,
-                                overrides=overrides)
+                                overrides=overrides, shared=out_dir / "runs" / SHARED)
+
+    probe = make_cfg(out_dir / "runs" / SHARED / "config", "random", False, data_seed, f"bench-{prep.name}-probe")
+    ssl: dict[str, Any] | None = None
+    if probe.model.arch == "frozen" and probe.model.backbone == "ssl":
+        # Pretrained once on the pool and shared by every campaign and the reference, like an
+        # ImageNet backbone: otherwise each campaign seed would pretrain its own (minutes each).
+        ssl = pretrain_ssl_once(probe, out_dir / "runs" / SHARED / "pretrain", seed=data_seed, console=console)
+        overrides = [*overrides, f"model.backbone=ssl:{ssl['path']}"]
 
     ref: dict[str, Any] = {"accuracy": None, "metric": metric}
     if reference:
@@ -502,7 +593,13 @@ def _run_benchmark(
 
     rounds_df = pd.DataFrame(all_rows, columns=ROUND_COLUMNS)
     summary = summarise(rounds_df, None if ref.get("accuracy") is None else float(ref["accuracy"]), metric=metric)
-    paths = write_reports(out_dir, rounds_df, summary, ref | {"dataset": prep.name})
+    settings = {"seeds": ",".join(map(str, seeds)), "seed set": prep.n_seed, "rounds": rounds,
+                "batch": batch_size, "pool": prep.n_pool, "holdout": prep.n_holdout, "reviewer": "oracle" if oracle else "Label Studio",
+                "overrides": " ".join(overrides) or "none", "wall time": f"{(time.perf_counter() - t0) / 60:.1f} min"}
+    if ssl is not None:
+        ref["ssl_pretraining"] = ssl
+    info = ref | {"dataset": prep.name, "settings": settings}
+    paths = write_reports(out_dir, rounds_df, summary, info)
     seconds = time.perf_counter() - t0
     title = f"{prep.name}: label efficiency" + (
         f" (full-data {metric} {ref['accuracy']:.4f})" if ref.get("accuracy") is not None else " (no reference)")
@@ -524,7 +621,7 @@ def write_reports(out_dir: Path, rounds: pd.DataFrame, summary: pd.DataFrame,
              ("rounds.csv", "summary.csv", "summary.md", "reference.json", "learning_curve.png")}
     atomic_write_text(paths["rounds.csv"], rounds.to_csv(index=False))
     atomic_write_text(paths["summary.csv"], summary.to_csv(index=False))
-    atomic_write_text(paths["summary.md"], summary_markdown(summary, reference))
+    atomic_write_text(paths["summary.md"], summary_markdown(summary, reference, rounds))
     atomic_write_text(paths["reference.json"], json.dumps(reference, indent=2))
     atomic_write_bytes(paths["learning_curve.png"], learning_curve_png(rounds, reference))
     return paths
@@ -546,7 +643,9 @@ _DISPLAY = [("strategy", "strategy", ""), ("pseudo", "pseudo", ""), ("seeds", "s
             ("labels_to_90", "labels to 90%", "labels"), ("labels_to_95", "labels to 95%", "labels"),
             ("auc", "AUC (norm.)", ".4f"), ("final_accuracy", "final {metric}", ".4f"),
             ("final_accuracy_std", "± std", ".4f"), ("auc_vs_random", "AUC vs random", "+.4f"),
-            ("final_vs_random", "final vs random", "+.4f"), ("labels_saved_95_vs_random", "labels saved @95%", "labels")]
+            ("final_vs_random", "final vs random", "+.4f"), ("labels_saved_95_vs_random", "labels saved @95%", "labels"),
+            ("labels_to_random_final", "labels to random's final", "labels"),
+            ("share_of_random_labels", "share of random's labels", ".0%"), ("round_seconds", "s / round", ".1f")]
 
 
 def _metric_name(summary: pd.DataFrame) -> str:
@@ -554,7 +653,9 @@ def _metric_name(summary: pd.DataFrame) -> str:
     return "acc" if m == "accuracy" else m
 
 
-def summary_markdown(summary: pd.DataFrame, reference: dict[str, Any]) -> str:
+def summary_markdown(summary: pd.DataFrame, reference: dict[str, Any], rounds: pd.DataFrame | None = None) -> str:
+    """The summary table (and, with ``rounds``, the mean curve: the metric by labels per
+    setting; and the run's settings when ``reference`` holds ``settings``) as Markdown."""
     metric = reference.get("metric", "accuracy")
     ref = reference.get("accuracy")
     if ref is None:
@@ -570,10 +671,39 @@ def summary_markdown(summary: pd.DataFrame, reference: dict[str, Any]) -> str:
              "|" + "---|" * len(_DISPLAY)]
     for _, r in summary.iterrows():
         lines.append("| " + " | ".join(_fmt(r[k], f) for k, _, f in _DISPLAY) + " |")
+    lines += ["", "'labels to random's final': the fewest labels at which the mean curve reaches random's final "
+              f"{metric} (same pseudo setting); 'share of random's labels': that over random's final label count. "
+              "'s / round': wall seconds per round (train, predict pool and holdout, select, answer), mean."]
+    if rounds is not None and len(rounds):
+        lines += ["", f"Holdout {metric} by labels, mean ± std over seeds:", "", *curve_markdown(rounds, metric=metric)]
+    settings = reference.get("settings")
+    if settings:
+        lines += ["", "Settings: " + ", ".join(f"{k} = {v}" for k, v in settings.items())]
+    if reference.get("ssl_pretraining"):
+        sp = reference["ssl_pretraining"]
+        lines += ["", f"Self-supervised backbone: SimCLR on the {sp['pool']} pool images, {sp['steps']} steps in "
+                  f"{sp['seconds']} s ({sp['stopped']}), seed {sp['seed']}; shared by every campaign."]
     return "\n".join(lines) + "\n"
 
 
+def curve_markdown(rounds: pd.DataFrame, *, metric: str = "accuracy") -> list[str]:
+    """Markdown table lines: one row per (strategy, pseudo), one column per label count;
+    cells ``mean ± std`` over seeds of ``metric`` at that round (:func:`mean_curve`)."""
+    curves: dict[str, dict[int, str]] = {}
+    for (strategy, pseudo), df in rounds.groupby(["strategy", "pseudo"], sort=False):
+        mc = mean_curve(df, metric=metric)
+        curves[f"{strategy}{' + pseudo' if pseudo else ''}"] = {
+            int(round(n)): f"{m:.4f} ± {sd:.3f}" for n, m, sd in zip(mc["labels"], mc["accuracy"], mc["accuracy_std"])}
+    cols = sorted({k for c in curves.values() for k in c})
+    out = ["| labels | " + " | ".join(str(c) for c in cols) + " |", "|---|" + "---|" * len(cols)]
+    for name, c in curves.items():
+        out.append(f"| {name} | " + " | ".join(c.get(k, "-") for k in cols) + " |")
+    return out
+
+
 def summary_table(summary: pd.DataFrame, *, title: str = "label efficiency") -> Table:
+    """The summary (:data:`SUMMARY_COLUMNS` rows) as a rich table for the console, the same
+    columns as :func:`summary_markdown`."""
     t = Table(title=title)
     name = _metric_name(summary)
     for _, h, _ in _DISPLAY:
@@ -626,6 +756,7 @@ def _csv(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``pseudolabel benchmark`` argument parser (every option of :func:`run_benchmark`)."""
     p = argparse.ArgumentParser(
         prog="pseudolabel benchmark", description=__doc__.split("\n\n")[0],
         epilog="Your own data: --data DIR (ImageFolder DIR/<class>/<image>; YOLO DIR/images + DIR/labels + "
@@ -667,6 +798,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``pseudolabel benchmark``: parse ``argv``, run the benchmark; exit status 0, or 2 with a
+    one-line ``error: ...`` for bad arguments, data or config."""
     args = build_parser().parse_args(argv)
     try:
         seeds = [int(s) for s in _csv(args.seeds)]
