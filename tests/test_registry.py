@@ -94,3 +94,42 @@ def test_yolo_classification_through_the_round(digits: Any) -> None:
     assert res.round_id == 1 and res.metrics["accuracy"] is not None
     assert (cfg.workdir / "rounds" / "0001" / "selection.csv").read_text().count("\n") == 1 + 20
     assert type(registry.load(cfg.workdir / "rounds" / "0001" / "model.pt", cfg=cfg)).__name__ == "YoloModel"
+
+
+@pytest.mark.parametrize("task", ["detect", "segment"])
+def test_yolo_detect_and_segment_follow_the_same_contract(task: str, tmp_path: Path) -> None:
+    """The YOLO box and polygon adapters through the same seam: built from the config, fitted,
+    predicting boxes (with per-box class vectors) and image embeddings, saved, and loaded from
+    the checkpoint alone with the same predictions; capabilities declared and honoured."""
+    from test_round_detect import _config, _write_set
+
+    data = tmp_path / "data"
+    anns = _write_set(data / "seed", 8, seed=1, polygons=task == "segment")
+    _write_set(data / "holdout", 4, seed=2, polygons=task == "segment")
+    (data / "pool").mkdir()
+    cfg = _config(tmp_path, data, task, tmp_path)
+    model = registry.build(cfg, n_train=len(anns))
+    assert model.task == task and capabilities(model) <= set(CAPABILITIES)
+    assert model.fit(anns) is model and isinstance(model, Model)
+    items = [a.item for a in anns[:5]]
+    preds = list(model.predict(items, batch_size=2))
+    assert [p.item_id for p in preds] == [it.id for it in items]
+    for p in preds:
+        assert p.embedding is not None and np.asarray(p.embedding).ndim == 1 and len(p.embedding) > 0
+        assert p.boxes is not None
+        for b in p.boxes:
+            assert b.label in cfg.classes and 0.0 <= b.score <= 1.0
+            assert b.x1 <= b.x2 and b.y1 <= b.y2
+            if task == "segment" and b.polygon is not None:
+                assert len(b.polygon) >= 3
+    model.save(tmp_path / "model.pt")
+    loaded = registry.load(tmp_path / "model.pt", cfg=cfg)        # the checkpoint says what it is
+    assert type(loaded) is type(model) and loaded.task == task and loaded.model_version == model.model_version
+    again = list(loaded.predict(items, batch_size=2))
+    for a, b in zip(preds, again):
+        assert len(a.boxes or ()) == len(b.boxes or ())
+        np.testing.assert_allclose(np.asarray(a.embedding), np.asarray(b.embedding), atol=1e-3)
+    if "hflip_tta" in capabilities(model):
+        assert len(list(model.predict(items, batch_size=2, hflip=True))) == 5
+    with pytest.raises(ValueError, match="stochastic forward passes"):
+        require(model, "mc_dropout", "strategy 'bald'")
