@@ -239,9 +239,36 @@ class SelectionConfig(_Section):
     predraw_fallback: int = Field(default=3, ge=0, le=100, description="detection: when no box reaches "
                                   "predraw_conf, pre-draw this many best boxes, with a note that they are "
                                   "low-confidence guesses (0: show nothing)")
+    embeddings: str = Field(
+        default="model", description="detection: the image embeddings of the diversity strategies (kcenter, hybrid, "
+        "typiclust, centroid, probcover): model = the detector's own features (trained on a few labels in the first "
+        "rounds); a backbone (efficientnet_lite0: ImageNet features, offline; a torchvision name or a weights file, "
+        "see model.backbone) = that pretrained network's, embedded once per image and cached in <workdir>/embeddings")
     probcover: ProbCoverConfig = ProbCoverConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     seed: int = 0
+
+    @field_validator("embeddings")
+    @classmethod
+    def _known_embeddings(cls, v: str) -> str:
+        if v == "model":
+            return v
+        v = v.strip()
+        accepted = ("accepted: model (the detector's own), efficientnet_lite0, a torchvision name such as "
+                    "resnet18.IMAGENET1K_V1, or a backbone weights file")
+        if v == "ssl" or v.startswith("ssl:"):
+            raise ValueError(f"a self-supervised backbone is for classification (model.backbone ssl); {accepted}")
+        if v == "efficientnet_lite0":
+            return v
+        from pseudolabel.models.weights import WeightsError, parse_weights_name
+
+        try:
+            spec = parse_weights_name(v)
+        except WeightsError:
+            raise ValueError(f"unknown embeddings {v!r}; {accepted}") from None
+        if spec.arch is None:
+            raise ValueError(f"embeddings {v!r} names no network; {accepted}")
+        return v
 
     def strategy_options(self) -> dict[str, dict[str, Any]]:
         """Strategy-specific options as :func:`pseudolabel.strategies.select` takes them."""
@@ -535,7 +562,8 @@ class Config(_Section):
         else:
             rules += [
                 ("selection", self.selection, ("aggregate", "topk", "min_box_score", "localisation", "predraw_conf",
-                                               "predraw_fallback"), "is for boxes (task detect / segment)"),
+                                               "predraw_fallback", "embeddings"),
+                 "is for boxes (task detect / segment); a classifier's embeddings come from model.arch / model.backbone"),
                 ("pseudo", self.pseudo, ("box_threshold",), "is for boxes; classification uses pseudo.threshold"),
             ]
         if self.model.arch != "yolo":

@@ -118,3 +118,41 @@ def test_segment_round_reports_mask_metrics(tmp_path: Path) -> None:
     assert {"map50", "mask_map50", "mask_map50_95", "miou", "pixel_accuracy"} <= set(r.metrics)
     sel = (cfg.workdir / "rounds" / "0001" / "selection.csv").read_text().splitlines()
     assert len(sel) == 1 + 4
+
+
+def test_detection_selects_on_pretrained_backbone_embeddings(tmp_path: Path) -> None:
+    """``selection.embeddings: efficientnet_lite0``: k-center picks from the pretrained
+    backbone's image embeddings (offline ImageNet weights, embedded once per image and cached),
+    not the young detector's; an off-task or unknown value is a one-line config error."""
+    import numpy as np
+    import pandas as pd
+
+    from loops.round import round_dir
+    from pseudolabel.models.backbone import FrozenBackboneClassifier
+
+    data = tmp_path / "data"
+    _write_set(data / "seed", 6, seed=1, polygons=False)
+    _write_set(data / "holdout", 4, seed=2, polygons=False)
+    pool = make_scenes(data / "pool", 10, seed=3)
+    cfg = _config(tmp_path, data, "detect", tmp_path, **{"selection.strategy": "kcenter",
+                                                         "selection.embeddings": "efficientnet_lite0",
+                                                         "pseudo.enabled": False})
+    assert run_round(cfg, None, progress=False).round_id == 1
+    sel = pd.read_csv(round_dir(cfg, 1) / "selection.csv")
+    assert len(sel) == cfg.selection.batch_size and set(sel["strategy"]) == {"kcenter"}
+    assert set(sel["item_id"]) <= {a.item.id for a in pool}
+    # The round embedded every pool image with the backbone (the cache holds them all).
+    emb = FrozenBackboneClassifier(list(cfg.classes), backbone="efficientnet_lite0",
+                                   cache_dir=cfg.workdir / "embeddings", device="cpu", progress=False)
+    emb.embed([pool[0].item])                                   # builds the backbone and opens its cache
+    assert emb.cache_.missing([a.item.id for a in pool]) == []
+    vectors = emb.embed([a.item for a in pool])
+    assert vectors.shape == (10, 704) and vectors.dtype == np.float32 and np.isfinite(vectors).all()
+
+    with pytest.raises(ValueError, match="unknown embeddings 'nonsense'"):
+        _config(tmp_path, data, "detect", tmp_path, **{"selection.embeddings": "nonsense"})
+    raw = {"project": "cls", "task": "classify", "workdir": str(tmp_path / "w2"), "classes": ["a", "b"],
+           "data": {"seed": {"path": str(tmp_path)}, "holdout": {"path": str(tmp_path)}, "pool": {"path": str(tmp_path)}},
+           "selection": {"embeddings": "efficientnet_lite0"}}
+    with pytest.raises(ValueError, match="selection.embeddings is for boxes"):
+        load_config(data=raw, environ={})

@@ -22,7 +22,7 @@ from pseudolabel.data.formats.objects import DetTask, check_not_empty, training_
 from pseudolabel.inference import load_box_predictions
 from pseudolabel.metrics_det import detection_map, segmentation_scores, semantic_mask
 from pseudolabel.models.base import require
-from pseudolabel.strategies import uses_labelled_embeddings
+from pseudolabel.strategies import SCORE_FUNCTIONS, uses_labelled_embeddings
 from pseudolabel.strategies.detection import image_uncertainty, select_images
 from pseudolabel.strategies.selection import Selection
 from pseudolabel.tasks.base import Label, LabelledSet, PoolPredictions, PseudoContext, Task
@@ -192,12 +192,32 @@ class Detect(Task):
                                                             batch_size=self.cfg.model.infer_batch_size, hflip=True)}
         scores = self.image_scores(preds.predictions, items, flipped)
         lab_emb = None
-        if uses_labelled_embeddings(s.strategy) and labelled:
+        pool_emb = preds.embeddings
+        if s.embeddings != "model" and s.strategy not in (*SCORE_FUNCTIONS, "random"):
+            # A pretrained backbone's image embeddings (cached per item): good from round 0,
+            # where the detector's own features come from a network trained on a few labels.
+            embed = self._backbone().embed
+            pool_emb = embed([items[i] for i in preds.item_ids])
+            if uses_labelled_embeddings(s.strategy) and labelled:
+                lab_emb = embed(list(labelled))
+        elif uses_labelled_embeddings(s.strategy) and labelled:
             lab_emb = np.stack([np.asarray(p.embedding, dtype=np.float32)
                                 for p in model.predict(list(labelled), batch_size=self.cfg.model.infer_batch_size)])
-        return select_images(scores, k, strategy=s.strategy, embeddings=preds.embeddings,
+        return select_images(scores, k, strategy=s.strategy, embeddings=pool_emb,
                              labelled_embeddings=lab_emb, hybrid_factor=s.hybrid_factor,
                              n_classes=len(self.cfg.classes), seed=s.seed + round_id, options=s.strategy_options())
+
+    def _backbone(self) -> Any:
+        """The frozen backbone of ``selection.embeddings`` (built once per task object; its
+        embeddings cached in ``<workdir>/embeddings``)."""
+        if getattr(self, "_embedder", None) is None:
+            from pseudolabel.models.backbone import FrozenBackboneClassifier
+
+            m = self.cfg.model
+            self._embedder = FrozenBackboneClassifier(
+                list(self.cfg.classes), backbone=self.cfg.selection.embeddings, device=m.device, seed=m.seed,
+                cache_dir=self.cfg.workdir / "embeddings", allow_download=m.allow_download, progress=False)
+        return self._embedder
 
     def review_prediction(self, pred: Prediction) -> tuple[Prediction, str]:
         """The boxes at least ``selection.predraw_conf`` confident. When there is none (a young

@@ -618,6 +618,19 @@ class FrozenBackboneClassifier(AdapterBase):
     def _probs(self, model: _Model, feats: torch.Tensor) -> np.ndarray:
         return self._probs_embed(model, feats)[0]
 
+    def embed(self, items: Sequence[Item], *, batch_size: int | None = None) -> np.ndarray:
+        """The backbone's embeddings of ``items``: ``(N, D)`` float32, in input order, with no head
+        (nothing fitted needed; D = 704 for efficientnet_lite0). Cached like :meth:`predict`'s, so
+        a pool is embedded once per backbone; used for detection's image embeddings
+        (``selection.embeddings``). Only for ``finetune="none"`` (a fine-tuned tail is trained)."""
+        if self.finetune != "none":
+            raise ValueError('embed() is for finetune="none": a fine-tuned last stage depends on the training')
+        if getattr(self, "backbone_", None) is None:
+            self._check_params()
+            self.device_ = resolve_device(self.device)
+            self._setup_backbone(self.device_, override=None)
+        return self._features(list(items), batch_size).astype(np.float32, copy=False)
+
     def _version(self, model: _Model) -> str:
         h = hashlib.sha256()
         h.update(state_hash(model.state_dict()).encode())
