@@ -214,8 +214,10 @@ class Detect(Task):
             from pseudolabel.models.backbone import FrozenBackboneClassifier
 
             m = self.cfg.model
+            # No head is trained: the class names only satisfy the adapter (a one-class detector
+            # is fine), and the embedding cache is keyed by backbone and image, not by classes.
             self._embedder = FrozenBackboneClassifier(
-                list(self.cfg.classes), backbone=self.cfg.selection.embeddings, device=m.device, seed=m.seed,
+                ["image", "embedding"], backbone=self.cfg.selection.embeddings, device=m.device, seed=m.seed,
                 cache_dir=self.cfg.workdir / "embeddings", allow_download=m.allow_download, progress=False)
         return self._embedder
 
