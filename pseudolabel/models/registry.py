@@ -76,7 +76,7 @@ def build(cfg: Config, *, n_train: int = 0, progress: bool = False, previous: Pa
             cfg.classes, task=cfg.task, model_yaml=m.yolo_yaml, weights=weights, image_size=m.image_size,
             epochs=training_plan(cfg, n_train)["epochs"], batch_size=m.batch_size, device=m.device, seed=m.seed,
             conf=m.conf, iou=m.iou, workdir=cfg.workdir / "yolo", config_dir=cfg.workdir / "ultralytics",
-            train_args=dict(m.train_args), runtime=m.runtime,
+            train_args=dict(m.train_args), runtime=m.runtime, progress=progress,
         )
     if m.arch == "frozen":
         return _frozen(cfg, progress=progress, pool=pool)

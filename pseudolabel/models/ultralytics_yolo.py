@@ -43,6 +43,7 @@ prediction and checkpoint code.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import shutil
@@ -194,6 +195,7 @@ class YoloModel(AdapterBase):
         config_dir: Path | str | None = None,
         train_args: Mapping[str, Any] | None = None,
         runtime: str = "auto",
+        progress: bool = True,
     ) -> None:
         self.classes = list(classes) if not isinstance(classes, str) else classes
         self.task = task
@@ -211,6 +213,7 @@ class YoloModel(AdapterBase):
         self.config_dir = config_dir
         self.train_args = train_args
         self.runtime = runtime
+        self.progress = progress
 
     # ---- parameters -------------------------------------------------------------------
 
@@ -394,7 +397,16 @@ class YoloModel(AdapterBase):
                 amp=False,
             )
             args.update(dict(self.train_args or {}))
-            yolo.train(**args)
+            # progress False (benchmarks, the ML backend): Ultralytics' per-epoch bars and its
+            # argument dump are silenced (its progress bars follow its logger's level); warnings stay.
+            logger = logging.getLogger("ultralytics")
+            level = logger.level
+            if not self.progress:
+                logger.setLevel(logging.WARNING)
+            try:
+                yolo.train(**args)
+            finally:
+                logger.setLevel(level)
         self._set_net(yolo.model, yolo.model.yaml)
         return self
 
