@@ -35,15 +35,6 @@ if [ ${#need[@]} -gt 0 ] && command -v apt-get >/dev/null; then
     echo "note: run 'sudo apt-get install ${need[*]}' for the browser tests and the Fashion-MNIST demos"
   fi
 fi
-# Chromium for the browser tests (the HTML report; Playwright from the dev extras drives it).
-if ! command -v chromium >/dev/null && command -v apt-get >/dev/null; then
-  if [ "$(id -u)" = 0 ]; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
-      || echo "note: could not install chromium; the browser tests need it"
-  else
-    echo "note: run 'sudo apt-get install chromium' for the browser tests"
-  fi
-fi
 # Chromium for the browser tests (tests/browser.py drives it with Playwright; CI needs it).
 if ! command -v chromium >/dev/null && command -v apt-get >/dev/null; then
   if [ "$(id -u)" = 0 ]; then
