@@ -24,7 +24,7 @@ from typing import Literal
 
 import numpy as np
 
-from .diversity import kcenter_greedy, l2_normalise, validate_embeddings
+from .diversity import kcenter_greedy, l2_normalise, validate_embeddings, validate_labelled
 from .registry import register
 from .selection import Selection, SelectionRequest
 from .typiclust import MINIBATCH_ABOVE, pick_by_cluster, typiclust
@@ -39,18 +39,6 @@ def _check_k(k: object, n: int) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= int(k) <= n:
         raise ValueError(f"k must be an int in [1, N={n}]; got {k!r}")
     return int(k)
-
-
-def _labelled(labelled_embeddings: np.ndarray | None, d: int) -> np.ndarray:
-    if labelled_embeddings is None:
-        return np.empty((0, d), dtype=np.float32)
-    lab = validate_embeddings(labelled_embeddings, name="labelled_embeddings")
-    if lab.shape[0] == 0:
-        return np.empty((0, d), dtype=np.float32)
-    if lab.shape[1] != d:
-        raise ValueError(f"labelled_embeddings have D={lab.shape[1]} but embeddings have D={d}; "
-                         "both must come from the same embedding model")
-    return lab
 
 
 def centroid(
@@ -84,7 +72,7 @@ def centroid(
     x = validate_embeddings(embeddings)
     n = x.shape[0]
     k = _check_k(k, n)
-    lab = _labelled(labelled_embeddings, x.shape[1])
+    lab = validate_labelled(labelled_embeddings, x.shape[1])
     if normalise:
         x, lab = l2_normalise(x), l2_normalise(lab)
     allx = np.concatenate([x, lab]) if lab.shape[0] else x

@@ -55,6 +55,21 @@ def validate_embeddings(embeddings: object, *, name: str = "embeddings", chunk_s
     return arr
 
 
+def validate_labelled(labelled_embeddings: object | None, d: int) -> np.ndarray:
+    """The labelled set's embeddings checked against the pool's dimension ``d``: ``(M, d)``
+    float32; ``None`` or an empty array gives ``(0, d)``. Another D is an error (both must come
+    from the same embedding model)."""
+    if labelled_embeddings is None:
+        return np.empty((0, d), dtype=np.float32)
+    lab = validate_embeddings(labelled_embeddings, name="labelled_embeddings")
+    if lab.shape[0] == 0:
+        return np.empty((0, d), dtype=np.float32)
+    if lab.shape[1] != d:
+        raise ValueError(f"labelled_embeddings have D={lab.shape[1]} but embeddings have D={d}; "
+                         "both must come from the same embedding model")
+    return lab
+
+
 def l2_normalise(x: np.ndarray, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> np.ndarray:
     """(N, D) float32 -> a new (N, D) float32 array with unit-length rows (all-zero rows stay
     zero), block by block. Distances between normalised rows lie in [0, 2]."""

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .diversity import l2_normalise, validate_embeddings
+from .diversity import l2_normalise, validate_embeddings, validate_labelled
 from .registry import register
 from .selection import Selection, SelectionRequest
 
@@ -255,16 +255,7 @@ def probcover(
     n = x.shape[0]
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
         raise ValueError(f"k must be an int in [1, N={n}]; got {k!r}")
-    lab = np.empty((0, x.shape[1]), dtype=np.float32)
-    if labelled_embeddings is not None:
-        lab = validate_embeddings(labelled_embeddings, name="labelled_embeddings")
-        if lab.shape[0] == 0:
-            lab = np.empty((0, x.shape[1]), dtype=np.float32)
-        elif lab.shape[1] != x.shape[1]:
-            raise ValueError(
-                f"labelled_embeddings have D={lab.shape[1]} but embeddings have D={x.shape[1]}; "
-                "both must come from the same embedding model"
-            )
+    lab = validate_labelled(labelled_embeddings, x.shape[1])
     if isinstance(max_edges, bool) or not isinstance(max_edges, (int, np.integer)) or max_edges < 1:
         raise ValueError(f"max_edges must be an int >= 1; got {max_edges!r}")
     if normalise:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .diversity import validate_embeddings
+from .diversity import validate_embeddings, validate_labelled
 from .registry import register
 from .selection import Selection, SelectionRequest
 
@@ -86,16 +86,7 @@ def typiclust(
     if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, (int, np.integer)) or n_neighbors < 1:
         raise ValueError(f"n_neighbors must be an int >= 1; got {n_neighbors!r}")
     k = int(k)
-    lab = np.empty((0, x.shape[1]), dtype=np.float32)
-    if labelled_embeddings is not None:
-        lab = validate_embeddings(labelled_embeddings, name="labelled_embeddings")
-        if lab.shape[0] == 0:
-            lab = np.empty((0, x.shape[1]), dtype=np.float32)
-        elif lab.shape[1] != x.shape[1]:
-            raise ValueError(
-                f"labelled_embeddings have D={lab.shape[1]} but embeddings have D={x.shape[1]}; "
-                "both must come from the same embedding model"
-            )
+    lab = validate_labelled(labelled_embeddings, x.shape[1])
     m = lab.shape[0]
     allx = np.concatenate([x, lab]) if m else x
     n_clusters = min(m + k, allx.shape[0])
