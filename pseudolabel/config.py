@@ -213,7 +213,7 @@ class SelectionConfig(_Section):
     vector, the image score aggregates its boxes (``aggregate``; an image with no confident box
     counts as uncertain) and, with ``localisation`` > 0, mixes in the box instability under
     horizontal-flip test-time augmentation (a second forward pass). Detection strategies:
-    random, least_confidence / margin / entropy (the per-box score), kcenter, hybrid, and on the
+    random, least_confidence / margin / entropy (the per-box score), kcenter, hybrid, dbal, and on the
     embeddings alone typiclust, centroid, probcover. Low budgets: ``typiclust``, ``centroid``,
     ``probcover`` (options under ``probcover``) and ``schedule`` (options under ``schedule``)."""
 
@@ -223,9 +223,10 @@ class SelectionConfig(_Section):
                                    "round only tops the queue up to it (null: batch_size), so scheduled rounds "
                                    "nobody answers do not flood the queue")
     uncertainty: Literal["entropy", "margin", "least_confidence"] = Field(
-        default="entropy", description="the score the hybrid strategy ranks by"
+        default="entropy", description="the score the hybrid and dbal strategies rank by"
     )
-    hybrid_factor: int = Field(default=5, ge=1)
+    hybrid_factor: int = Field(default=5, ge=1, description="hybrid and dbal pre-select the hybrid_factor x k most "
+                               "uncertain items")
     class_balance: bool = False
     mc_samples: int = Field(default=10, ge=2, le=1000, description="bald: MC-dropout forward passes")
     aggregate: Literal["max", "mean", "sum", "topk"] = Field(default="mean", description="detection: box -> image")

@@ -8,7 +8,8 @@ Three layers (modAL / baal style):
 3. :func:`select` composes them into a batch, resolving the strategy by name from
    :data:`STRATEGIES` (extend with :func:`register`).
 
-Further registered strategies: ``badge`` (:mod:`.badge`, gradient embeddings + k-means++),
+Further registered strategies: ``dbal`` (:mod:`.dbal`, the most uncertain items clustered
+by k-means, one per cluster), ``badge`` (:mod:`.badge`, gradient embeddings + k-means++),
 ``bald`` (:mod:`.bayesian`, needs MC-dropout samples: use :func:`select_bald`), and for low
 budgets on good (pretrained / self-supervised) embeddings ``typiclust`` (:mod:`.typiclust`),
 ``centroid`` (:mod:`.coldstart`, with :func:`cold_start` for the very first labels),
@@ -35,6 +36,7 @@ from .uncertainty import (
 from .typiclust import typiclust
 from .coldstart import COLD_START_METHODS, centroid, cold_start
 from .probcover import probcover, purity_delta
+from .dbal import dbal
 from .schedule import schedule_phase, scheduled_strategy
 
 __all__ = [
@@ -50,6 +52,7 @@ __all__ = [
     "balanced_top_k",
     "centroid",
     "cold_start",
+    "dbal",
     "entropy",
     "get_strategy",
     "gradient_embeddings",

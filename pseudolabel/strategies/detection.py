@@ -243,7 +243,8 @@ def select_images(
         k: batch size; ``min(k, N)`` are returned.
         strategy: e.g. ``random``; ``least_confidence`` / ``margin`` / ``entropy`` (top-k by
             ``scores``, which the caller computed with that box score); ``kcenter``;
-            ``hybrid`` (the top ``hybrid_factor * k`` by ``scores``, then k-center among them);
+            ``hybrid`` (the top ``hybrid_factor * k`` by ``scores``, then k-center among them); ``dbal``
+            (the same candidates, k-means into k groups, the most uncertain of each);
             ``typiclust`` / ``centroid`` / ``probcover`` (typicality / coverage on
             ``embeddings``); ``schedule``; or one registered later.
         embeddings: (N, D) image embeddings from any source: the detector's own, or a

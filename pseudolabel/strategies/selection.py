@@ -39,7 +39,7 @@ built-in score-ranked and hybrid strategies share the request type and the class
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -50,7 +50,7 @@ from .diversity import kcenter_greedy, validate_embeddings
 from .registry import get_strategy, register
 from .uncertainty import KERNELS, SCORE_FUNCTIONS, entropy_kernel, random_scores, validate_probs
 
-__all__ = ["Selection", "SelectionRequest", "select"]
+__all__ = ["Selection", "SelectionRequest", "balanced_top_k", "per_class_picks", "select", "top_k"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -335,6 +335,24 @@ def _class_groups(classes: np.ndarray) -> list[np.ndarray]:
     return np.split(order, starts[1:])
 
 
+def per_class_picks(classes: np.ndarray, quota_picks: np.ndarray, scores: np.ndarray,
+                    pick: Callable[[np.ndarray, int], np.ndarray]) -> np.ndarray:
+    """Class-balanced picks of a diversity strategy: each predicted class (``classes`` (N,))
+    gets as many picks as it has in ``quota_picks`` (a round-robin quota), chosen by
+    ``pick(indices of the class, q)``; the per-class lists are interleaved round by round
+    (higher ``scores`` first within a round)."""
+    per_class: list[np.ndarray] = []
+    per_scores: list[np.ndarray] = []
+    for g in _class_groups(classes):
+        q = int(np.count_nonzero(classes[quota_picks] == classes[g[0]]))
+        if q == 0:
+            continue
+        picks = pick(g, q)
+        per_class.append(picks)
+        per_scores.append(scores[picks])
+    return _interleave(per_class, per_scores)[0]
+
+
 # --- built-in strategies ----------------------------------------------------------------
 
 
@@ -378,22 +396,15 @@ def _kcenter_strategy(req: SelectionRequest) -> Selection:
         picks = kcenter_greedy(emb, req.k, already_selected=req.labelled_embeddings, seed=rng)
         return Selection(picks, req.entropy_or_zero(picks))
     classes = req.classes()
-    groups = _class_groups(classes)
     # Quota: round-robin; a partial last round goes to the larger classes.
-    sizes = np.empty(req.n, dtype=np.float64)
-    for g in groups:
-        sizes[g] = g.shape[0]
+    _, inverse, counts = np.unique(classes, return_inverse=True, return_counts=True)
+    sizes = counts[inverse].astype(np.float64)
     quota_picks = balanced_top_k(sizes, classes, req.k)
-    per_class: list[np.ndarray] = []
-    per_scores: list[np.ndarray] = []
-    for g in groups:
-        q = int(np.count_nonzero(classes[quota_picks] == classes[g[0]]))
-        if q == 0:
-            continue
-        local = kcenter_greedy(emb[g], q, already_selected=req.labelled_embeddings, seed=rng)
-        per_class.append(g[local])
-        per_scores.append(np.zeros(q))
-    idx, _ = _interleave(per_class, per_scores)
+
+    def pick(group: np.ndarray, q: int) -> np.ndarray:
+        return group[kcenter_greedy(emb[group], q, already_selected=req.labelled_embeddings, seed=rng)]
+
+    idx = per_class_picks(classes, quota_picks, np.zeros(req.n), pick)
     return Selection(idx, req.entropy_or_zero(idx))
 
 
@@ -419,15 +430,6 @@ def _hybrid_strategy(req: SelectionRequest) -> Selection:
         picks = _hybrid_pick(req, np.arange(req.n), u, req.k)
         return Selection(picks, u[picks])
     classes = req.classes()
-    quota_picks = balanced_top_k(u, classes, req.k)
-    per_class: list[np.ndarray] = []
-    per_scores: list[np.ndarray] = []
-    for g in _class_groups(classes):
-        q = int(np.count_nonzero(classes[quota_picks] == classes[g[0]]))
-        if q == 0:
-            continue
-        picks = _hybrid_pick(req, g, u, q)
-        per_class.append(picks)
-        per_scores.append(u[picks])
-    idx, sc = _interleave(per_class, per_scores)
-    return Selection(idx, sc)
+    idx = per_class_picks(classes, balanced_top_k(u, classes, req.k), u,
+                          lambda group, q: _hybrid_pick(req, group, u, q))
+    return Selection(idx, u[idx])
