@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -125,6 +126,35 @@ class AdapterBase:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({args})"
+
+    # ---- parameter checks shared by the adapters' ``_check_params`` ----------------------
+
+    def _check_classes(self, *, at_least: int) -> None:
+        """``classes``: a list of at least ``at_least`` distinct non-empty class names."""
+        classes = getattr(self, "classes", None)  # every adapter's constructor parameter
+        if isinstance(classes, str) or not isinstance(classes, Sequence) or len(classes) < at_least:
+            raise ValueError(f"classes must be a list of at least {at_least} class name"
+                             f"{'s' if at_least > 1 else ''}, got {classes!r}")
+        for c in classes:
+            if not isinstance(c, str) or not c:
+                raise ValueError(f"class names must be non-empty strings, got {c!r} in {list(classes)!r}")
+        dupes = sorted({c for c in classes if list(classes).count(c) > 1})
+        if dupes:
+            raise ValueError(f"duplicate class names {dupes!r} in classes")
+
+    def _check_ints(self, **lowest: int) -> None:
+        """Each named parameter is an integer (not a bool) >= its lowest value."""
+        for name, lo in lowest.items():
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+
+    def _check_non_negative(self, *names: str) -> None:
+        """Each named parameter is a finite number (not a bool) >= 0."""
+        for name in names:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "net_"):

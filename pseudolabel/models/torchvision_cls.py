@@ -340,33 +340,11 @@ class TorchvisionClassifier(AdapterBase):
     # ---- parameters -------------------------------------------------------------------
 
     def _check_params(self) -> None:
-        classes = self.classes
-        if isinstance(classes, str) or not isinstance(classes, Sequence):
-            raise ValueError(f"classes must be a list of class names, got {classes!r}")
-        if len(classes) < 2:
-            raise ValueError(f"classes needs at least 2 class names, got {list(classes)!r}")
-        for c in classes:
-            if not isinstance(c, str) or not c:
-                raise ValueError(f"class names must be non-empty strings, got {c!r} in {list(classes)!r}")
-        dupes = sorted({c for c in classes if list(classes).count(c) > 1})
-        if dupes:
-            raise ValueError(f"duplicate class names {dupes!r} in classes")
+        self._check_classes(at_least=2)
         if self.arch not in ARCHS:
             raise ValueError(f"unknown arch {self.arch!r}; choose one of {list(ARCHS)!r}")
-
-        def _int(name: str, lo: int) -> None:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
-
-        _int("image_size", 8)
-        _int("epochs", 0)
-        _int("batch_size", 1)
-        _int("num_workers", 0)
-        _int("pad", 0)
-        _int("seed", 0)
-        _int("min_steps", 0)
-        _int("unlabelled_ratio", 1)
+        self._check_ints(image_size=8, epochs=0, batch_size=1, num_workers=0, pad=0, seed=0, min_steps=0,
+                         unlabelled_ratio=1)
         sr = self.strong_ratio
         if isinstance(sr, bool) or not isinstance(sr, (int, float)) or not math.isfinite(sr) or not 0 < sr <= 1:
             raise ValueError(f"strong_ratio must be a number in (0, 1] (the share of a step's unlabelled images "
@@ -389,10 +367,7 @@ class TorchvisionClassifier(AdapterBase):
         cw = self.consistency_weight
         if isinstance(cw, bool) or not isinstance(cw, (int, float)) or not math.isfinite(cw) or cw < 0:
             raise ValueError(f"consistency_weight must be a finite number >= 0, got {cw!r}")
-        for name in ("lr", "weight_decay"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        self._check_non_negative("lr", "weight_decay")
         if self.lr == 0:
             raise ValueError("lr must be > 0, got 0")
         if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:

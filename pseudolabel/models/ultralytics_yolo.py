@@ -220,23 +220,12 @@ class YoloModel(AdapterBase):
     capabilities: frozenset[str] = frozenset({"hflip_tta"})
 
     def _check_params(self) -> None:
-        classes = self.classes
-        if isinstance(classes, str) or not isinstance(classes, Sequence) or len(classes) < 1:
-            raise ValueError(f"classes must be a non-empty list of class names, got {classes!r}")
-        for c in classes:
-            if not isinstance(c, str) or not c:
-                raise ValueError(f"class names must be non-empty strings, got {c!r} in {list(classes)!r}")
-        dupes = sorted({c for c in classes if list(classes).count(c) > 1})
-        if dupes:
-            raise ValueError(f"duplicate class names {dupes!r} in classes")
+        self._check_classes(at_least=1)
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; choose one of {list(TASKS)!r}")
-        if self.task == "classify" and len(classes) < 2:
-            raise ValueError(f"classify needs at least 2 classes, got {list(classes)!r}")
-        for name, lo in (("image_size", 32), ("epochs", 1), ("batch_size", 1), ("seed", 0), ("max_det", 1)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+        if self.task == "classify" and len(self.classes) < 2:
+            raise ValueError(f"classify needs at least 2 classes, got {list(self.classes)!r}")
+        self._check_ints(image_size=32, epochs=1, batch_size=1, seed=0, max_det=1)
         if self.image_size % 32:
             raise ValueError(f"image_size must be a multiple of 32 (the network stride), got {self.image_size!r}")
         for name in ("conf", "iou"):

@@ -295,36 +295,15 @@ class FrozenBackboneClassifier(AdapterBase):
     # ---- parameters -------------------------------------------------------------------
 
     def _check_params(self) -> None:
-        classes = self.classes
-        if isinstance(classes, str) or not isinstance(classes, Sequence):
-            raise ValueError(f"classes must be a list of class names, got {classes!r}")
-        if len(classes) < 2:
-            raise ValueError(f"classes needs at least 2 class names, got {list(classes)!r}")
-        for c in classes:
-            if not isinstance(c, str) or not c:
-                raise ValueError(f"class names must be non-empty strings, got {c!r} in {list(classes)!r}")
-        dupes = sorted({c for c in classes if list(classes).count(c) > 1})
-        if dupes:
-            raise ValueError(f"duplicate class names {dupes!r} in classes")
+        self._check_classes(at_least=2)
         if self.head not in HEADS:
             raise ValueError(f"unknown head {self.head!r}; choose one of {list(HEADS)!r}")
         if self.finetune not in FINETUNE:
             raise ValueError(f"unknown finetune {self.finetune!r}; choose one of {list(FINETUNE)!r}")
-
-        def _int(name: str, lo: int) -> None:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
-
-        for name, lo in (("epochs", 0), ("batch_size", 1), ("min_steps", 0), ("seed", 0), ("hidden", 1),
-                         ("embed_batch_size", 1)):
-            _int(name, lo)
+        self._check_ints(epochs=0, batch_size=1, min_steps=0, seed=0, hidden=1, embed_batch_size=1)
         if self.image_size is not None:
-            _int("image_size", 8)
-        for name in ("lr", "weight_decay"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+            self._check_ints(image_size=8)
+        self._check_non_negative("lr", "weight_decay")
         if self.lr == 0:
             raise ValueError("lr must be > 0, got 0")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
