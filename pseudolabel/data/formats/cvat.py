@@ -33,7 +33,7 @@ from pathlib import Path
 
 from pseudolabel.data.errors import DataError, LabelProblem
 from pseudolabel.data.ingest import DEFAULT_MAX_PIXELS, OnMissing, check_on_missing, reason_of, scan_files
-from pseudolabel.data.formats.labelled import LabelledSet, assemble_labels, unknown_class
+from pseudolabel.data.formats.labelled import LabelledSet, assemble_labels, single_class
 from pseudolabel.data.formats.objects import (
     DegenerateBox,
     DetSet,
@@ -254,15 +254,11 @@ def read_cvat_tags(
     for el, path in images:
         where = f"{xml_path}: image {el.get('name')!r}"
         tags = [(t.get("label") or "").strip() for t in el.iterfind("tag")]
-        for t in tags:
-            if t not in names:
-                raise unknown_class(where, t, names)
-        if len(tags) != 1:
-            reading.drop_image(xml_path, f"image {el.get('name')!r}: " + (
-                "no <tag> (not classified yet)" if not tags else f"{len(tags)} tags ({', '.join(tags)}); one is needed"),
-                image=path)
-            continue
-        per_path.append((path, tags[0], where))
+        label = single_class(tags, names, where=where, reading=reading, source=xml_path, image=path,
+                             reason=f"image {el.get('name')!r}: ", none="no <tag> (not classified yet)",
+                             several=f"{len(tags)} tags")
+        if label is not None:
+            per_path.append((path, label, where))
     return assemble_labels(scan, per_path, reading.quarantined, names, source=xml_path)
 
 

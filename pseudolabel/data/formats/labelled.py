@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pseudolabel.data.errors import DataError
+from pseudolabel.data.formats.objects import Reading
 from pseudolabel.data.formats.objects import check_not_empty as no_usable_image
 from pseudolabel.data.ingest import Quarantined, ScanResult
 from pseudolabel.types import Item, validate_classes
@@ -60,6 +61,22 @@ def unknown_class(where: str, label: str, accepted: Sequence[str]) -> DataError:
     """The error for a class name the config does not list."""
     return DataError(f"{where}: unknown class {label!r}; accepted class names (config order): "
                      f"{', '.join(map(repr, accepted))}")
+
+
+def single_class(labels: Sequence[str], names: Sequence[str], *, where: str, reading: Reading, source: Path,
+                 image: Path, reason: str, none: str, several: str) -> str | None:
+    """The one class an image-level annotation names (CVAT tags, Label Studio choices, Labelme
+    flags). A name the config does not list is an error (:func:`unknown_class` at ``where``);
+    none or several leave the image out, quarantined under ``source`` as ``reason`` + ``none``
+    or ``reason`` + ``several`` + the names; returns the class, or None when left out."""
+    for name in labels:
+        if name not in names:
+            raise unknown_class(where, name, names)
+    if len(labels) == 1:
+        return labels[0]
+    reading.drop_image(source, reason + (none if not labels else f"{several} ({', '.join(labels)}); one is needed"),
+                       image=image)
+    return None
 
 
 def assemble_labels(

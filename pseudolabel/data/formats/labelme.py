@@ -36,7 +36,7 @@ from typing import Any
 from pseudolabel.data.errors import DataError, LabelProblem
 from pseudolabel.data.images import IMAGE_SUFFIXES
 from pseudolabel.data.ingest import DEFAULT_MAX_PIXELS, OnMissing, Quarantined, check_on_missing, reason_of, scan_files
-from pseudolabel.data.formats.labelled import LabelledSet, assemble_labels, unknown_class
+from pseudolabel.data.formats.labelled import LabelledSet, assemble_labels, single_class
 from pseudolabel.data.formats.objects import (
     DegenerateBox,
     DetSet,
@@ -264,14 +264,10 @@ def read_labelme_classes(
         if "__ignore__" in on:
             reading.drop_image(j, "flag __ignore__ is set", image=img)
             continue
-        unknown = [k for k in on if k not in names]
-        if unknown:
-            raise unknown_class(str(j), unknown[0], names)
-        if len(on) != 1:
-            reading.drop_image(j, "no class flag is set (not classified yet)" if not on else
-                               f"several class flags are set ({', '.join(on)}); one is needed", image=img)
-            continue
-        per_path.append((img, on[0], str(j)))
+        label = single_class(on, names, where=str(j), reading=reading, source=j, image=img, reason="",
+                             none="no class flag is set (not classified yet)", several="several class flags are set")
+        if label is not None:
+            per_path.append((img, label, str(j)))
     return assemble_labels(scan, per_path, reading.quarantined, names, source=folder)
 
 

@@ -47,7 +47,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 from pseudolabel.data.errors import DataError, LabelProblem
 from pseudolabel.data.images import IMAGE_SUFFIXES
 from pseudolabel.data.ingest import DEFAULT_MAX_PIXELS, OnMissing, Quarantined, check_on_missing, reason_of, scan_files
-from pseudolabel.data.formats.labelled import LabelledSet, assemble_labels, unknown_class
+from pseudolabel.data.formats.labelled import LabelledSet, assemble_labels, single_class
 from pseudolabel.data.formats.objects import (
     DegenerateBox,
     DetSet,
@@ -288,15 +288,11 @@ def read_labelstudio_choices(
     for _, _, img, result, where in tasks:
         chosen = [c for r in result or [] if r.get("type") == "choices"
                   for c in (r.get("value") or {}).get("choices", [])]
-        for c in chosen:
-            if c not in names:
-                raise unknown_class(where, c, names)
-        if len(chosen) != 1:
-            reading.drop_image(json_path, f"{reason_of(where, json_path)}: " + (
-                "no choice made" if not chosen else f"{len(chosen)} choices ({', '.join(chosen)}); one is needed"),
-                image=img)
-            continue
-        per_path.append((img, chosen[0], where))
+        label = single_class(chosen, names, where=where, reading=reading, source=json_path, image=img,
+                             reason=f"{reason_of(where, json_path)}: ", none="no choice made",
+                             several=f"{len(chosen)} choices")
+        if label is not None:
+            per_path.append((img, label, where))
     return assemble_labels(scan, per_path, reading.quarantined, names, source=json_path)
 
 
