@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Callable, Protocol, Sequence
 
-from pseudolabel.consensus import METHODS, Decision, box_f1, decide_many
+from pseudolabel.consensus import METHODS, Decision, Method, box_f1, decide_many
 from pseudolabel.data.ledger import Ledger, LabelRow, parse_time
 from pseudolabel.review.answers import ANSWERS_CSV, record_rejected
 from pseudolabel.types import Annotation, Item
@@ -46,6 +46,12 @@ class Collector(Protocol):
 
     def listing(self) -> list[Any]:
         """Every task of the project that carries one of our item ids (no annotations)."""
+
+    def flag_task(self, task_id: int, note: str) -> None:
+        """Show ``note`` above the task's image (empty: take the note off)."""
+
+    def delete_task(self, task_id: int) -> None:
+        """Delete one task (an unanswered duplicate)."""
 
 
 @dataclass(frozen=True)
@@ -154,7 +160,7 @@ def _drop_unanswered_duplicates(ledger: Ledger, client: Collector, item_id: str,
     keep = answered or [next((t for t in tasks if t.task_id == recorded), tasks[0])]
     for t in tasks:
         if t not in keep:
-            client.delete_task(t.task_id)  # type: ignore[attr-defined]
+            client.delete_task(t.task_id)
             out.deleted.append(t.task_id)
     if row is not None and recorded not in {t.task_id for t in keep}:
         ledger.record_task_id(client.project_title, item_id, keep[0].task_id)
@@ -174,7 +180,7 @@ def sync_reviews(
     round_id: int | None,
     full: bool = False,
     overlap: int = 1,
-    consensus: str = "majority",
+    consensus: Method = "majority",
     min_agreement: float = 0.5,
     classes: Sequence[str] | None = None,
     log: Callable[[str], None] | None = None,
@@ -227,14 +233,14 @@ def sync_reviews(
     new_rejected = record_rejected(ledger.path.parent / ANSWERS_CSV, rejected)
     for r in new_rejected:
         if r.action == "ignored" and r.task_id is not None:
-            client.flag_task(r.task_id, f"{FLAG_PREFIX} {r.reason}. Please fix it and submit again.")  # type: ignore[attr-defined]
+            client.flag_task(r.task_id, f"{FLAG_PREFIX} {r.reason}. Please fix it and submit again.")
             if log is not None:
                 log(f"  sync: answer {r.annotation_id} on task {r.task_id} not used: {r.reason} (flagged in Label Studio)")
     # A flag comes off every pulled task whose answers all decode now: a fixed answer, and
     # also an answer the ledger already holds that the server had sent garbled for a while.
     fixed = {a.ls_task_id for a in anns if a.item.id in known} - {r.task_id for r in rejected if r.action == "ignored"}
     for tid in sorted(t for t in fixed if t is not None and str(pulled.notes.get(t, "")).startswith(FLAG_PREFIX)):
-        client.flag_task(tid, "")  # type: ignore[attr-defined]
+        client.flag_task(tid, "")
     rec = reconcile(ledger, client)
     if log is not None and (rec.adopted or rec.deleted or rec.duplicates or rec.missing):
         log(f"  sync: {rec.adopted} tasks adopted from Label Studio, {len(rec.deleted)} unanswered duplicate tasks "
@@ -307,7 +313,7 @@ def _apply_consensus(
     *,
     round_id: int | None,
     overlap: int,
-    method: str,
+    method: Method,
     min_agreement: float,
     classes: Sequence[str] | None,
 ) -> tuple[int, int, list[float]]:
@@ -328,7 +334,7 @@ def _apply_consensus(
     ready = {i: rows for i, rows in answers.items() if len(rows) >= overlap or i in adjudications}
     votes = {i: [_as_annotation(r, known[i]) for r in rows] for i, rows in ready.items()}
     # All ready items at once, so Dawid-Skene sees every reviewer's record.
-    decisions = decide_many(votes, method=method, classes=classes, min_agreement=min_agreement)  # type: ignore[arg-type]
+    decisions = decide_many(votes, method=method, classes=classes, min_agreement=min_agreement)
     new_rows: list[Annotation] = []
     n_adj = 0
     agreements: list[float] = []

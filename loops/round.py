@@ -29,7 +29,7 @@ from typing import Any, Protocol, cast
 import pandas as pd
 
 from loops.ingest import holdout_truth, ingest, recheck_before_push
-from loops.review import pending_adjudications, sync_reviews
+from loops.review import Collector, pending_adjudications, sync_reviews
 from loops.stop import labels_used, last_trained, pool_stop_reason, stop_reason, training_signature, why_idle
 from pseudolabel.config import Config, dump_config
 from pseudolabel.data.ledger import Ledger
@@ -46,25 +46,15 @@ STAGES = ("sync", "train", "evaluate", "stop_check", "pseudo_label", "select", "
 """The stages of a round, in the order they run and are recorded."""
 
 
-class Reviewer(Protocol):
+class Reviewer(Collector, Protocol):
     """What a round needs from the review back end (the Label Studio client; the in-process
-    oracle of the benchmarks)."""
-
-    project_title: str
+    oracle of the benchmarks): what a sync needs (:class:`~loops.review.Collector`), and
+    pushing tasks and checking that images are served."""
 
     def push(self, candidates: Sequence[Candidate], *, round_id: int, model_version: str,
              refresh: Sequence[Candidate] = ()) -> dict[str, int]:
         """Queue ``candidates`` for review and give the still-queued ``refresh`` tasks the
         current prediction; returns item id -> task id of ``candidates``."""
-
-    def pull(self, *, since: Any = None) -> Any:
-        """Answers saved after ``since`` (all when None), oldest first, with the rejected ones."""
-
-    def listing(self) -> list[Any]:
-        """Every task of the project that carries one of our item ids (no annotations)."""
-
-    def flag_task(self, task_id: int, note: str) -> None:
-        """Show ``note`` above the image of task ``task_id`` (``""`` clears it)."""
 
     def check_image(self, path: Path) -> None:
         """Raise unless the review back end serves the image at ``path``."""

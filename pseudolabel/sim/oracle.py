@@ -83,6 +83,10 @@ class _InMemoryQueue:
     def flag_task(self, task_id: int, note: str) -> None:
         """No reviewer UI to flag in."""
 
+    def delete_task(self, task_id: int) -> None:
+        """Forget the task ``task_id`` (its item can be queued again)."""
+        self._tasks = {iid: v for iid, v in self._tasks.items() if v[0] != int(task_id)}
+
     def check_image(self, path: Path) -> None:
         """No server to serve images: the file only has to exist."""
         if not Path(path).is_file():
