@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, cast, runtime_checkable
 
 import pandas as pd
 
@@ -58,6 +58,17 @@ class Reviewer(Collector, Protocol):
 
     def check_image(self, path: Path) -> None:
         """Raise unless the review back end serves the image at ``path``."""
+
+
+@runtime_checkable
+class Relabeller(Protocol):
+    """A review back end that takes labels back for a second review (the Label Studio client)."""
+
+    project_title: str
+
+    def submit_relabel(self, candidates: Sequence[Candidate], *, round_id: int,
+                       model_version: str | None = None) -> dict[str, int]:
+        """Queue labels sent back for a second look; item id -> task id."""
 
 
 @dataclass
@@ -475,6 +486,9 @@ def _push_relabel(r: _Round) -> int:
     from pseudolabel.quality import label_issues, out_of_sample_probs, relabel_candidates
 
     cfg, ledger, reviewer, model = r.cfg, r.ledger, r.reviewer, r.model
+    if not isinstance(reviewer, Relabeller):
+        r.log(f"  quality: {type(reviewer).__name__} takes no second reviews (Label Studio does); labels not checked")
+        return 0
     asked: dict[str, int] = ledger.relabel_requests()
     train, _, _ = training_set(cfg, ledger, r.task)
     labelled = [a for a in train if a.source != "pseudo"]
@@ -490,8 +504,8 @@ def _push_relabel(r: _Round) -> int:
         return 0
     cands = relabel_candidates(labelled, oos, issues, model_version=model.model_version)
     ledger.add_relabel_requests({c.item.id: r.rid for c in cands})
-    tasks = reviewer.submit_relabel(cands, round_id=r.rid, model_version=model.model_version)  # type: ignore[union-attr]
-    ledger.record_tasks(reviewer.project_title, r.rid, dict(tasks), kind="relabel",  # type: ignore[union-attr]
+    tasks = reviewer.submit_relabel(cands, round_id=r.rid, model_version=model.model_version)
+    ledger.record_tasks(reviewer.project_title, r.rid, dict(tasks), kind="relabel",
                         scores={c.item.id: c.score for c in cands})
     r.log(f"  quality: {len(labelled)} labels checked, {len(cands)} sent back for a second review")
     return len(cands)
