@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from pseudolabel.sim.benchmark import (
     ROUND_COLUMNS,
@@ -214,6 +215,8 @@ def test_frozen_backbones_share_embeddings_and_pretrain_ssl_once(tmp_path: Path)
     assert len(campaigns) == 2 * 2 + 1          # + the reference
     for d in campaigns:
         assert (d / "embeddings").is_symlink() and (d / "embeddings").resolve() == (runs / "_shared" / "embeddings")
+        # the campaign folder's config is the one it ran with, --set included
+        assert yaml.safe_load((d / "config.yaml").read_text())["model"]["arch"] == "frozen", d.name
     assert not (runs / "_shared" / "_shared").exists()
     assert (res.summary["round_seconds"] > 0).all()
 

@@ -404,7 +404,7 @@ def _campaign_config(prep: _Prepared, sub: Path, *, strategy: str, pseudo: bool,
     """The config of one campaign in ``sub``; ``shared``: the benchmark's shared folder
     (:data:`SHARED`), whose embedding cache a frozen-backbone campaign uses."""
     from pseudolabel.sim.demo import DETECT_DEFAULTS, demo_config
-    from pseudolabel.config import load_config, set_dotted
+    from pseudolabel.config import dump_config, load_config, set_dotted
 
     over: dict[str, Any] = {
         "classes": list(prep.classes), "model.image_size": prep.image_size, "model.seed": seed,
@@ -436,6 +436,8 @@ def _campaign_config(prep: _Prepared, sub: Path, *, strategy: str, pseudo: bool,
     sub.mkdir(parents=True, exist_ok=True)
     (sub / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     cfg = load_config(sub / "config.yaml", overrides=overrides, environ={})
+    if overrides:  # the campaign folder holds the settings it ran with, --set included
+        dump_config(cfg, sub / "config.yaml")
     if cfg.model.arch == "frozen" and shared is not None:
         share_embeddings(sub, shared / "embeddings")
     return cfg
