@@ -328,7 +328,7 @@ def test_serve_command_serves_until_interrupted(campaign: dict[str, Any], tmp_pa
     assert r.exit_code != 0 and "pseudolabel round" in r.output
 
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(repo_root()), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(repo_root()), "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "pseudolabel.cli", "serve", "-c", str(cfg_file), "--port", str(port),
                              "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
@@ -344,7 +344,11 @@ def test_serve_command_serves_until_interrupted(campaign: dict[str, Any], tmp_pa
                          timeout=60).json()
         assert out["results"][0]["model_version"] == campaign["model"].model_version
         proc.send_signal(signal.SIGINT)
-        rest = proc.communicate(timeout=30)[0]
+        try:
+            rest = proc.communicate(timeout=60)[0]
+        except subprocess.TimeoutExpired:  # hung on Ctrl-C (seen once in CI): show where every thread is
+            proc.send_signal(signal.SIGABRT)  # the fault handler prints each thread's stack
+            pytest.fail("serve did not stop within 60 s of Ctrl-C; its threads:\n" + proc.communicate(timeout=30)[0])
     finally:
         if proc.poll() is None:
             proc.kill()
