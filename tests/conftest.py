@@ -8,6 +8,7 @@ the server cannot pass by silently skipping them.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,13 @@ from pseudolabel.types import Item
 
 
 netguard.install()
+
+
+# A suite started in the background (`cmd &` from a script, nohup) inherits an ignored SIGINT, and
+# so does every process it starts: the Ctrl-C tests could never reach their subprocess. Python
+# handles SIGINT again here, so the children start with the default disposition (Ctrl-C works).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
