@@ -513,15 +513,11 @@ class BackendServer:
             self._thread.join(0.5)
 
     def stop(self) -> None:
-        """Ask the server to exit and wait for its thread: 5 s for open requests to finish, then
-        uvicorn's forced exit (what a second Ctrl-C does), 5 s more."""
+        """Ask the server to exit and wait (up to 10 s) for its thread."""
         if self._server is not None:
             self._server.should_exit = True
         if self._thread is not None:
-            self._thread.join(5)
-            if self._thread.is_alive() and self._server is not None:
-                self._server.force_exit = True
-                self._thread.join(5)
+            self._thread.join(10)
         self._thread = None
 
     def __enter__(self) -> BackendServer:
