@@ -17,6 +17,7 @@ from pseudolabel.sim.benchmark import (
     main,
     normalised_auc,
     run_benchmark,
+    share_by_budget,
     share_embeddings,
     summarise,
     summary_markdown,
@@ -91,6 +92,18 @@ def test_share_of_random_labels_known_answer() -> None:
     md = summary_markdown(summarise(rounds, reference_accuracy=None),
                           {"accuracy": None, "settings": {"seeds": "0,1", "pool": 300}}, rounds)
     assert "| margin | no | 2 |" in md and "60%" in md and "Settings: seeds = 0,1, pool = 300" in md
+    # the same question at each of random's budgets: random's mean is 0.6 / 0.7 / 0.8 / 0.9 at
+    # 40 / 60 / 80 / 100 labels; margin's mean curve (0.5, 0.8, 0.9, 0.91, 0.95) reaches them at
+    # 40 / 40 / 40 / 60 labels; entropy (..., 0.87) never reaches 0.9
+    sh = share_by_budget(rounds).set_index(["strategy", "budget"])
+    assert sh.loc[("margin", 60.0), "labels"] == 40 and sh.loc[("margin", 60.0), "share"] == pytest.approx(2 / 3)
+    assert sh.loc[("margin", 80.0), "share"] == pytest.approx(0.5)
+    assert sh.loc[("margin", 100.0), "share"] == pytest.approx(0.6)
+    assert sh.loc[("entropy", 80.0), "share"] == pytest.approx(1.0) and pd.isna(sh.loc[("entropy", 100.0), "labels"])
+    assert (sh.xs("random", level="strategy")["share"] == 1.0).all()
+    assert "| margin | 20 (100%) | 40 (100%) | 40 (67%) | 40 (50%) | 60 (60%) |" in md
+    assert "| entropy | 20 (100%) | 40 (100%) | 60 (100%) | 80 (100%) | - |" in md
+    assert share_by_budget(rounds[rounds["strategy"] != "random"]).empty
 
 
 def test_shared_embedding_cache_is_a_link_and_refuses_a_foreign_folder(tmp_path: Path) -> None:
@@ -127,6 +140,9 @@ def test_mini_benchmark_on_digits_writes_reports(tmp_path: Path) -> None:
     assert len(png) > 1000 and png[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "summary.md").read_text()
     assert "| entropy |" in md and "| random |" in md and "labels to 95%" in md
+    shares = pd.read_csv(out / "share_by_budget.csv")
+    assert sorted(shares["budget"].unique().tolist()) == [10, 20, 30] and len(shares) == 2 * 3
+    assert "strategy / random's labels" in md
 
 
 def test_bad_arguments_are_rejected(tmp_path: Path) -> None:

@@ -22,7 +22,8 @@ Outputs in ``out_dir``: ``rounds.csv`` (every round of every campaign), ``learni
 accuracy, normalised area under the learning curve, final accuracy, and the differences to
 random; the labels at which the mean curve first reaches random's final accuracy and their
 share of random's labels, the question "does it save labels?"; seconds per round; then the
-mean curve by label count and the run's settings), ``reference.json`` (the full-data accuracy:
+mean curve by label count, the same question at each of random's budgets and the run's
+settings), ``share_by_budget.csv`` (that question at every round of random's curve), ``reference.json`` (the full-data accuracy:
 the same model trained on the whole pool with its true labels, and the settings).
 
 ``model.arch: frozen`` campaigns share one embedding cache (``runs/_shared/embeddings``): the
@@ -206,6 +207,54 @@ def summarise(rounds: pd.DataFrame, reference_accuracy: float | None, *, metric:
         None if v is None else float(v / rand[r["pseudo"]]["final_labels"])
         for v, (_, r) in zip(out["labels_to_random_final"], out.iterrows())]
     return out[SUMMARY_COLUMNS]
+
+
+def share_by_budget(rounds: pd.DataFrame, *, metric: str = "accuracy") -> pd.DataFrame:
+    """The label-saving question at every budget, not only the last: for each round of
+    ``random``'s mean curve (label count ``budget``, mean ``metric`` ``random_metric``) and each
+    (strategy, pseudo) of the same pseudo setting, the fewest labels at which that setting's
+    mean curve reaches ``random_metric`` (``labels``; NaN if never) and ``share`` = labels /
+    budget. ``random``'s own rows show how flat its curve is: a share under 100 % means random
+    reached the same mean earlier and then dipped. Empty without ``random`` in ``rounds``.
+
+    Why: when random's curve is flat near the end, the final share (:func:`summarise`) swings
+    with a few tenths of a point; the shares at every budget show whether a saving holds."""
+    cols = ["strategy", "pseudo", "budget", "random_metric", "labels", "share"]
+    curves = {(st, bool(ps)): mean_curve(df, metric=metric)
+              for (st, ps), df in rounds.groupby(["strategy", "pseudo"], sort=False)}
+    rows: list[dict[str, Any]] = []
+    for (st, ps), mc in curves.items():
+        base = curves.get(("random", ps))
+        if base is None:
+            continue
+        for budget, target in zip(base["labels"], base["accuracy"]):
+            n = labels_to_reach(mc["labels"], mc["accuracy"], float(target))
+            rows.append({"strategy": st, "pseudo": ps, "budget": float(budget), "random_metric": float(target),
+                         "labels": np.nan if n is None else n,
+                         "share": np.nan if n is None or budget <= 0 else n / float(budget)})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def share_markdown(shares: pd.DataFrame, *, columns: int = 8) -> list[str]:
+    """Markdown table lines of :func:`share_by_budget`: one row per (strategy, pseudo), one
+    column per budget (at most ``columns``, evenly spaced, always the last); cells ``labels
+    (share)``, ``-`` where the setting never reaches random's mean at that budget."""
+    if shares.empty:
+        return []
+    budgets = sorted(shares["budget"].unique())
+    if len(budgets) > columns:
+        keep = np.unique(np.round(np.linspace(0, len(budgets) - 1, columns)).astype(int))
+        budgets = [budgets[i] for i in keep]
+    out = ["| strategy / random's labels | " + " | ".join(f"{b:.0f}" for b in budgets) + " |",
+           "|---|" + "---|" * len(budgets)]
+    for (st, ps), df in shares.groupby(["strategy", "pseudo"], sort=False):
+        by = {float(r["budget"]): r for _, r in df.iterrows()}
+        cells = []
+        for b in budgets:
+            r = by.get(float(b))
+            cells.append("-" if r is None or pd.isna(r["labels"]) else f"{r['labels']:.0f} ({r['share']:.0%})")
+        out.append(f"| {st}{' + pseudo' if ps else ''} | " + " | ".join(cells) + " |")
+    return out
 
 
 # ------------------------------------------------------------------------------------------
@@ -616,12 +665,16 @@ def _run_benchmark(
 
 def write_reports(out_dir: Path, rounds: pd.DataFrame, summary: pd.DataFrame,
                   reference: dict[str, Any]) -> dict[str, Path]:
-    """Write rounds.csv, summary.csv, summary.md, reference.json and learning_curve.png."""
+    """Write rounds.csv, summary.csv, summary.md, reference.json, learning_curve.png and
+    share_by_budget.csv."""
     from pseudolabel.utils import atomic_write_bytes, atomic_write_text
 
     paths = {name: out_dir / name for name in
-             ("rounds.csv", "summary.csv", "summary.md", "reference.json", "learning_curve.png")}
+             ("rounds.csv", "summary.csv", "summary.md", "reference.json", "learning_curve.png",
+              "share_by_budget.csv")}
     atomic_write_text(paths["rounds.csv"], rounds.to_csv(index=False))
+    metric = str(reference.get("metric", "accuracy"))
+    atomic_write_text(paths["share_by_budget.csv"], share_by_budget(rounds, metric=metric).to_csv(index=False))
     atomic_write_text(paths["summary.csv"], summary.to_csv(index=False))
     atomic_write_text(paths["summary.md"], summary_markdown(summary, reference, rounds))
     atomic_write_text(paths["reference.json"], json.dumps(reference, indent=2))
@@ -678,6 +731,11 @@ def summary_markdown(summary: pd.DataFrame, reference: dict[str, Any], rounds: p
               "'s / round': wall seconds per round (train, predict pool and holdout, select, answer), mean."]
     if rounds is not None and len(rounds):
         lines += ["", f"Holdout {metric} by labels, mean ± std over seeds:", "", *curve_markdown(rounds, metric=metric)]
+        shares = share_markdown(share_by_budget(rounds, metric=metric))
+        if shares:
+            lines += ["", f"Labels each setting needs to reach random's mean {metric} at random's budget (share of "
+                      "that budget; `share_by_budget.csv` has every round). A saving that holds shows at every "
+                      "budget, not only the last:", "", *shares]
     settings = reference.get("settings")
     if settings:
         lines += ["", "Settings: " + ", ".join(f"{k} = {v}" for k, v in settings.items())]
