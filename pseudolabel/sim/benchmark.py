@@ -23,8 +23,9 @@ accuracy, normalised area under the learning curve, final accuracy, and the diff
 random; the labels at which the mean curve first reaches random's final accuracy and their
 share of random's labels, the question "does it save labels?"; seconds per round; then the
 mean curve by label count, the same question at each of random's budgets and the run's
-settings), ``share_by_budget.csv`` (that question at every round of random's curve), ``reference.json`` (the full-data accuracy:
-the same model trained on the whole pool with its true labels, and the settings).
+settings), ``share_by_budget.csv`` (that question at every round of random's curve),
+``reference.json`` (the full-data accuracy: the same model trained on the whole pool with its
+true labels, and the settings).
 
 ``model.arch: frozen`` campaigns share one embedding cache (``runs/_shared/embeddings``): the
 pool is embedded once per benchmark. With ``model.backbone: ssl`` the SimCLR backbone is
