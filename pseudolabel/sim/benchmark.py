@@ -210,6 +210,11 @@ def summarise(rounds: pd.DataFrame, reference_accuracy: float | None, *, metric:
     return out[SUMMARY_COLUMNS]
 
 
+def _setting_label(strategy: Any, pseudo: Any) -> str:
+    """A (strategy, pseudo) setting's name in tables and plots: ``margin``, ``margin + pseudo``."""
+    return f"{strategy}{' + pseudo' if pseudo else ''}"
+
+
 def share_by_budget(rounds: pd.DataFrame, *, metric: str = "accuracy") -> pd.DataFrame:
     """The label-saving question at every budget, not only the last: for each round of
     ``random``'s mean curve (label count ``budget``, mean ``metric`` ``random_metric``) and each
@@ -254,7 +259,7 @@ def share_markdown(shares: pd.DataFrame, *, columns: int = 8) -> list[str]:
         for b in budgets:
             r = by.get(float(b))
             cells.append("-" if r is None or pd.isna(r["labels"]) else f"{r['labels']:.0f} ({r['share']:.0%})")
-        out.append(f"| {st}{' + pseudo' if ps else ''} | " + " | ".join(cells) + " |")
+        out.append(f"| {_setting_label(st, ps)} | " + " | ".join(cells) + " |")
     return out
 
 
@@ -753,7 +758,7 @@ def curve_markdown(rounds: pd.DataFrame, *, metric: str = "accuracy") -> list[st
     curves: dict[str, dict[int, str]] = {}
     for (strategy, pseudo), df in rounds.groupby(["strategy", "pseudo"], sort=False):
         mc = mean_curve(df, metric=metric)
-        curves[f"{strategy}{' + pseudo' if pseudo else ''}"] = {
+        curves[_setting_label(strategy, pseudo)] = {
             int(round(n)): f"{m:.4f} ± {sd:.3f}" for n, m, sd in zip(mc["labels"], mc["accuracy"], mc["accuracy_std"])}
     cols = sorted({k for c in curves.values() for k in c})
     out = ["| labels | " + " | ".join(str(c) for c in cols) + " |", "|---|" + "---|" * len(cols)]
@@ -789,7 +794,7 @@ def learning_curve_png(rounds: pd.DataFrame, reference: dict[str, Any]) -> bytes
     ax = fig.add_subplot(1, 1, 1)
     for (strategy, pseudo), df in rounds.groupby(["strategy", "pseudo"], sort=False):
         mc = mean_curve(df, metric=metric)
-        label = f"{strategy}{' + pseudo' if pseudo else ''}"
+        label = _setting_label(strategy, pseudo)
         style = "--" if strategy == "random" else "-"
         (line,) = ax.plot(mc["labels"], mc["accuracy"], style, marker="o", ms=3, label=label)
         std = mc["accuracy_std"].fillna(0)
